@@ -1,0 +1,31 @@
+"""rgp_keras: Regular Graph Pruning for Keras.
+
+Names are loaded on first use, so `import rgp_keras` (and `rgp_keras.graph`)
+stays light and never imports TensorFlow, tf_keras or TF-MOT by itself.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "RegularGraph": "rgp_keras.graph",
+    "OptimizeResult": "rgp_keras.graph",
+    "degree_for_sparsity": "rgp_keras.graph",
+    "moore_bound": "rgp_keras.graph",
+    "optimize": "rgp_keras.graph",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rgp_keras' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

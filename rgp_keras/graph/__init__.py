@@ -1,0 +1,16 @@
+"""Regular graphs for RGP: generation, ASPL statistics and ASPL optimisation.
+
+Pure numpy + igraph: importing this package never imports TensorFlow.
+"""
+
+from rgp_keras.graph._optimize import OptimizeResult, default_attempts, optimize
+from rgp_keras.graph._regular import RegularGraph, degree_for_sparsity, moore_bound
+
+__all__ = [
+    "OptimizeResult",
+    "RegularGraph",
+    "default_attempts",
+    "degree_for_sparsity",
+    "moore_bound",
+    "optimize",
+]

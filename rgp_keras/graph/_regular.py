@@ -1,0 +1,344 @@
+"""`RegularGraph`: an immutable connected simple k-regular graph, and its file format."""
+
+import io
+import json
+import os
+import random as _random
+import secrets
+import tempfile
+import warnings
+import zipfile
+
+import igraph
+import numpy as np
+
+from rgp_keras._checks import check_fraction, check_int
+from rgp_keras.graph._bfs import distance_stats
+
+FORMAT_NAME = "rgp_keras.RegularGraph"
+FORMAT_VERSION = 1
+
+
+def check_size(nodes, degree):
+    """Validate a (nodes, degree) pair for a simple k-regular graph; return them as ints."""
+    nodes = check_int("nodes", nodes, minimum=3)
+    degree = check_int("degree", degree, minimum=2)
+    if degree >= nodes:
+        raise ValueError(
+            f"`degree` must be smaller than `nodes` (a simple graph on {nodes} nodes has "
+            f"degree at most {nodes - 1}), got degree={degree}."
+        )
+    if nodes * degree % 2:
+        raise ValueError(
+            f"No {degree}-regular graph on {nodes} nodes exists: nodes * degree must be even "
+            f"(got {nodes} * {degree} = {nodes * degree}). Use an even degree or an even node count."
+        )
+    return nodes, degree
+
+
+def moore_bound(nodes, degree):
+    """Lower bound on the ASPL of any `degree`-regular graph on `nodes` nodes.
+
+    From any node at most k(k-1)^(d-1) nodes lie at distance d; filling the
+    distances 1, 2, ... greedily until the other n-1 nodes are placed gives the
+    smallest possible distance sum.
+
+    Example:
+    >>> round(moore_bound(64, 4), 4)
+    2.8571
+    """
+    nodes, degree = check_size(nodes, degree)
+    return _moore_total(nodes, degree) / (nodes - 1)
+
+
+def _moore_total(nodes, degree):
+    """Smallest possible sum of distances from one node to all others."""
+    remaining, total, distance, layer = nodes - 1, 0, 1, degree
+    while remaining > 0:
+        placed = min(layer, remaining)
+        total += distance * placed
+        remaining -= placed
+        distance += 1
+        layer *= degree - 1
+    return total
+
+
+def degree_for_sparsity(nodes, sparsity):
+    """The valid degree whose sparsity `1 - degree / nodes` is nearest to `sparsity`.
+
+    Read the sparsity actually achieved back as `1 - degree / nodes`.
+
+    Example:
+    >>> degree_for_sparsity(64, 0.875)
+    8
+    """
+    nodes = check_int("nodes", nodes, minimum=3)
+    sparsity = check_fraction("sparsity", sparsity)
+    wanted = (1 - sparsity) * nodes
+    valid = [k for k in range(2, nodes) if nodes * k % 2 == 0]
+    best = min(valid, key=lambda k: (abs(k - wanted), k))
+    if abs(best - wanted) > 1:
+        raise ValueError(
+            f"`sparsity`={sparsity} needs degree {wanted:.3g} on {nodes} nodes, but degrees "
+            f"{valid[0]}..{valid[-1]} are possible: sparsity between {1 - valid[-1] / nodes:.4g} "
+            f"and {1 - valid[0] / nodes:.4g} is accepted on {nodes} nodes."
+        )
+    return best
+
+
+class RegularGraph:
+    """A connected, simple, undirected k-regular graph: the pruning pattern of RGP.
+
+    Immutable: the adjacency is a read-only boolean array, and statistics
+    (ASPL, diameter) are computed once on first use.
+
+    Args:
+        adjacency: square 0/1 (or boolean) array, symmetric, no self-loops,
+            every row summing to the same degree, connected.
+        metadata: optional dict of JSON-serialisable facts about how the graph
+            was made (seed, method, ...); saved with the graph.
+
+    Example:
+    >>> graph = RegularGraph.random(64, 8, seed=0)
+    >>> graph.nodes, graph.degree, graph.sparsity
+    (64, 8, 0.875)
+    """
+
+    __slots__ = ("_adjacency", "_neighbors", "_metadata", "_stats")
+
+    def __init__(self, adjacency, metadata=None):
+        adjacency = _validated_adjacency(adjacency)
+        adjacency.flags.writeable = False
+        self._adjacency = adjacency
+        neighbors = np.nonzero(adjacency)[1].reshape(adjacency.shape[0], -1).astype(np.intp)
+        neighbors.flags.writeable = False
+        self._neighbors = neighbors
+        self._metadata = dict(metadata or {})
+        totals, diameters = distance_stats(neighbors[None])
+        if totals[0] < 0:
+            raise ValueError(
+                "`adjacency` describes a disconnected graph; RGP needs a connected regular graph."
+            )
+        self._stats = (int(totals[0]), int(diameters[0]))
+
+    @classmethod
+    def from_adjacency(cls, adjacency, metadata=None):
+        """Build a graph from an adjacency matrix, validating it (see the class docstring)."""
+        return cls(adjacency, {"method": "adjacency", **(metadata or {})})
+
+    @classmethod
+    def random(cls, nodes, degree, seed=None):
+        """A uniformly drawn connected simple `degree`-regular graph on `nodes` nodes.
+
+        Uses igraph's Viger-Latapy sampler. The seed actually used is stored in
+        `metadata["seed"]`, so any graph can be regenerated.
+        """
+        nodes, degree = check_size(nodes, degree)
+        seed = secrets.randbelow(2**32) if seed is None else check_int("seed", seed, minimum=0)
+        igraph.set_random_number_generator(_random.Random(seed))
+        try:
+            with warnings.catch_warnings():
+                # igraph warns when the graph is the only one of its kind (a 2-regular
+                # connected graph is a cycle): expected, and harmless.
+                warnings.filterwarnings("ignore", "Cannot shuffle graph", RuntimeWarning)
+                sampled = igraph.Graph.Degree_Sequence([degree] * nodes, method="vl")
+        finally:
+            igraph.set_random_number_generator(_random)
+        adjacency = np.zeros((nodes, nodes), dtype=bool)
+        edges = np.array(sampled.get_edgelist())
+        adjacency[edges[:, 0], edges[:, 1]] = True
+        adjacency[edges[:, 1], edges[:, 0]] = True
+        return cls(adjacency, {"method": "random", "seed": seed})
+
+    @classmethod
+    def ring_lattice(cls, nodes, degree):
+        """Nodes on a circle, each joined to its `degree / 2` nearest on either side.
+
+        This is the connected regular graph with (near) the highest ASPL: the
+        paper's worst case, useful for ablations. Needs an even degree.
+        """
+        nodes, degree = check_size(nodes, degree)
+        if degree % 2:
+            raise ValueError(
+                f"`ring_lattice` supports even degrees only, got degree={degree}. For an odd degree "
+                "use RegularGraph.random(...) and optimize(graph, 'max') for a high-ASPL graph."
+            )
+        index = np.arange(nodes)
+        offsets = (index[None, :] - index[:, None]) % nodes
+        adjacency = (offsets >= 1) & (offsets <= degree // 2) | (offsets >= nodes - degree // 2)
+        return cls(adjacency, {"method": "ring_lattice"})
+
+    @classmethod
+    def load(cls, path):
+        """Read a graph written by `save`; never unpickles."""
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                contents = {key: archive[key] for key in archive.files}
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise ValueError(f"{path!s} is not a readable graph file ({error}).") from None
+        return cls._from_archive(contents, path)
+
+    @classmethod
+    def _from_archive(cls, contents, path):
+        if set(contents) != {"format", "version", "adjacency", "metadata"} or str(
+            contents["format"]
+        ) != FORMAT_NAME:
+            raise ValueError(
+                f"{path!s} is not an rgp_keras graph file: expected the arrays format, version, "
+                f"adjacency and metadata written by RegularGraph.save, found {sorted(contents)}."
+            )
+        version = int(contents["version"])
+        if version > FORMAT_VERSION:
+            raise ValueError(
+                f"{path!s} has graph format version {version}, written by a newer rgp_keras; "
+                f"this version reads format versions up to {FORMAT_VERSION}. Upgrade rgp_keras."
+            )
+        metadata = json.loads(str(contents["metadata"]))
+        nodes = metadata.get("nodes")
+        if not isinstance(nodes, int) or nodes < 3:
+            raise ValueError(f"{path!s} is inconsistent: metadata has no valid node count.")
+        packed = contents["adjacency"]
+        if packed.dtype != np.uint8 or packed.size * 8 < nodes * nodes:
+            raise ValueError(f"{path!s} is inconsistent: the adjacency does not hold {nodes} nodes.")
+        adjacency = np.unpackbits(packed, count=nodes * nodes).reshape(nodes, nodes)
+        graph = cls(adjacency, metadata)
+        if metadata.get("degree") != graph.degree or not np.isclose(
+            metadata.get("aspl", np.nan), graph.aspl, rtol=0, atol=1e-9
+        ):
+            raise ValueError(
+                f"{path!s} is inconsistent: metadata says degree {metadata.get('degree')}, ASPL "
+                f"{metadata.get('aspl')}, the adjacency has degree {graph.degree}, ASPL {graph.aspl}."
+            )
+        return graph
+
+    def save(self, path):
+        """Write the graph to `path` (a compressed .npz; see `FORMAT_NAME`, `FORMAT_VERSION`).
+
+        The file holds the bit-packed adjacency and JSON metadata (nodes,
+        degree, ASPL, diameter, how the graph was made). It is written to a
+        temporary file first, so a failed save leaves nothing behind.
+        """
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer,
+            format=np.array(FORMAT_NAME),
+            version=np.array(FORMAT_VERSION),
+            adjacency=np.packbits(self._adjacency),
+            metadata=np.array(json.dumps(self.metadata)),
+        )
+        directory = os.path.dirname(os.path.abspath(path))
+        handle, temporary = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(buffer.getvalue())
+            os.replace(temporary, path)
+        except BaseException:
+            os.unlink(temporary)
+            raise
+
+    @property
+    def nodes(self):
+        return self._adjacency.shape[0]
+
+    @property
+    def degree(self):
+        return self._neighbors.shape[1]
+
+    @property
+    def sparsity(self):
+        """Fraction of channel-group pairs pruned: `1 - degree / nodes`."""
+        return 1 - self.degree / self.nodes
+
+    @property
+    def adjacency(self):
+        """Read-only `(nodes, nodes)` boolean adjacency matrix."""
+        return self._adjacency
+
+    @property
+    def neighbors(self):
+        """Read-only `(nodes, degree)` array: row i lists the neighbours of node i, ascending."""
+        return self._neighbors
+
+    @property
+    def edges(self):
+        """`(nodes * degree / 2, 2)` array of edges `(i, j)` with `i < j`, sorted."""
+        return np.argwhere(np.triu(self._adjacency))
+
+    @property
+    def aspl(self):
+        """Average shortest path length over all unordered node pairs."""
+        return self._stats[0] / (self.nodes * (self.nodes - 1) / 2)
+
+    @property
+    def diameter(self):
+        return self._stats[1]
+
+    @property
+    def moore_bound(self):
+        """The lowest ASPL any k-regular graph on this many nodes can have."""
+        return moore_bound(self.nodes, self.degree)
+
+    @property
+    def gap(self):
+        """Relative distance to the Moore bound: `aspl / moore_bound - 1` (0 is optimal)."""
+        return self.aspl / self.moore_bound - 1
+
+    @property
+    def metadata(self):
+        """Facts about the graph: nodes, degree, ASPL, diameter, and how it was made."""
+        return {
+            **self._metadata,
+            "nodes": self.nodes,
+            "degree": self.degree,
+            "aspl": self.aspl,
+            "diameter": self.diameter,
+        }
+
+    def to_igraph(self):
+        """The same graph as an `igraph.Graph`."""
+        return igraph.Graph(n=self.nodes, edges=self.edges.tolist())
+
+    def __eq__(self, other):
+        if not isinstance(other, RegularGraph):
+            return NotImplemented
+        return np.array_equal(self._adjacency, other._adjacency)
+
+    def __hash__(self):
+        return hash(self._adjacency.tobytes())
+
+    def __repr__(self):
+        return (
+            f"RegularGraph(nodes={self.nodes}, degree={self.degree}, aspl={self.aspl:.4f}, "
+            f"diameter={self.diameter}, moore_bound={self.moore_bound:.4f})"
+        )
+
+
+def _validated_adjacency(adjacency):
+    """Return `adjacency` as a fresh boolean array, or raise saying what is wrong with it."""
+    if isinstance(adjacency, RegularGraph):
+        return adjacency.adjacency.copy()
+    array = np.asarray(adjacency)
+    if array.ndim != 2 or array.shape[0] != array.shape[1]:
+        raise ValueError(f"`adjacency` must be a square 2-D array, got shape {array.shape}.")
+    if array.dtype != bool:
+        if not np.issubdtype(array.dtype, np.number) or not np.isin(array, (0, 1)).all():
+            raise ValueError("`adjacency` must hold only 0/1 (or False/True) entries.")
+    array = array.astype(bool)
+    nodes = array.shape[0]
+    if nodes < 3:
+        raise ValueError(f"`adjacency` must have at least 3 nodes, got {nodes}.")
+    if array.diagonal().any():
+        loops = np.flatnonzero(array.diagonal())
+        raise ValueError(f"`adjacency` has self-loops at nodes {loops[:5].tolist()}; RGP graphs have none.")
+    if not np.array_equal(array, array.T):
+        raise ValueError("`adjacency` must be symmetric (an undirected graph).")
+    degrees = array.sum(axis=1)
+    if degrees.min() != degrees.max():
+        raise ValueError(
+            f"`adjacency` is not regular: node degrees range from {degrees.min()} to {degrees.max()}; "
+            "every node must have the same degree."
+        )
+    check_size(nodes, int(degrees[0]))
+    return array

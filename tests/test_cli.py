@@ -1,0 +1,52 @@
+"""Tests for the `rgp` command line tool."""
+
+import subprocess
+import sys
+
+import pytest
+
+from rgp_keras.cli import main
+from rgp_keras.graph import RegularGraph
+
+
+def test_version_and_help_run_as_console_script():
+    out = subprocess.run([sys.executable, "-m", "rgp_keras.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("rgp_keras ")
+    out = subprocess.run([sys.executable, "-m", "rgp_keras.cli", "graph", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "example: rgp graph" in out.stdout
+
+
+def test_graph_writes_an_optimised_graph_and_reports(tmp_path, capsys):
+    out = tmp_path / "g.npz"
+    plot = tmp_path / "aspl.png"
+    code = main(["graph", "--nodes", "64", "--sparsity", "0.875", "--seed", "0", "--attempts", "3000",
+                 "--out", str(out), "--plot", str(plot), "--quiet"])
+    assert code == 0
+    graph = RegularGraph.load(out)
+    assert (graph.nodes, graph.degree) == (64, 8)
+    printed = capsys.readouterr().out
+    assert f"-> {graph.aspl:.4f}" in printed and "Moore bound 1.8730" in printed and "gap" in printed
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["graph", "--nodes", "63", "--degree", "3"], "nodes * degree must be even"),
+        (["graph", "--nodes", "64", "--sparsity", "1.5"], "in (0, 1)"),
+        (["graph", "--nodes", "64", "--degree", "8", "--attempts", "0"], "`attempts` must be an integer >= 1"),
+        (["graph", "--nodes", "64", "--degree", "8", "--objective", "1.0"], "below the Moore bound"),
+    ],
+)
+def test_graph_bad_input_prints_one_line_and_exits_nonzero(tmp_path, capsys, argv, message):
+    out = tmp_path / "g.npz"
+    assert main(argv + ["--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_unknown_option_exits_nonzero(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["graph", "--bogus"])
+    assert stop.value.code == 2
