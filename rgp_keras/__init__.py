@@ -14,6 +14,14 @@ _EXPORTS = {
     "degree_for_sparsity": "rgp_keras.graph",
     "moore_bound": "rgp_keras.graph",
     "optimize": "rgp_keras.graph",
+    "channel_groups": "rgp_keras.masks",
+    "kernel_mask": "rgp_keras.masks",
+    "RegularGraphPruning": "rgp_keras.wrapper",
+    "prune_regular_graph": "rgp_keras.prune",
+    "reinitialize": "rgp_keras.prune",
+    "strip_pruning": "rgp_keras.prune",
+    "PruningSummary": "rgp_keras.summary",
+    "pruning_summary": "rgp_keras.summary",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -1,0 +1,125 @@
+"""Graph -> kernel masks (numpy only), and which layer types carry a maskable kernel.
+
+A layer's input channels and output channels are each split into `graph.nodes`
+groups; the weights joining input group i to output group j are kept iff
+(i, j) is an edge of the graph. For a convolution the whole spatial kernel of
+a kept (in, out) channel pair is kept.
+"""
+
+import numpy as np
+
+from rgp_keras._checks import check_int
+
+LAYOUTS = ("dense", "conv", "conv_transpose")
+
+# Layer classes with a channel-pair kernel: class name -> (kernel attribute, layout).
+# Matched against the class and its bases by name, so Keras 3, tf_keras and
+# user subclasses resolve the same way.
+PRUNABLE = {
+    "Dense": ("kernel", "dense"),
+    "Conv1D": ("kernel", "conv"),
+    "Conv2D": ("kernel", "conv"),
+    "Conv3D": ("kernel", "conv"),
+    "Conv1DTranspose": ("kernel", "conv_transpose"),
+    "Conv2DTranspose": ("kernel", "conv_transpose"),
+    "Conv3DTranspose": ("kernel", "conv_transpose"),
+    "SeparableConv1D": ("pointwise_kernel", "conv"),
+    "SeparableConv2D": ("pointwise_kernel", "conv"),
+}
+NOT_PRUNABLE = {
+    "DepthwiseConv1D": "depthwise convolution: no (in, out) channel pairs to prune",
+    "DepthwiseConv2D": "depthwise convolution: no (in, out) channel pairs to prune",
+}
+
+
+def channel_groups(channels, nodes, seed=None):
+    """The group (0..nodes-1) of each of `channels` channels; group sizes differ by at most one.
+
+    Without a seed the groups are contiguous runs of channels (what compact
+    export needs); with a seed the same group sizes are assigned to a random
+    permutation of the channels.
+
+    Example:
+    >>> channel_groups(10, 4).tolist()
+    [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]
+    """
+    channels = check_int("channels", channels, minimum=1)
+    nodes = check_int("nodes", nodes, minimum=1)
+    if channels < nodes:
+        raise ValueError(
+            f"Cannot split {channels} channels into {nodes} groups: RGP needs at least as many "
+            f"channels as graph nodes (use fewer nodes, or leave this layer dense)."
+        )
+    groups = np.arange(channels) * nodes // channels
+    if seed is not None:
+        groups = np.random.default_rng(seed).permutation(groups)
+    return groups
+
+
+def group_mask(graph, self_loops=False):
+    """`(nodes, nodes)` boolean: which (input group, output group) blocks are kept."""
+    blocks = np.array(graph.adjacency, dtype=bool)
+    if self_loops:
+        blocks |= np.eye(graph.nodes, dtype=bool)
+    return blocks
+
+
+def kernel_mask(graph, kernel_shape, layout, self_loops=False):
+    """Boolean mask of `kernel_shape`: True where the weight is kept.
+
+    Args:
+        graph: a `RegularGraph`.
+        kernel_shape: shape of the kernel to mask.
+        layout: "dense" `(in, out)`; "conv" `(..., in, out)` (Conv1D/2D/3D and
+            the pointwise kernel of separable convolutions); "conv_transpose"
+            `(..., out, in)`.
+        self_loops: also keep the blocks joining group i to group i (the
+            relational-graph variant, density (k + 1) / n).
+
+    Returns:
+        A boolean array; its mean is k/n ((k+1)/n with self-loops) exactly
+        when both channel counts divide by the node count.
+
+    Example:
+    >>> from rgp_keras.graph import RegularGraph
+    >>> mask = kernel_mask(RegularGraph.ring_lattice(8, 2), (3, 3, 16, 32), "conv")
+    >>> float(mask.mean())
+    0.25
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"`layout` must be one of {LAYOUTS}, got {layout!r}.")
+    kernel_shape = tuple(int(d) for d in kernel_shape)
+    wanted_rank = 2 if layout == "dense" else 3
+    if len(kernel_shape) < wanted_rank or (layout == "dense" and len(kernel_shape) != 2):
+        raise ValueError(f"A {layout!r} kernel has rank {'2' if layout == 'dense' else '>= 3'}, got shape {kernel_shape}.")
+    in_axis, out_axis = (-1, -2) if layout == "conv_transpose" else (-2, -1)
+    in_groups = channel_groups(kernel_shape[in_axis], graph.nodes)
+    out_groups = channel_groups(kernel_shape[out_axis], graph.nodes)
+    pairs = group_mask(graph, self_loops)[in_groups[:, None], out_groups[None, :]]
+    if layout == "conv_transpose":
+        pairs = pairs.T
+    return np.broadcast_to(pairs, kernel_shape).copy()
+
+
+def prunable_kernel(layer):
+    """`(kernel attribute, layout)` for a layer type RGP can mask, else `(None, reason)`.
+
+    Only the layer type and its settings are looked at here; whether the layer
+    has enough channels for the graph is decided with the graph.
+    """
+    names = [cls.__name__ for cls in type(layer).__mro__]
+    for name in names:
+        if name in NOT_PRUNABLE:
+            return None, NOT_PRUNABLE[name]
+        if name in PRUNABLE:
+            if getattr(layer, "groups", 1) != 1:
+                return None, f"grouped convolution (groups={layer.groups}): channel pairs are already sparse"
+            return PRUNABLE[name]
+    return None, f"{type(layer).__name__} has no channel-pair kernel"
+
+
+def kernel_channels(kernel_shape, layout):
+    """`(in_channels, out_channels)` of a kernel in `layout`."""
+    if layout == "conv_transpose":
+        return kernel_shape[-1], kernel_shape[-2]
+    return kernel_shape[-2], kernel_shape[-1]

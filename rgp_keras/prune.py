@@ -1,0 +1,293 @@
+"""Model-level RGP for Keras 3: prune_regular_graph, strip_pruning, reinitialize."""
+
+import os
+
+import keras
+import numpy as np
+from keras.src.models.functional import Functional
+
+from rgp_keras._checks import check_int
+from rgp_keras.graph import RegularGraph, degree_for_sparsity, optimize
+from rgp_keras.masks import kernel_channels, prunable_kernel
+from rgp_keras.wrapper import INITIALIZER_OF, RegularGraphPruning
+
+
+def prune_regular_graph(
+    to_prune,
+    *,
+    sparsity=None,
+    degree=None,
+    graph=None,
+    nodes=64,
+    self_loops=False,
+    skip_first=True,
+    skip_last=True,
+    layers=None,
+    seed=None,
+):
+    """Apply one regular-graph mask to every prunable layer of a Keras 3 model (or to one layer).
+
+    Returns a new model: the original and its weights are untouched. Trained
+    weights are copied (masked entries zeroed), so one-shot pruning of a trained
+    model followed by `fit` works, as does training from scratch (see
+    `reinitialize`).
+
+    Args:
+        to_prune: a built Keras 3 `Sequential` or functional `Model` (nested
+            models included), or a single layer to wrap inside a model definition.
+        sparsity: fraction of weights to prune; the nearest valid degree on
+            `nodes` nodes is used (read `graph.sparsity` for the one achieved).
+        degree: graph degree k; each masked layer keeps k / `nodes` of its weights.
+        graph: a `RegularGraph` or the path of a graph file from `rgp graph`.
+        nodes: graph nodes n (channel groups per layer) with sparsity/degree.
+        self_loops: also keep group i -> group i (density (k + 1) / n).
+        skip_first, skip_last: keep the first / last prunable layer dense, as in
+            the paper (ignored when `layers` selects explicitly).
+        layers: which layers to mask: names, layer classes, or a predicate
+            `f(layer) -> bool` (or a list mixing them). Default: every layer
+            RGP can mask.
+        seed: seed of the graph generation and optimisation.
+
+    Exactly one of `sparsity`, `degree`, `graph` must be given. Without `graph`,
+    a random regular graph is generated and optimised for minimum ASPL.
+
+    Example:
+    >>> import keras
+    >>> model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(256, activation="relu"),
+    ...                           keras.layers.Dense(256, activation="relu"), keras.layers.Dense(10)])
+    >>> pruned = prune_regular_graph(model, sparsity=0.875, nodes=64, skip_first=False, seed=0)
+    >>> [type(layer).__name__ for layer in pruned.layers]
+    ['RegularGraphPruning', 'RegularGraphPruning', 'Dense']
+    """
+    _reject_other_keras(to_prune)
+    graph = resolve_graph(sparsity=sparsity, degree=degree, graph=graph, nodes=nodes, seed=seed)
+    if not isinstance(to_prune, keras.Model):
+        if not isinstance(to_prune, keras.layers.Layer):
+            raise TypeError(
+                f"`to_prune` must be a Keras 3 Sequential or functional Model, or a layer; "
+                f"got {type(to_prune).__name__}."
+            )
+        if isinstance(to_prune, RegularGraphPruning):
+            raise ValueError(f"Layer {to_prune.name!r} is already pruned by rgp_keras.")
+        return RegularGraphPruning(to_prune, graph, self_loops=self_loops)
+    _check_model(to_prune)
+    selected = _select(to_prune, graph, layers, skip_first, skip_last)
+
+    def wrap(layer):
+        clone = _clone_layer(layer)
+        if id(layer) in selected:
+            return RegularGraphPruning(clone, graph, self_loops=self_loops)
+        return clone
+
+    pruned = _clone_model(to_prune, wrap)
+    for original, new in _paired_leaves(to_prune, pruned):
+        target = new.layer if isinstance(new, RegularGraphPruning) else new
+        target.set_weights(original.get_weights())
+        if isinstance(new, RegularGraphPruning):
+            new.kernel.assign(new.masked_kernel())
+    return pruned
+
+
+def strip_pruning(model):
+    """An ordinary Keras model with the original layer classes and names, masked weights 0.0.
+
+    Its outputs equal the pruned model's; `model` itself is left as it is.
+
+    Example:
+    >>> import keras
+    >>> model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(64), keras.layers.Dense(64),
+    ...                           keras.layers.Dense(4)])
+    >>> stripped = strip_pruning(prune_regular_graph(model, degree=4, nodes=16, seed=0))
+    >>> [type(layer).__name__ for layer in stripped.layers]
+    ['Dense', 'Dense', 'Dense']
+    """
+    _reject_other_keras(model)
+    if isinstance(model, RegularGraphPruning):
+        raise TypeError("strip_pruning takes a model; for a single wrapper use `wrapper.layer` and `wrapper.masked_kernel()`.")
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a Keras 3 model, got {type(model).__name__}.")
+    _check_model(model, pruned_ok=True)
+
+    def unwrap(layer):
+        return _clone_layer(layer.layer if isinstance(layer, RegularGraphPruning) else layer)
+
+    stripped = _clone_model(model, unwrap)
+    for original, new in _paired_leaves(model, stripped):
+        if isinstance(original, RegularGraphPruning):
+            weights = original.layer.get_weights()
+            weights[_variable_index(original.layer, original.kernel)] = keras.ops.convert_to_numpy(
+                original.masked_kernel()
+            )
+        else:
+            weights = original.get_weights()
+        new.set_weights(weights)
+    return stripped
+
+
+def reinitialize(model, seed=None):
+    """Density-aware re-initialisation of every masked kernel, for training from scratch.
+
+    Each kernel is redrawn from its layer's own initializer and scaled by
+    `1 / sqrt(density)`: fan-in (and fan-out) count only kept connections, so
+    each unit's output variance matches that of the dense layer. Masked
+    weights stay exactly zero. Modifies `model` in place and returns it.
+    """
+    seed = None if seed is None else check_int("seed", seed, minimum=0)
+    wrappers = [layer for layer in _leaves(model) if isinstance(layer, RegularGraphPruning)]
+    if not wrappers:
+        raise ValueError("`model` has no RegularGraphPruning layers to re-initialise; prune it first.")
+    for index, wrapper in enumerate(wrappers):
+        initializer = getattr(wrapper.layer, INITIALIZER_OF[wrapper.kernel_attribute])
+        config = keras.initializers.serialize(initializer)
+        if seed is not None and "seed" in config.get("config", {}):
+            config["config"]["seed"] = seed + index
+        value = keras.initializers.deserialize(config)(wrapper.kernel.shape, dtype=wrapper.kernel.dtype)
+        scale = 1.0 / np.sqrt(float(wrapper.density))
+        wrapper.kernel.assign(keras.ops.multiply(value, wrapper.mask) * scale)
+    return model
+
+
+def resolve_graph(*, sparsity, degree, graph, nodes, seed):
+    """The `RegularGraph` asked for by exactly one of sparsity / degree / graph."""
+    given = {name: value for name, value in (("sparsity", sparsity), ("degree", degree), ("graph", graph)) if value is not None}
+    if len(given) != 1:
+        raise ValueError(
+            "Pass exactly one of `sparsity`, `degree` or `graph`; got "
+            + (", ".join(f"{name}={value!r}" for name, value in given.items()) or "none")
+            + "."
+        )
+    if graph is not None:
+        if isinstance(graph, (str, os.PathLike)):
+            return RegularGraph.load(graph)
+        if not isinstance(graph, RegularGraph):
+            raise TypeError(f"`graph` must be a RegularGraph or a graph file path, got {type(graph).__name__}.")
+        return graph
+    nodes = check_int("nodes", nodes, minimum=3)
+    if sparsity is not None:
+        degree = degree_for_sparsity(nodes, sparsity)
+    start = RegularGraph.random(nodes, degree, seed=seed)
+    return optimize(start, seed=start.metadata["seed"]).graph
+
+
+def _reject_other_keras(obj):
+    if type(obj).__module__.split(".")[0] == "tf_keras":
+        raise TypeError(
+            f"{type(obj).__name__} is a tf_keras (Keras 2) object; this path takes Keras 3 "
+            "(`import keras`) models. The tf_keras + TF-MOT path is not available in this version "
+            "of rgp_keras: build the model with Keras 3, or keep TF-MOT's prune_low_magnitude for tf_keras."
+        )
+
+
+def _check_model(model, pruned_ok=False):
+    if not isinstance(model, (keras.Sequential, Functional)):
+        raise TypeError(
+            f"{type(model).__name__} is a subclassed model, which cannot be cloned layer by layer. "
+            "Wrap its layers instead, in its __init__: "
+            "`self.conv = rgp_keras.prune_regular_graph(keras.layers.Conv2D(...), degree=8)`."
+        )
+    if not model.built or not model.inputs:
+        raise ValueError(
+            f"Model {model.name!r} is not built: give it a `keras.Input(shape)` or call "
+            "`model.build(input_shape)` before pruning, so that kernel shapes are known."
+        )
+    wrapped = [layer.name for layer in _leaves(model) if isinstance(layer, RegularGraphPruning)]
+    if wrapped and not pruned_ok:
+        raise ValueError(
+            f"Model {model.name!r} is already pruned by rgp_keras (layers {wrapped[:3]}); "
+            "prune the original model, or strip this one first with rgp_keras.strip_pruning."
+        )
+
+
+def _leaves(model):
+    """Layers in model order, descending into nested models; wrappers count as leaves."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _leaves(layer)
+        else:
+            yield layer
+
+
+def _matches(layer, selectors):
+    for selector in selectors:
+        if isinstance(selector, str) and layer.name == selector:
+            return True
+        if isinstance(selector, type) and isinstance(layer, selector):
+            return True
+        if callable(selector) and not isinstance(selector, (str, type)) and selector(layer):
+            return True
+    return False
+
+
+def skip_reason(layer, graph):
+    """Why `layer` cannot carry `graph`'s mask, or None when it can."""
+    attribute, reason = prunable_kernel(layer)
+    if attribute is None:
+        return reason
+    channels = kernel_channels(getattr(layer, attribute).shape, reason)
+    if min(channels) < graph.nodes:
+        return f"{channels[0]} input / {channels[1]} output channels: fewer than the graph's {graph.nodes} nodes"
+    return None
+
+
+def _select(model, graph, layers, skip_first, skip_last):
+    """ids of the layers to wrap; raises when a layer named explicitly cannot be masked."""
+    leaves = list(_leaves(model))
+    if layers is None:
+        candidates = [layer for layer in leaves if prunable_kernel(layer)[0] is not None]
+        skipped = set()
+        if candidates and skip_first:
+            skipped.add(id(candidates[0]))
+        if candidates and skip_last:
+            skipped.add(id(candidates[-1]))
+        chosen = [layer for layer in candidates if id(layer) not in skipped and skip_reason(layer, graph) is None]
+    else:
+        selectors = layers if isinstance(layers, (list, tuple, set)) else [layers]
+        names = {layer.name for layer in leaves}
+        unknown = [s for s in selectors if isinstance(s, str) and s not in names]
+        if unknown:
+            raise ValueError(f"No layer named {unknown} in model {model.name!r}; its layers are {sorted(names)}.")
+        chosen = []
+        for layer in leaves:
+            if not _matches(layer, selectors):
+                continue
+            reason = skip_reason(layer, graph)
+            if reason is None:
+                chosen.append(layer)
+            elif layer.name in selectors:
+                raise ValueError(f"Layer {layer.name!r} cannot be pruned by RGP: {reason}.")
+    if not chosen:
+        widest = max(
+            (min(kernel_channels(getattr(l, a).shape, lay)) for l in leaves for a, lay in [prunable_kernel(l)] if a),
+            default=0,
+        )
+        raise ValueError(
+            f"No layer of model {model.name!r} can carry a {graph.nodes}-node graph: selected layers "
+            f"have at most {widest} channels on their narrower side (each side needs >= {graph.nodes}), "
+            "or none is prunable. Use fewer `nodes`, or select other `layers`."
+        )
+    return {id(layer) for layer in chosen}
+
+
+def _clone_layer(layer):
+    return layer.__class__.from_config(layer.get_config())
+
+
+def _clone_model(model, clone_function):
+    inputs = None
+    if isinstance(model, Functional) and not isinstance(model, keras.Sequential):
+        # clone_model would rename the inputs; keep the user's names.
+        inputs = [
+            keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=tensor._keras_history.operation.name)
+            for tensor in model.inputs
+        ]
+    return keras.models.clone_model(model, input_tensors=inputs, clone_function=clone_function, recursive=True)
+
+
+def _paired_leaves(original, clone):
+    originals, clones = list(_leaves(original)), list(_leaves(clone))
+    assert len(originals) == len(clones), "clone_model changed the layer structure"
+    return zip(originals, clones)
+
+
+def _variable_index(layer, variable):
+    return next(i for i, weight in enumerate(layer.weights) if weight is variable)
