@@ -276,10 +276,12 @@ def _clone_model(model, clone_function):
     inputs = None
     if isinstance(model, Functional) and not isinstance(model, keras.Sequential):
         # clone_model would rename the inputs; keep the user's names.
-        inputs = [
-            keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=tensor._keras_history.operation.name)
-            for tensor in model.inputs
-        ]
+        inputs = keras.tree.map_structure(
+            lambda tensor: keras.Input(
+                batch_shape=tensor.shape, dtype=tensor.dtype, name=tensor._keras_history.operation.name
+            ),
+            model.input,
+        )
     return keras.models.clone_model(model, input_tensors=inputs, clone_function=clone_function, recursive=True)
 
 
