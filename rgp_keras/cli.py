@@ -7,6 +7,8 @@ import rgp_keras
 
 _EXAMPLES = {
     "graph": "example: rgp graph --nodes 64 --sparsity 0.875 --seed 0 --time-limit 10 --out graph.npz",
+    "prune": "example: rgp prune model.keras --sparsity 0.875 --nodes 64 -o pruned.keras",
+    "summary": "example: rgp summary pruned.keras",
 }
 
 
@@ -51,6 +53,42 @@ def _graph(args):
     )
 
 
+def _load_keras_model(path):
+    import os
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No such model file: {path}")
+    if not str(path).endswith(".keras"):
+        raise ValueError(f"{path} is not a .keras file; save the model with model.save('model.keras').")
+    import keras
+
+    import rgp_keras.wrapper  # noqa: F401  (registers RegularGraphPruning for loading)
+
+    return keras.saving.load_model(path)
+
+
+def _prune(args):
+    from rgp_keras.prune import prune_regular_graph
+    from rgp_keras.summary import pruning_summary
+
+    if not args.output.endswith(".keras"):
+        raise ValueError(f"-o/--output must end in .keras, got {args.output}")
+    model = _load_keras_model(args.model)
+    pruned = prune_regular_graph(
+        model, sparsity=args.sparsity, degree=args.degree, graph=args.graph, nodes=args.nodes, seed=args.seed
+    )
+    pruned.save(args.output)
+    if not args.quiet:
+        print(pruning_summary(pruned))
+    print(f"-> {args.output}")
+
+
+def _summary(args):
+    from rgp_keras.summary import pruning_summary
+
+    print(pruning_summary(_load_keras_model(args.model)))
+
+
 def _parser():
     parser = argparse.ArgumentParser(
         prog="rgp", description="Regular Graph Pruning for Keras: graphs, pruning, export."
@@ -78,6 +116,32 @@ def _parser():
     graph.add_argument("--plot", help="also save the ASPL history as a PNG")
     graph.add_argument("--quiet", action="store_true", help="no progress bar")
     graph.set_defaults(run=_graph)
+
+    prune = commands.add_parser(
+        "prune",
+        help="apply RGP masks to a .keras model",
+        description="Prune every prunable layer of a Keras 3 model with one regular graph.",
+        epilog=_EXAMPLES["prune"],
+    )
+    prune.add_argument("model", help="input .keras model")
+    how = prune.add_mutually_exclusive_group(required=True)
+    how.add_argument("--sparsity", type=float, help="fraction of weights to prune")
+    how.add_argument("--degree", type=int, help="graph degree k (keep k/n)")
+    how.add_argument("--graph", help="graph file from `rgp graph`")
+    prune.add_argument("--nodes", type=int, default=64, help="graph nodes n with --sparsity/--degree (default 64)")
+    prune.add_argument("--seed", type=int, help="random seed of the graph")
+    prune.add_argument("-o", "--output", required=True, help="pruned .keras model to write")
+    prune.add_argument("--quiet", action="store_true", help="do not print the summary table")
+    prune.set_defaults(run=_prune)
+
+    summary = commands.add_parser(
+        "summary",
+        help="per-layer params and MACs of a (pruned) .keras model",
+        description="Print parameters and MACs, dense -> kept, per layer.",
+        epilog=_EXAMPLES["summary"],
+    )
+    summary.add_argument("model", help=".keras model")
+    summary.set_defaults(run=_summary)
     return parser
 
 

@@ -50,3 +50,43 @@ def test_unknown_option_exits_nonzero(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["graph", "--bogus"])
     assert stop.value.code == 2
+
+
+@pytest.fixture
+def model_file(tmp_path, mlp_model):
+    path = tmp_path / "model.keras"
+    mlp_model.save(path)
+    return path
+
+
+def test_prune_and_summary_commands(tmp_path, model_file, capsys):
+    out = tmp_path / "pruned.keras"
+    assert main(["prune", str(model_file), "--degree", "4", "--nodes", "16", "--seed", "0", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "16/4" in printed and f"-> {out}" in printed
+    assert main(["summary", str(out)]) == 0
+    assert "16/4" in capsys.readouterr().out
+    import keras
+
+    from rgp_keras import RegularGraphPruning
+
+    assert sum(isinstance(l, RegularGraphPruning) for l in keras.saving.load_model(out).layers) == 2
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["prune", "missing.keras", "--degree", "4", "-o", "OUT"], "No such model file"),
+        (["prune", "MODEL", "--degree", "4", "-o", "out.h5"], "must end in .keras"),
+        (["prune", "MODEL", "--degree", "3", "--nodes", "15", "-o", "OUT"], "nodes * degree must be even"),
+        (["prune", "MODEL", "--graph", "missing.npz", "-o", "OUT"], "missing.npz"),
+        (["summary", "notes.txt"], "No such model file"),
+    ],
+)
+def test_prune_bad_input_is_one_line_and_leaves_no_output(tmp_path, model_file, capsys, argv, message):
+    out = tmp_path / "out.keras"
+    argv = [str(model_file) if a == "MODEL" else str(out) if a == "OUT" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
