@@ -101,8 +101,8 @@ def pruning_summary(model):
 
 def _why_dense(layer, graph, prunable):
     if graph is None:
-        reason = prunable_kernel(layer)[1] if not prunable_kernel(layer)[0] else "not pruned"
-        return reason
+        attribute, reason = prunable_kernel(layer)
+        return "not pruned" if attribute else reason
     reason = skip_reason(layer, graph)
     if reason:
         return reason
