@@ -5,6 +5,7 @@ stays light and never imports TensorFlow, tf_keras or TF-MOT by itself.
 """
 
 import importlib
+import sys
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,12 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+if "keras" in sys.modules:
+    # Register RegularGraphPruning so that `keras.saving.load_model` finds it; the
+    # graph-only path (Keras not loaded) stays free of TensorFlow.
+    importlib.import_module("rgp_keras.wrapper")
 
 
 def __getattr__(name):

@@ -90,6 +90,14 @@ def test_keras_file_round_trip_keeps_masks_without_custom_objects(vgg_model, gra
     np.testing.assert_allclose(loaded.predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-6)
 
 
+def test_keras_file_loads_in_a_fresh_process_after_import_rgp_keras(mlp_model, graph16, tmp_path):
+    path = tmp_path / "pruned.keras"
+    prune_regular_graph(mlp_model, graph=graph16).save(path)
+    code = f"import keras, rgp_keras; m = keras.saving.load_model({str(path)!r}); print(type(m.layers[1]).__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "RegularGraphPruning", out.stderr[-2000:]
+
+
 @pytest.mark.parametrize(
     "optimizer",
     [
