@@ -175,7 +175,7 @@ class _Chain:
         self.nodes, self.degree = graph.nodes, graph.degree
         self.neighbors = graph.neighbors.copy()
         self.adjacency = graph.adjacency.copy()
-        self.edges = graph.edges
+        self.edges = graph.edges  # a fresh array: updated in place on each accepted swap
         self.total, self.diameter = graph._stats
         self.pairs = self.nodes * (self.nodes - 1) // 2
         self.floor = _moore_total(self.nodes, self.degree) * self.nodes // 2
@@ -303,7 +303,6 @@ class _Chain:
         self.adjacency[a, d] = self.adjacency[d, a] = self.adjacency[c, b] = self.adjacency[b, c] = True
         edge_a = np.flatnonzero((self.edges[:, 0] == min(a, b)) & (self.edges[:, 1] == max(a, b)))[0]
         edge_c = np.flatnonzero((self.edges[:, 0] == min(c, d)) & (self.edges[:, 1] == max(c, d)))[0]
-        self.edges = self.edges.copy()
         self.edges[edge_a] = (min(a, d), max(a, d))
         self.edges[edge_c] = (min(c, b), max(c, b))
         self.total, self.diameter = int(totals[index]), int(diameters[index])
