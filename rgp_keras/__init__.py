@@ -21,6 +21,12 @@ _EXPORTS = {
     "prune_regular_graph": "rgp_keras.prune",
     "reinitialize": "rgp_keras.prune",
     "strip_pruning": "rgp_keras.prune",
+    "ExportReport": "rgp_keras.export",
+    "export_tflite": "rgp_keras.export",
+    "run_tflite": "rgp_keras.litert",
+    "benchmark_tflite": "rgp_keras.litert",
+    "load_mnist": "rgp_keras.datasets",
+    "load_fashion_mnist": "rgp_keras.datasets",
     "PruningSummary": "rgp_keras.summary",
     "pruning_summary": "rgp_keras.summary",
 }

@@ -1,0 +1,188 @@
+"""Tests for LiteRT export: compact kernels (Keras-level and LiteRT parity), sparse export,
+quantization, the report, and bad input."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from rgp_keras import export_tflite, prune_regular_graph, run_tflite, strip_pruning
+from rgp_keras.datasets import load_fashion_mnist
+from rgp_keras.export import CompactKernel, channel_blocks, compact_model
+from rgp_keras.graph import RegularGraph
+from rgp_keras.masks import kernel_mask
+
+layers = keras.layers
+
+
+@pytest.fixture(scope="module")
+def graph16():
+    return RegularGraph.random(16, 2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def real_images():
+    """Fashion-MNIST test images padded to 32x32 and repeated to 3 channels, in [0, 1]."""
+    (_, _), (x_test, y_test) = load_fashion_mnist()
+    x = np.pad(x_test[:64], ((0, 0), (2, 2), (2, 2))).astype("float32") / 255.0
+    return np.repeat(x[..., None], 3, axis=-1)
+
+
+def randomize_kernels(model, seed=0):
+    """Non-trivial weights so that parity checks compare real numbers (masks still apply)."""
+    rng = np.random.default_rng(seed)
+    for weight in model.weights:
+        if weight.path.endswith(("kernel", "bias")) and weight.trainable:
+            scale = 1.0 / np.sqrt(np.prod(weight.shape[:-1])) if weight.path.endswith("kernel") else 0.1
+            weight.assign(rng.normal(0, scale, weight.shape).astype("float32"))
+
+
+def vgg(channels=(64, 128, 256)):
+    inputs = keras.Input((32, 32, 3))
+    x = layers.Conv2D(channels[0], 3, padding="same", activation="relu")(inputs)
+    for width in channels:
+        x = layers.Conv2D(width, 3, padding="same")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU()(x)
+        x = layers.MaxPooling2D()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dense(128, activation="relu")(x)
+    return keras.Model(inputs, layers.Dense(10)(x))
+
+
+@pytest.mark.parametrize(
+    "layer, shape",
+    [
+        (layers.Conv2D(64, 3, padding="same"), (9, 9, 48)),
+        (layers.Conv2D(100, 3, strides=2, padding="valid", activation="relu"), (11, 11, 70)),
+        (layers.Conv2D(64, 3, dilation_rate=2, padding="same", use_bias=False), (12, 12, 72)),
+        (layers.Conv2D(64, (1, 3), strides=(2, 1), padding="same"), (8, 9, 64)),
+        (layers.Conv1D(80, 5, padding="causal", activation="tanh"), (20, 72)),
+        (layers.Conv3D(64, 2), (5, 5, 5, 64)),
+        (layers.Dense(70, activation="relu"), (90,)),
+        (layers.Dense(96), (7, 64)),
+    ],
+    ids=["same", "uneven-strided-valid", "dilated-nobias", "rect-kernel", "conv1d-causal", "conv3d",
+         "dense-uneven", "dense-3d-input"],
+)
+def test_compact_kernel_equals_the_masked_layer(layer, shape, graph16):
+    model = keras.Sequential([keras.Input(shape), layer])
+    pruned = prune_regular_graph(model, graph=graph16, skip_first=False, skip_last=False)
+    randomize_kernels(pruned)
+    stripped = strip_pruning(pruned)
+    compact, compacted, not_compacted = compact_model(stripped)
+    assert compacted == [layer.name] and not not_compacted
+    assert isinstance(compact.layers[0], CompactKernel) and compact.layers[0].nodes == 16
+    x = np.random.default_rng(1).normal(size=(3, *shape)).astype("float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(compact(x)), keras.ops.convert_to_numpy(pruned(x)),
+                               atol=1e-5, rtol=1e-5)
+    kernel_size = np.prod(stripped.layers[0].kernel.shape)
+    held = np.prod(compact.layers[0].conv.kernel.shape)
+    # k/n of the kernel, plus zero padding when channels do not divide into 16 groups
+    assert held <= kernel_size * 2 / 16 * 1.6
+
+
+def test_channel_blocks_recovers_the_graph_from_the_zeros():
+    graph = RegularGraph.random(16, 4, seed=3)
+    mask = kernel_mask(graph, (3, 3, 64, 96), "conv")
+    blocks = channel_blocks(np.where(mask, 1.0, 0.0))
+    np.testing.assert_array_equal(blocks, graph.adjacency)
+    assert channel_blocks(np.ones((3, 3, 64, 96))) is None
+
+
+def test_compact_and_sparse_litert_outputs_equal_keras_on_real_images(graph16, real_images, tmp_path):
+    pruned = prune_regular_graph(vgg(), graph=graph16)
+    randomize_kernels(pruned)
+    expected = keras.ops.convert_to_numpy(pruned(real_images))
+    compact = export_tflite(pruned, tmp_path / "compact.tflite")
+    sparse = export_tflite(pruned, tmp_path / "sparse.tflite", compact=False)
+    for report in (compact, sparse):
+        np.testing.assert_allclose(run_tflite(report.path, real_images), expected, atol=1e-4, rtol=0)
+    assert len(compact.compacted) == 4 and not compact.not_compacted  # three convs and the hidden Dense
+    assert compact.params < 0.25 * compact.dense_params and compact.macs < 0.25 * compact.dense_macs
+    assert sparse.params == sparse.dense_params and sparse.macs == sparse.dense_macs
+    assert compact.size_bytes < 1.1 * 4 * compact.params  # float32 kept weights, little else
+    assert sparse.gzip_bytes < sparse.size_bytes and "compact" in str(compact) and "MACs" in str(compact)
+    assert sorted(os.listdir(tmp_path)) == ["compact.tflite", "sparse.tflite"]
+
+
+def test_mobilenet_v2_compact_export_matches_keras(real_images, tmp_path):
+    model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), weights=None, classes=10)
+    pruned = prune_regular_graph(model, degree=2, nodes=16, seed=0)
+    expected = keras.ops.convert_to_numpy(pruned(real_images[:16]))
+    report = export_tflite(strip_pruning(pruned), tmp_path / "mobilenet.tflite")
+    assert len(report.compacted) > 10 and report.macs < 0.6 * report.dense_macs
+    np.testing.assert_allclose(run_tflite(report.path, real_images[:16]), expected, atol=1e-4, rtol=0)
+
+
+def test_int8_compact_classifies_like_int8_sparse(graph16, tmp_path):
+    (x_train, y_train), (x_test, _) = load_fashion_mnist()
+    x_train = np.pad(x_train[:4096], ((0, 0), (2, 2), (2, 2)))[..., None].repeat(3, -1).astype("float32") / 255
+    x_test = np.pad(x_test[:300], ((0, 0), (2, 2), (2, 2)))[..., None].repeat(3, -1).astype("float32") / 255
+    keras.utils.set_random_seed(0)
+    pruned = prune_regular_graph(vgg((32, 64, 64)), graph=graph16)
+    pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.fit(x_train, y_train[:4096], epochs=1, batch_size=128, verbose=0)
+    compact = export_tflite(pruned, tmp_path / "c8.tflite", quantize="int8", representative_data=x_train[:200])
+    sparse = export_tflite(pruned, tmp_path / "s8.tflite", compact=False, quantize="int8",
+                           representative_data=x_train[:200])
+    agree = np.mean(run_tflite(compact.path, x_test).argmax(-1) == run_tflite(sparse.path, x_test).argmax(-1))
+    assert agree >= 0.98
+    assert compact.size_bytes < sparse.size_bytes
+
+
+def test_layers_that_cannot_be_compacted_stay_and_the_report_says_why(tmp_path):
+    model = keras.Sequential([keras.Input((8, 8, 64)), layers.Conv2D(64, 3, padding="same"),
+                              layers.Conv2DTranspose(64, 3, padding="same"), layers.Conv2D(64, 1),
+                              layers.Conv2D(8, 1)])
+    pruned = prune_regular_graph(model, degree=8, nodes=64, seed=0, skip_first=False)
+    report = export_tflite(pruned, tmp_path / "m.tflite")
+    assert "Conv2DTranspose" in report.not_compacted[model.layers[1].name]
+    assert "too small" in report.not_compacted[model.layers[0].name]
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 64)).astype("float32")
+    np.testing.assert_allclose(run_tflite(report.path, x), keras.ops.convert_to_numpy(pruned(x)), atol=1e-4)
+
+
+def test_int8_needs_representative_data_of_the_input_shape(graph16, tmp_path):
+    pruned = prune_regular_graph(vgg((32, 64, 64)), graph=graph16)
+    with pytest.raises(ValueError, match=r"needs `representative_data`.*\(N, 32, 32, 3\)"):
+        export_tflite(pruned, tmp_path / "m.tflite", quantize="int8")
+    with pytest.raises(ValueError, match=r"shaped \(N, 32, 32, 3\).*got \(10, 28, 28\)"):
+        export_tflite(pruned, tmp_path / "m.tflite", quantize="int8", representative_data=np.zeros((10, 28, 28)))
+    with pytest.raises(ValueError, match="quantize.*one of"):
+        export_tflite(pruned, tmp_path / "m.tflite", quantize="int4")
+    assert os.listdir(tmp_path) == []
+
+
+def test_unwritable_path_leaves_nothing_behind(graph16, tmp_path):
+    pruned = prune_regular_graph(vgg((32, 64, 64)), graph=graph16)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        export_tflite(pruned, tmp_path / "missing" / "m.tflite")
+    with pytest.raises(ValueError, match=r"must end with \.tflite"):
+        export_tflite(pruned, tmp_path / "m.keras")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root)")
+        with pytest.raises(PermissionError, match="no write permission"):
+            export_tflite(pruned, locked / "m.tflite")
+    finally:
+        locked.chmod(0o700)
+    assert os.listdir(tmp_path) == ["locked"] and os.listdir(locked) == []
+
+
+def test_failed_conversion_keeps_an_existing_file(graph16, tmp_path, monkeypatch):
+    target = tmp_path / "m.tflite"
+    target.write_bytes(b"previous export")
+    pruned = prune_regular_graph(vgg((32, 64, 64)), graph=graph16)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("converter crashed")
+
+    monkeypatch.setattr(keras.Model, "export", fail)
+    with pytest.raises(RuntimeError, match="converter crashed"):
+        export_tflite(pruned, target)
+    assert target.read_bytes() == b"previous export" and os.listdir(tmp_path) == ["m.tflite"]
