@@ -9,7 +9,10 @@ _EXAMPLES = {
     "graph": "example: rgp graph --nodes 64 --sparsity 0.875 --seed 0 --time-limit 10 --out graph.npz",
     "prune": "example: rgp prune model.keras --sparsity 0.875 --nodes 64 -o pruned.keras",
     "summary": "example: rgp summary pruned.keras",
+    "export": "example: rgp export pruned.keras -o model.tflite --quantize int8 --calibration samples.npy",
+    "bench": "example: rgp bench model.tflite --threads 1",
 }
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 def _objective(text):
@@ -89,6 +92,57 @@ def _summary(args):
     print(pruning_summary(_load_keras_model(args.model)))
 
 
+def _export(args):
+    from rgp_keras.export import export_tflite
+
+    model = _load_keras_model(args.model)
+    if args.calibration and args.quantize != "int8":
+        raise ValueError("--calibration is only used with --quantize int8")
+    samples = _calibration(args.calibration, model.inputs[0].shape) if args.calibration else None
+    report = export_tflite(
+        model, args.output, compact=not args.sparse, quantize=args.quantize, representative_data=samples
+    )
+    print(report)
+
+
+def _calibration(path, input_shape):
+    """Calibration samples from a .npy file or a folder of images (scaled to [0, 1])."""
+    import os
+
+    import numpy as np
+
+    if os.path.isdir(path):
+        import keras
+
+        files = sorted(f for f in os.listdir(path) if f.lower().endswith(_IMAGE_SUFFIXES))
+        if not files:
+            raise ValueError(f"--calibration folder {path} has no images ({', '.join(_IMAGE_SUFFIXES)})")
+        height, width, channels = input_shape[1:]
+        mode = {1: "grayscale", 3: "rgb", 4: "rgba"}[channels]
+        return np.stack([
+            keras.utils.img_to_array(keras.utils.load_img(os.path.join(path, f), color_mode=mode,
+                                                          target_size=(height, width))) / 255.0
+            for f in files[:500]
+        ])
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No such calibration file or folder: {path}")
+    if not path.endswith(".npy"):
+        raise ValueError(f"--calibration must be a .npy file of input samples or a folder of images, got {path}")
+    return np.load(path, allow_pickle=False)
+
+
+def _bench(args):
+    from rgp_keras.litert import benchmark_tflite
+
+    if not args.model.endswith(".tflite"):
+        raise ValueError(f"{args.model} is not a .tflite file")
+    result = benchmark_tflite(args.model, threads=args.threads, runs=args.runs)
+    print(
+        f"{args.model}: median {result['median_ms']:.3f} ms, min {result['min_ms']:.3f} ms "
+        f"({result['runs']} runs after warm-up, {result['threads']} thread(s), LiteRT + XNNPACK)"
+    )
+
+
 def _parser():
     parser = argparse.ArgumentParser(
         prog="rgp", description="Regular Graph Pruning for Keras: graphs, pruning, export."
@@ -142,6 +196,30 @@ def _parser():
     )
     summary.add_argument("model", help=".keras model")
     summary.set_defaults(run=_summary)
+
+    export = commands.add_parser(
+        "export",
+        help="write a .tflite file with compact (or sparse) kernels",
+        description="Export a pruned or stripped .keras model to LiteRT; prints sizes, params and MACs.",
+        epilog=_EXAMPLES["export"],
+    )
+    export.add_argument("model", help="pruned or stripped .keras model")
+    export.add_argument("-o", "--output", required=True, help=".tflite file to write")
+    export.add_argument("--sparse", action="store_true", help="keep dense-shaped kernels with zeros (no compact rewrite)")
+    export.add_argument("--quantize", choices=["dynamic", "float16", "int8"], help="post-training quantization")
+    export.add_argument("--calibration", help="int8 calibration inputs: a .npy array (N, *input) or a folder of images")
+    export.set_defaults(run=_export)
+
+    bench = commands.add_parser(
+        "bench",
+        help="LiteRT latency of a .tflite file",
+        description="Median single-sample latency with the LiteRT interpreter (XNNPACK) after warm-up.",
+        epilog=_EXAMPLES["bench"],
+    )
+    bench.add_argument("model", help=".tflite file")
+    bench.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    bench.add_argument("--runs", type=int, default=30, help="timed invocations (default 30)")
+    bench.set_defaults(run=_bench)
     return parser
 
 

@@ -90,3 +90,49 @@ def test_prune_bad_input_is_one_line_and_leaves_no_output(tmp_path, model_file, 
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+@pytest.fixture
+def pruned_file(tmp_path, mlp_model):
+    from rgp_keras import prune_regular_graph
+
+    path = tmp_path / "pruned.keras"
+    prune_regular_graph(mlp_model, degree=2, nodes=16, seed=0).save(path)
+    return path
+
+
+def test_export_and_bench_commands(tmp_path, pruned_file, capsys):
+    import numpy as np
+
+    out = tmp_path / "model.tflite"
+    assert main(["export", str(pruned_file), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "compact, float32" in printed and "MACs/sample" in printed and out.is_file()
+    samples = tmp_path / "samples.npy"
+    np.save(samples, np.random.default_rng(0).random((20, 64)).astype("float32"))
+    int8 = tmp_path / "int8.tflite"
+    assert main(["export", str(pruned_file), "-o", str(int8), "--quantize", "int8", "--calibration", str(samples)]) == 0
+    assert "compact, int8" in capsys.readouterr().out
+    assert main(["bench", str(out), "--runs", "5"]) == 0
+    assert "median" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["export", "missing.keras", "-o", "OUT"], "No such model file"),
+        (["export", "MODEL", "-o", "OUT", "--quantize", "int8"], "needs `representative_data`"),
+        (["export", "MODEL", "-o", "OUT", "--quantize", "int8", "--calibration", "nope.npy"], "No such calibration"),
+        (["export", "MODEL", "-o", "OUT", "--calibration", "x.npy"], "only used with --quantize int8"),
+        (["export", "MODEL", "-o", "model.onnx"], "must end with .tflite"),
+        (["bench", "MODEL"], "not a .tflite file"),
+        (["bench", "missing.tflite"], "No .tflite file"),
+    ],
+)
+def test_export_and_bench_bad_input(tmp_path, pruned_file, capsys, argv, message):
+    out = tmp_path / "out.tflite"
+    argv = [str(pruned_file) if a == "MODEL" else str(out) if a == "OUT" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
