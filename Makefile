@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test data bench-graph clean
+.PHONY: demo test data bench-graph bench-export clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,11 +15,18 @@ $(STAMP): pyproject.toml
 data: $(STAMP)
 	$(BIN)/python -m rgp_keras.datasets data
 
+# The main job: MNIST CNN -> RGP 87.5 % -> fine-tune -> sparse and compact .tflite -> LiteRT table.
+demo: $(STAMP) data
+	$(BIN)/python examples/demo.py
+
 test: $(STAMP) data
 	$(BIN)/python -m pytest
 
 bench-graph: $(STAMP)
 	$(BIN)/python benchmarks/graph_bench.py
 
+bench-export: $(STAMP) data
+	$(BIN)/python benchmarks/export_bench.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info demo-output

@@ -38,3 +38,22 @@ def plot_aspl_history(histories, path, moore_bound=None, title=None):
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def plot_layer_sparsity(summary, path, title=None):
+    """Save a bar chart of dense vs kept parameters per layer from a `pruning_summary`."""
+    plt = _pyplot()
+    rows = [row for row in summary if row["params"]]
+    figure, axes = plt.subplots(figsize=(max(6, 0.5 * len(rows)), 4))
+    positions = range(len(rows))
+    axes.bar(positions, [row["params"] for row in rows], color="lightgray", label="dense")
+    axes.bar(positions, [row["kept_params"] for row in rows], color="tab:blue", label="kept")
+    axes.set_xticks(list(positions), [row["name"] for row in rows], rotation=60, ha="right", fontsize=8)
+    axes.set_yscale("log")
+    axes.set_ylabel("parameters")
+    if title:
+        axes.set_title(title)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
