@@ -6,7 +6,7 @@ graph for minimum ASPL, prune every middle layer to 87.5 %, fine-tune with
 plain `model.fit`, export sparse and compact .tflite files, run them on the
 10,000 test images with the LiteRT interpreter, and print one table.
 
-    python examples/demo.py [--epochs 2] [--fine-tune-epochs 1] [--out demo-output]
+    python examples/demo.py [--epochs 2] [--fine-tune-epochs 2] [--out demo-output]
 """
 
 import argparse
@@ -58,7 +58,7 @@ def compile_for_training(model, learning_rate):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=2, help="dense training epochs (skipped when cached)")
-    parser.add_argument("--fine-tune-epochs", type=int, default=1, help="fine-tuning epochs after pruning")
+    parser.add_argument("--fine-tune-epochs", type=int, default=2, help="fine-tuning epochs after pruning")
     parser.add_argument("--train-samples", type=int, default=60000, help="training images used (smoke runs: fewer)")
     parser.add_argument("--out", default="demo-output", help="folder for models, .tflite files and plots")
     args = parser.parse_args()

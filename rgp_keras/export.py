@@ -101,7 +101,7 @@ def export_tflite(model, path, *, compact=True, quantize=None, representative_da
     >>> report = export_tflite(pruned_model, "model.tflite")  # doctest: +SKIP
     >>> print(report)  # doctest: +SKIP
     """
-    _reject_other_keras(model)
+    _reject_other_keras(model, "export_tflite")
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a Keras 3 model, got {type(model).__name__}.")
     if quantize not in QUANTIZE:

@@ -59,8 +59,13 @@ def prune_regular_graph(
     >>> [type(layer).__name__ for layer in pruned.layers]
     ['RegularGraphPruning', 'RegularGraphPruning', 'Dense']
     """
-    _reject_other_keras(to_prune)
     graph = resolve_graph(sparsity=sparsity, degree=degree, graph=graph, nodes=nodes, seed=seed)
+    if is_tf_keras(to_prune):
+        from rgp_keras import tfmot_adapter
+
+        return tfmot_adapter.prune_regular_graph(
+            to_prune, graph, self_loops=self_loops, skip_first=skip_first, skip_last=skip_last, layers=layers
+        )
     if not isinstance(to_prune, keras.Model):
         if not isinstance(to_prune, keras.layers.Layer):
             raise TypeError(
@@ -101,7 +106,10 @@ def strip_pruning(model):
     >>> [type(layer).__name__ for layer in stripped.layers]
     ['Dense', 'Dense', 'Dense']
     """
-    _reject_other_keras(model)
+    if is_tf_keras(model):
+        from rgp_keras import tfmot_adapter
+
+        return tfmot_adapter.strip_pruning(model)
     if isinstance(model, RegularGraphPruning):
         raise TypeError("strip_pruning takes a model; for a single wrapper use `wrapper.layer` and `wrapper.masked_kernel()`.")
     if not isinstance(model, keras.Model):
@@ -132,6 +140,7 @@ def reinitialize(model, seed=None):
     each unit's output variance matches that of the dense layer. Masked
     weights stay exactly zero. Modifies `model` in place and returns it.
     """
+    _reject_other_keras(model, "reinitialize")
     seed = None if seed is None else check_int("seed", seed, minimum=0)
     wrappers = [layer for layer in _leaves(model) if isinstance(layer, RegularGraphPruning)]
     if not wrappers:
@@ -169,12 +178,17 @@ def resolve_graph(*, sparsity, degree, graph, nodes, seed):
     return optimize(start, seed=start.metadata["seed"]).graph
 
 
-def _reject_other_keras(obj):
-    if type(obj).__module__.split(".")[0] == "tf_keras":
+def is_tf_keras(obj):
+    """Whether `obj` is a tf_keras (Keras 2) object, checked without importing tf_keras."""
+    return any(cls.__module__.split(".")[0] == "tf_keras" for cls in type(obj).__mro__)
+
+
+def _reject_other_keras(obj, helper):
+    if is_tf_keras(obj):
         raise TypeError(
-            f"{type(obj).__name__} is a tf_keras (Keras 2) object; this path takes Keras 3 "
-            "(`import keras`) models. The tf_keras + TF-MOT path is not available in this version "
-            "of rgp_keras: build the model with Keras 3, or keep TF-MOT's prune_low_magnitude for tf_keras."
+            f"{type(obj).__name__} is a tf_keras (Keras 2) object, but `{helper}` takes Keras 3 models only. "
+            "tf_keras models go through the TF-MOT path: rgp_keras.prune_regular_graph, strip_pruning and "
+            "pruning_summary accept them, then TF-MOT's own tools (see examples/tfmot_workflow.py)."
         )
 
 
@@ -199,12 +213,21 @@ def _check_model(model, pruned_ok=False):
 
 
 def _leaves(model):
-    """Layers in model order, descending into nested models; wrappers count as leaves."""
+    """Layers in model order, descending into nested models; wrappers count as leaves.
+
+    Nested models are recognised by their `layers` list, so Keras 3 and
+    tf_keras models are walked alike.
+    """
     for layer in model.layers:
-        if isinstance(layer, keras.Model):
+        if isinstance(getattr(layer, "layers", None), list):
             yield from _leaves(layer)
         else:
             yield layer
+
+
+def is_rgp_wrapper(layer):
+    """Whether `layer` is an RGP wrapper: Keras 3 `RegularGraphPruning` or the tf_keras `PruneRegularGraph`."""
+    return hasattr(layer, "masked_kernel") and hasattr(layer, "graph")
 
 
 def _matches(layer, selectors):
@@ -219,27 +242,32 @@ def _matches(layer, selectors):
 
 
 def skip_reason(layer, graph):
-    """Why `layer` cannot carry `graph`'s mask, or None when it can."""
+    """Why `layer` cannot carry `graph`'s mask (`graph=None`: judge the layer type only), or None when it can."""
     attribute, reason = prunable_kernel(layer)
     if attribute is None:
         return reason
+    if graph is None:
+        return None
     channels = kernel_channels(getattr(layer, attribute).shape, reason)
     if min(channels) < graph.nodes:
         return f"{channels[0]} input / {channels[1]} output channels: fewer than the graph's {graph.nodes} nodes"
     return None
 
 
-def _select(model, graph, layers, skip_first, skip_last):
-    """ids of the layers to wrap; raises when a layer named explicitly cannot be masked."""
+def _select(model, graph, layers, skip_first, skip_last, reason_of=skip_reason):
+    """ids of the layers to wrap; raises when a layer named explicitly cannot be masked.
+
+    `reason_of(layer, graph)` says why a layer cannot be masked (None: it can).
+    """
     leaves = list(_leaves(model))
     if layers is None:
-        candidates = [layer for layer in leaves if prunable_kernel(layer)[0] is not None]
+        candidates = [layer for layer in leaves if reason_of(layer, None) is None]
         skipped = set()
         if candidates and skip_first:
             skipped.add(id(candidates[0]))
         if candidates and skip_last:
             skipped.add(id(candidates[-1]))
-        chosen = [layer for layer in candidates if id(layer) not in skipped and skip_reason(layer, graph) is None]
+        chosen = [layer for layer in candidates if id(layer) not in skipped and reason_of(layer, graph) is None]
     else:
         selectors = layers if isinstance(layers, (list, tuple, set)) else [layers]
         names = {layer.name for layer in leaves}
@@ -250,7 +278,7 @@ def _select(model, graph, layers, skip_first, skip_last):
         for layer in leaves:
             if not _matches(layer, selectors):
                 continue
-            reason = skip_reason(layer, graph)
+            reason = reason_of(layer, graph)
             if reason is None:
                 chosen.append(layer)
             elif layer.name in selectors:

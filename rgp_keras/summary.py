@@ -1,12 +1,11 @@
-"""`pruning_summary`: per-layer parameters and MACs, dense -> kept, for a (pruned) Keras 3 model."""
+"""`pruning_summary`: per-layer parameters and MACs, dense -> kept, for a (pruned) Keras 3 or tf_keras model."""
 
 import math
 
 from keras import ops
 
 from rgp_keras.masks import prunable_kernel
-from rgp_keras.prune import _leaves, skip_reason
-from rgp_keras.wrapper import RegularGraphPruning
+from rgp_keras.prune import _leaves, is_rgp_wrapper, skip_reason
 
 
 class PruningSummary(list):
@@ -54,7 +53,7 @@ class PruningSummary(list):
 
 
 def pruning_summary(model):
-    """Per-layer parameters and MACs, dense -> kept, of a Keras 3 model (pruned or not).
+    """Per-layer parameters and MACs, dense -> kept, of a Keras 3 or tf_keras model (pruned or not).
 
     Example:
     >>> import keras
@@ -66,15 +65,15 @@ def pruning_summary(model):
     ('16/4', 1088)
     """
     leaves = [layer for layer in _leaves(model) if layer.count_params() > 0]
-    wrappers = [layer for layer in leaves if isinstance(layer, RegularGraphPruning)]
+    wrappers = [layer for layer in leaves if is_rgp_wrapper(layer)]
     graph = wrappers[0].graph if wrappers else None
-    prunable = [layer for layer in leaves if isinstance(layer, RegularGraphPruning) or prunable_kernel(layer)[0]]
+    prunable = [layer for layer in leaves if is_rgp_wrapper(layer) or prunable_kernel(layer)[0]]
     rows = PruningSummary()
     for layer in leaves:
-        inner = layer.layer if isinstance(layer, RegularGraphPruning) else layer
+        inner = layer.layer if is_rgp_wrapper(layer) else layer
         params = inner.count_params()
         macs, kernel_macs = _macs(layer, inner)
-        if isinstance(layer, RegularGraphPruning):
+        if is_rgp_wrapper(layer):
             density = float(ops.convert_to_numpy(layer.density))
             kernel_size = math.prod(layer.kernel.shape)
             kept = params - kernel_size + int(round(density * kernel_size))
@@ -125,7 +124,8 @@ def _macs(outer, layer):
     kernel_attribute, layout = prunable_kernel(layer)
     total = kernel_part = 0
     for weight in layer.trainable_weights:
-        name = weight.path.split("/")[-1]
+        # Keras 3 variables have a path, tf_keras ones a name like "conv2d/kernel:0"
+        name = getattr(weight, "path", weight.name).split("/")[-1].split(":")[0]
         if name in ("bias", "gamma", "beta") or len(weight.shape) < 2:
             continue
         size = math.prod(weight.shape)

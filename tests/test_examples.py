@@ -24,3 +24,17 @@ def test_demo_runs_end_to_end_and_litert_agrees_with_keras(tmp_path):
     assert "compacted    3 layers" in out.stdout
     for name in ("dense.tflite", "sparse.tflite", "compact.tflite", "aspl_history.png", "layer_sparsity.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_tfmot_workflow_pqat_int8_litert_matches_keras_on_real_mnist(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "tfmot_workflow.py"), "--train-samples", "6000", "--epochs", "1",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    value = lambda label: float(re.search(rf"{label}\s+([\d.]+)", out.stdout).group(1))
+    assert abs(value(r"int8 accuracy \(LiteRT\)") - value(r"PQAT accuracy \(Keras\)")) <= 0.01
+    assert value("LiteRT/Keras agreement") >= 0.99
+    assert value(r"PQAT accuracy \(Keras\)") > 0.8
+    assert "masked weights zero in int8 file: True" in out.stdout
