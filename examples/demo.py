@@ -32,12 +32,8 @@ def small_cnn():
         [
             keras.Input((28, 28, 1)),
             layers.Conv2D(128, 3, strides=2, padding="same", activation="relu"),
-            layers.Conv2D(128, 3, strides=2, padding="same", use_bias=False),
-            layers.BatchNormalization(momentum=0.9),
-            layers.ReLU(),
-            layers.Conv2D(256, 3, padding="same", use_bias=False),
-            layers.BatchNormalization(momentum=0.9),
-            layers.ReLU(),
+            layers.Conv2D(128, 3, strides=2, padding="same", activation="relu"),
+            layers.Conv2D(256, 3, padding="same", activation="relu"),
             layers.GlobalAveragePooling2D(),
             layers.Dense(256, activation="relu"),
             layers.Dense(10),
@@ -77,7 +73,7 @@ def main():
         dense = keras.saving.load_model(cached)
     else:
         print(f"[1/5] Training the dense CNN ({args.epochs} epochs on {len(x_train):,} MNIST images)")
-        dense = compile_for_training(small_cnn(), 2e-3)
+        dense = compile_for_training(small_cnn(), 1e-3)
         dense.fit(x_train, y_train, epochs=args.epochs, batch_size=128, validation_split=0.05)
         dense.save(cached)
     compile_for_training(dense, 1e-3)

@@ -1,6 +1,7 @@
 """Tests for the Keras 3 pruning API: prune_regular_graph, RegularGraphPruning, strip_pruning,
 reinitialize, pruning_summary."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -341,7 +342,9 @@ def test_importing_rgp_keras_does_not_import_tf_keras_or_tfmot():
         "rgp_keras.pruning_summary(rgp_keras.strip_pruning(p))\n"
         "print(sorted(m for m in ('tf_keras', 'tensorflow_model_optimization') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # A user's own TF_USE_LEGACY_KERAS=1 would make TensorFlow itself load tf_keras.
+    env = {key: value for key, value in os.environ.items() if key != "TF_USE_LEGACY_KERAS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "[]"
 
 
