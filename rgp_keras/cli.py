@@ -11,6 +11,7 @@ _EXAMPLES = {
     "summary": "example: rgp summary pruned.keras",
     "export": "example: rgp export pruned.keras -o model.tflite --quantize int8 --calibration samples.npy",
     "bench": "example: rgp bench model.tflite --threads 1",
+    "plot": "examples: rgp plot adjacency graph.npz -o adjacency.png; rgp plot layers pruned.keras -o layers.png",
 }
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -36,7 +37,7 @@ def _graph(args):
         time_limit=args.time_limit,
         seed=args.seed,
         jobs=args.jobs,
-        progress=not args.quiet,
+        progress=not (args.quiet or args.json),
     )
     graph = result.graph
     if args.plot:
@@ -48,6 +49,12 @@ def _graph(args):
             moore_bound=graph.moore_bound,
         )
     graph.save(args.out)
+    if args.json:
+        return _print_json(
+            nodes=graph.nodes, degree=graph.degree, sparsity=graph.sparsity, aspl_before=start.aspl, aspl=graph.aspl,
+            diameter=graph.diameter, moore_bound=graph.moore_bound, gap=graph.gap, attempts=result.attempts,
+            seconds=result.elapsed, path=args.out,
+        )
     print(
         f"nodes {graph.nodes}  degree {graph.degree}  sparsity {graph.sparsity:.4f}\n"
         f"ASPL {start.aspl:.4f} -> {graph.aspl:.4f}  diameter {start.diameter} -> {graph.diameter}\n"
@@ -89,7 +96,16 @@ def _prune(args):
 def _summary(args):
     from rgp_keras.summary import pruning_summary
 
-    print(pruning_summary(_load_keras_model(args.model)))
+    summary = pruning_summary(_load_keras_model(args.model))
+    if args.json:
+        return _print_json(layers=list(summary), totals=summary.totals)
+    print(summary)
+
+
+def _print_json(**fields):
+    import json
+
+    print(json.dumps(fields, default=lambda value: value.item() if hasattr(value, "item") else str(value)))
 
 
 def _export(args):
@@ -102,6 +118,10 @@ def _export(args):
     report = export_tflite(
         model, args.output, compact=not args.sparse, quantize=args.quantize, representative_data=samples
     )
+    if args.json:
+        import dataclasses
+
+        return _print_json(**dataclasses.asdict(report))
     print(report)
 
 
@@ -137,10 +157,33 @@ def _bench(args):
     if not args.model.endswith(".tflite"):
         raise ValueError(f"{args.model} is not a .tflite file")
     result = benchmark_tflite(args.model, threads=args.threads, runs=args.runs)
+    if args.json:
+        return _print_json(model=args.model, **result)
     print(
         f"{args.model}: median {result['median_ms']:.3f} ms, min {result['min_ms']:.3f} ms "
         f"({result['runs']} runs after warm-up, {result['threads']} thread(s), LiteRT + XNNPACK)"
     )
+
+
+def _plot(args):
+    import os
+
+    from rgp_keras import plots
+
+    if not args.output.endswith(".png"):
+        raise ValueError(f"-o/--output must end in .png, got {args.output}")
+    if args.kind == "adjacency":
+        from rgp_keras.graph import RegularGraph
+
+        if not os.path.isfile(args.source):
+            raise FileNotFoundError(f"No such graph file: {args.source}")
+        plots.plot_adjacency(RegularGraph.load(args.source), args.output)
+    else:
+        from rgp_keras.summary import pruning_summary
+
+        model = _load_keras_model(args.source)
+        plots.plot_layer_sparsity(pruning_summary(model), args.output, title=model.name)
+    print(f"-> {args.output}")
 
 
 def _parser():
@@ -169,6 +212,7 @@ def _parser():
     graph.add_argument("--out", required=True, help="graph file to write (.npz)")
     graph.add_argument("--plot", help="also save the ASPL history as a PNG")
     graph.add_argument("--quiet", action="store_true", help="no progress bar")
+    graph.add_argument("--json", action="store_true", help="print the result as one JSON object")
     graph.set_defaults(run=_graph)
 
     prune = commands.add_parser(
@@ -195,6 +239,7 @@ def _parser():
         epilog=_EXAMPLES["summary"],
     )
     summary.add_argument("model", help=".keras model")
+    summary.add_argument("--json", action="store_true", help="print rows and totals as one JSON object")
     summary.set_defaults(run=_summary)
 
     export = commands.add_parser(
@@ -208,6 +253,7 @@ def _parser():
     export.add_argument("--sparse", action="store_true", help="keep dense-shaped kernels with zeros (no compact rewrite)")
     export.add_argument("--quantize", choices=["dynamic", "float16", "int8"], help="post-training quantization")
     export.add_argument("--calibration", help="int8 calibration inputs: a .npy array (N, *input) or a folder of images")
+    export.add_argument("--json", action="store_true", help="print the report as one JSON object")
     export.set_defaults(run=_export)
 
     bench = commands.add_parser(
@@ -219,7 +265,19 @@ def _parser():
     bench.add_argument("model", help=".tflite file")
     bench.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     bench.add_argument("--runs", type=int, default=30, help="timed invocations (default 30)")
+    bench.add_argument("--json", action="store_true", help="print the timings as one JSON object")
     bench.set_defaults(run=_bench)
+
+    plot = commands.add_parser(
+        "plot",
+        help="PNG figures: graph adjacency, per-layer kept weights",
+        description="Save a figure (the ASPL history comes with `rgp graph --plot`).",
+        epilog=_EXAMPLES["plot"],
+    )
+    plot.add_argument("kind", choices=["adjacency", "layers"], help="adjacency (of a graph file) or layers (of a .keras model)")
+    plot.add_argument("source", help="graph .npz file (adjacency) or .keras model (layers)")
+    plot.add_argument("-o", "--output", required=True, help="PNG file to write")
+    plot.set_defaults(run=_plot)
     return parser
 
 

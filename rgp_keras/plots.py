@@ -57,3 +57,16 @@ def plot_layer_sparsity(summary, path, title=None):
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def plot_adjacency(graph, path, title=None):
+    """Save the adjacency matrix of a `RegularGraph` as a heatmap (which channel groups connect)."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(5, 5))
+    axes.imshow(graph.adjacency, cmap="Greys", interpolation="nearest")
+    axes.set_xlabel("output channel group")
+    axes.set_ylabel("input channel group")
+    axes.set_title(title or f"n={graph.nodes}, k={graph.degree}, ASPL {graph.aspl:.4f}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

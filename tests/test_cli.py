@@ -136,3 +136,43 @@ def test_export_and_bench_bad_input(tmp_path, pruned_file, capsys, argv, message
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_json_output_and_plots(tmp_path, pruned_file, capsys):
+    import json
+
+    graph_file = tmp_path / "g.npz"
+    assert main(["graph", "--nodes", "16", "--degree", "4", "--seed", "0", "--attempts", "200",
+                 "--out", str(graph_file), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["nodes"] == 16 and result["aspl"] <= result["aspl_before"]
+    assert main(["summary", str(pruned_file), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["totals"]["kept_params"] < summary["totals"]["params"] and summary["layers"][1]["graph"] == "16/2"
+    tflite = tmp_path / "m.tflite"
+    assert main(["export", str(pruned_file), "-o", str(tflite), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["size_bytes"] == tflite.stat().st_size and report["compacted"]
+    assert main(["bench", str(tflite), "--runs", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["median_ms"] > 0
+    for kind, source in (("adjacency", graph_file), ("layers", pruned_file)):
+        png = tmp_path / f"{kind}.png"
+        assert main(["plot", kind, str(source), "-o", str(png)]) == 0
+        assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["plot", "adjacency", "missing.npz", "-o", "OUT"], "No such graph file"),
+        (["plot", "layers", "missing.keras", "-o", "OUT"], "No such model file"),
+        (["plot", "layers", "MODEL", "-o", "out.jpg"], "must end in .png"),
+    ],
+)
+def test_plot_bad_input(tmp_path, pruned_file, capsys, argv, message):
+    out = tmp_path / "out.png"
+    argv = [str(pruned_file) if a == "MODEL" else str(out) if a == "OUT" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
