@@ -10,8 +10,8 @@ Flows: "finetune" (prune a trained dense model, then fine-tune) and "scratch"
 (train from scratch with the mask; RGP uses density-aware initialisation).
 
 Profiles (the exact budget is written into the results):
-  --quick  MLP on all 60k images, both flows, 3 seeds; VGG on a 5k-image subset,
-           finetune flow, 1 seed. About 20-25 minutes on 2 cores.
+  --quick  MLP on 20k training images, both flows, 3 seeds; VGG on a 5k-image subset,
+           finetune flow, 1 seed. About 15-20 minutes on 2 cores.
   --full   both models on all images, both flows, 3 seeds, longer training.
 
 Writes benchmarks/results/accuracy.md, accuracy.csv and accuracy.png.
@@ -45,7 +45,7 @@ RGP_METHODS = ("RGP min-ASPL", "RGP ring lattice", "RGP random graph")
 METHODS = ("dense", *RGP_METHODS, "random unstructured", "TF-MOT magnitude")
 PROFILES = {
     "quick": {
-        "MLP": dict(train=60000, seeds=3, flows=("finetune", "scratch"), pretrain=3, finetune=1, scratch=3),
+        "MLP": dict(train=20000, seeds=3, flows=("finetune", "scratch"), pretrain=3, finetune=1, scratch=3),
         "VGG": dict(train=5000, seeds=1, flows=("finetune",), pretrain=3, finetune=1, scratch=0),
     },
     "full": {

@@ -21,6 +21,7 @@ _EXPORTS = {
     "prune_regular_graph": "rgp_keras.prune",
     "reinitialize": "rgp_keras.prune",
     "strip_pruning": "rgp_keras.prune",
+    "RegularGraphSummaries": "rgp_keras.callbacks",
     "ExportReport": "rgp_keras.export",
     "export_tflite": "rgp_keras.export",
     "run_tflite": "rgp_keras.litert",

@@ -38,3 +38,52 @@ def test_tfmot_workflow_pqat_int8_litert_matches_keras_on_real_mnist(tmp_path):
     assert value("LiteRT/Keras agreement") >= 0.99
     assert value(r"PQAT accuracy \(Keras\)") > 0.8
     assert "masked weights zero in int8 file: True" in out.stdout
+
+
+def run_example(*argv, cwd=None):
+    out = subprocess.run([sys.executable, *map(str, argv)], capture_output=True, text=True, timeout=600, cwd=cwd)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+def test_readme_quickstart_runs_as_written(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Quickstart"):]
+    code = section[section.index("```python") + len("```python"): section.index("```\n", section.index("```python"))]
+    script = tmp_path / "quickstart.py"
+    script.write_text(code)
+    stdout = run_example(script, cwd=tmp_path)
+    assert "compacted" in stdout and (tmp_path / "model.tflite").is_file() and (tmp_path / "pruned.keras").is_file()
+
+
+def test_quickstart_example(tmp_path):
+    stdout = run_example(ROOT / "examples" / "quickstart.py", "--train-samples", "4000", "--out", tmp_path / "q.tflite")
+    dense, pruned, litert = map(float, re.search(r"dense ([\d.]+), RGP ([\d.]+), RGP LiteRT ([\d.]+)", stdout).groups())
+    assert abs(pruned - litert) <= 0.002 and dense > 0.3  # far above chance (0.1) after 32 steps
+
+
+def test_train_from_scratch_example():
+    stdout = run_example(ROOT / "examples" / "train_from_scratch.py", "--epochs", "1", "--train-samples", "5000")
+    assert float(re.search(r"87.5 % sparsity: ([\d.]+)", stdout).group(1)) > 0.6
+
+
+def test_custom_graph_example_reuses_one_graph_file(tmp_path):
+    from rgp_keras.cli import main
+
+    graph = tmp_path / "graph.npz"
+    assert main(["graph", "--nodes", "32", "--degree", "4", "--seed", "0", "--attempts", "500", "--out", str(graph),
+                 "--quiet"]) == 0
+    stdout = run_example(ROOT / "examples" / "custom_graph.py", graph)
+    assert stdout.count("% pruned") == 2
+
+
+def test_tensorboard_example_writes_sparsity_logs(tmp_path):
+    run_example(ROOT / "examples" / "tensorboard_sparsity.py", "--log-dir", tmp_path, "--epochs", "1",
+                "--train-samples", "2000")
+    assert list((tmp_path / "sparsity").glob("events.*")) and list((tmp_path / "train").glob("events.*"))
+
+
+def test_multi_worker_example_trains_two_local_workers():
+    stdout = run_example(ROOT / "examples" / "multi_worker.py", "--train-samples", "2000")
+    workers = re.findall(r"worker (\d) of 2: test accuracy ([\d.]+), masked weights zero: True", stdout)
+    assert len(workers) == 2 and workers[0][1] == workers[1][1]

@@ -373,3 +373,25 @@ def test_public_api_is_exported():
     for name in ("prune_regular_graph", "strip_pruning", "pruning_summary", "RegularGraphPruning",
                  "reinitialize", "kernel_mask", "channel_groups", "RegularGraph", "optimize"):
         assert name in rgp_keras.__all__ and getattr(rgp_keras, name)
+
+
+def test_regular_graph_summaries_log_sparsity_and_graph_statistics(mlp_model, graph16, tmp_path):
+    import glob
+
+    import tensorflow as tf
+
+    pruned = prune_regular_graph(mlp_model, graph=graph16)
+    pruned.compile("adam", "mse")
+    x = np.random.default_rng(0).random((32, 64)).astype("float32")
+    pruned.fit(x, np.zeros((32, 10)), epochs=2, verbose=0, callbacks=[rgp_keras.RegularGraphSummaries(tmp_path)])
+    logged = {}
+    for path in glob.glob(str(tmp_path / "sparsity" / "events.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                logged[(value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
+    assert logged[("graph/aspl", 0)] == pytest.approx(graph16.aspl) and logged[("graph/degree", 0)] == 4
+    sparsities = [v for (tag, step), v in logged.items() if tag.endswith("/sparsity") and step == 1]
+    assert len(sparsities) == 2 and all(v == pytest.approx(0.75) for v in sparsities)
+    with pytest.raises(ValueError, match="needs a model pruned"):
+        mlp_model.compile("adam", "mse")
+        mlp_model.fit(x, np.zeros((32, 10)), epochs=1, verbose=0, callbacks=[rgp_keras.RegularGraphSummaries(tmp_path)])
