@@ -11,7 +11,7 @@ _EXAMPLES = {
     "summary": "example: rgp summary pruned.keras",
     "export": "example: rgp export pruned.keras -o model.tflite --quantize int8 --calibration samples.npy",
     "bench": "example: rgp bench model.tflite --threads 1",
-    "plot": "examples: rgp plot adjacency graph.npz -o adjacency.png; rgp plot layers pruned.keras -o layers.png",
+    "plot": "examples: rgp plot aspl graph.npz -o aspl.png; rgp plot layers pruned.keras -o layers.png",
 }
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -172,12 +172,24 @@ def _plot(args):
 
     if not args.output.endswith(".png"):
         raise ValueError(f"-o/--output must end in .png, got {args.output}")
-    if args.kind == "adjacency":
+    if args.kind in ("adjacency", "aspl"):
+        import numpy as np
+
         from rgp_keras.graph import RegularGraph
+        from rgp_keras.graph._optimize import HISTORY_DTYPE
 
         if not os.path.isfile(args.source):
             raise FileNotFoundError(f"No such graph file: {args.source}")
-        plots.plot_adjacency(RegularGraph.load(args.source), args.output)
+        graph = RegularGraph.load(args.source)
+        if args.kind == "adjacency":
+            plots.plot_adjacency(graph, args.output)
+        elif "history" not in graph.metadata:
+            raise ValueError(f"{args.source} has no optimisation history (made by {graph.metadata.get('method')!r}); "
+                             "graphs written by `rgp graph` have one.")
+        else:
+            history = np.array([tuple(row) for row in graph.metadata["history"]], dtype=HISTORY_DTYPE)
+            plots.plot_aspl_history({f"n={graph.nodes}, k={graph.degree}": history}, args.output,
+                                    moore_bound=graph.moore_bound)
     else:
         from rgp_keras.summary import pruning_summary
 
@@ -270,12 +282,13 @@ def _parser():
 
     plot = commands.add_parser(
         "plot",
-        help="PNG figures: graph adjacency, per-layer kept weights",
-        description="Save a figure (the ASPL history comes with `rgp graph --plot`).",
+        help="PNG figures: ASPL history, graph adjacency, per-layer kept weights",
+        description="Save a figure as PNG.",
         epilog=_EXAMPLES["plot"],
     )
-    plot.add_argument("kind", choices=["adjacency", "layers"], help="adjacency (of a graph file) or layers (of a .keras model)")
-    plot.add_argument("source", help="graph .npz file (adjacency) or .keras model (layers)")
+    plot.add_argument("kind", choices=["aspl", "adjacency", "layers"],
+                      help="aspl (ASPL history of a graph file), adjacency (its heatmap) or layers (of a .keras model)")
+    plot.add_argument("source", help="graph .npz file (aspl, adjacency) or .keras model (layers)")
     plot.add_argument("-o", "--output", required=True, help="PNG file to write")
     plot.set_defaults(run=_plot)
     return parser

@@ -1,4 +1,4 @@
-"""PNG figures (matplotlib, the `plot` extra): ASPL history of an optimisation run."""
+"""PNG figures (matplotlib, the `plot` extra): ASPL history, per-layer kept weights, graph adjacency."""
 
 
 def _pyplot():
@@ -32,12 +32,7 @@ def plot_aspl_history(histories, path, moore_bound=None, title=None):
     axes.set_xscale("log")
     axes.set_xlabel("swap attempts")
     axes.set_ylabel("ASPL (best so far)")
-    if title:
-        axes.set_title(title)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _save(plt, figure, axes, path, title)
 
 
 def plot_layer_sparsity(summary, path, title=None):
@@ -51,12 +46,7 @@ def plot_layer_sparsity(summary, path, title=None):
     axes.set_xticks(list(positions), [row["name"] for row in rows], rotation=60, ha="right", fontsize=8)
     axes.set_yscale("log")
     axes.set_ylabel("parameters")
-    if title:
-        axes.set_title(title)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _save(plt, figure, axes, path, title)
 
 
 def plot_adjacency(graph, path, title=None):
@@ -66,7 +56,14 @@ def plot_adjacency(graph, path, title=None):
     axes.imshow(graph.adjacency, cmap="Greys", interpolation="nearest")
     axes.set_xlabel("output channel group")
     axes.set_ylabel("input channel group")
-    axes.set_title(title or f"n={graph.nodes}, k={graph.degree}, ASPL {graph.aspl:.4f}")
+    _save(plt, figure, axes, path, title or f"n={graph.nodes}, k={graph.degree}, ASPL {graph.aspl:.4f}", legend=False)
+
+
+def _save(plt, figure, axes, path, title, legend=True):
+    if title:
+        axes.set_title(title)
+    if legend:
+        axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

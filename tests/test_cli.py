@@ -155,7 +155,7 @@ def test_json_output_and_plots(tmp_path, pruned_file, capsys):
     assert report["size_bytes"] == tflite.stat().st_size and report["compacted"]
     assert main(["bench", str(tflite), "--runs", "3", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["median_ms"] > 0
-    for kind, source in (("adjacency", graph_file), ("layers", pruned_file)):
+    for kind, source in (("aspl", graph_file), ("adjacency", graph_file), ("layers", pruned_file)):
         png = tmp_path / f"{kind}.png"
         assert main(["plot", kind, str(source), "-o", str(png)]) == 0
         assert png.read_bytes()[:4] == b"\x89PNG"
@@ -167,11 +167,16 @@ def test_json_output_and_plots(tmp_path, pruned_file, capsys):
         (["plot", "adjacency", "missing.npz", "-o", "OUT"], "No such graph file"),
         (["plot", "layers", "missing.keras", "-o", "OUT"], "No such model file"),
         (["plot", "layers", "MODEL", "-o", "out.jpg"], "must end in .png"),
+        (["plot", "aspl", "RANDOM_GRAPH", "-o", "OUT"], "has no optimisation history"),
     ],
 )
 def test_plot_bad_input(tmp_path, pruned_file, capsys, argv, message):
+    from rgp_keras.graph import RegularGraph
+
     out = tmp_path / "out.png"
-    argv = [str(pruned_file) if a == "MODEL" else str(out) if a == "OUT" else a for a in argv]
+    RegularGraph.random(16, 4, seed=0).save(tmp_path / "random.npz")
+    names = {"MODEL": pruned_file, "OUT": out, "RANDOM_GRAPH": tmp_path / "random.npz"}
+    argv = [str(names.get(a, a)) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1

@@ -129,6 +129,8 @@ def optimize(
         "attempts": made,
         "start_aspl": graph.aspl,
         "start": graph.metadata,
+        # best (attempt, ASPL, diameter) at each improvement: `rgp plot aspl` draws it from the file
+        "history": [[int(a), float(b), int(d)] for a, b, d in history.tolist()],
     }
     return OptimizeResult(RegularGraph(adjacency, metadata), history, elapsed, made)
 
