@@ -1,4 +1,4 @@
-"""Model-level RGP for Keras 3: prune_regular_graph, strip_pruning, reinitialize."""
+"""Model-level RGP: prune_regular_graph, strip_pruning (Keras 3; tf_keras via the TF-MOT adapter), reinitialize."""
 
 import os
 
@@ -35,6 +35,9 @@ def prune_regular_graph(
     Args:
         to_prune: a built Keras 3 `Sequential` or functional `Model` (nested
             models included), or a single layer to wrap inside a model definition.
+            tf_keras models and layers are accepted too: they get TF-MOT
+            `PruneLowMagnitude` subclasses with the same masks (see
+            `rgp_keras.tfmot_adapter`).
         sparsity: fraction of weights to prune; the nearest valid degree on
             `nodes` nodes is used (read `graph.sparsity` for the one achieved).
         degree: graph degree k; each masked layer keeps k / `nodes` of its weights.
