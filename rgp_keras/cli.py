@@ -1,6 +1,7 @@
 """The `rgp` command line tool."""
 
 import argparse
+import os
 import sys
 
 import rgp_keras
@@ -64,8 +65,6 @@ def _graph(args):
 
 
 def _load_keras_model(path):
-    import os
-
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No such model file: {path}")
     if not str(path).endswith(".keras"):
@@ -127,8 +126,6 @@ def _export(args):
 
 def _calibration(path, input_shape):
     """Calibration samples from a .npy file or a folder of images (scaled to [0, 1])."""
-    import os
-
     import numpy as np
 
     if os.path.isdir(path):
@@ -166,8 +163,6 @@ def _bench(args):
 
 
 def _plot(args):
-    import os
-
     from rgp_keras import plots
 
     if not args.output.endswith(".png"):

@@ -255,7 +255,7 @@ class CompactKernel(keras.layers.Layer):
         if not self.is_dense:
             conv_args.update(strides=config["strides"], padding=config["padding"], dilation_rate=config["dilation_rate"])
         self.conv = _CONV_CLASS[_class_name(layer)](**conv_args)
-        self.nodes, self.degree = nodes, degree
+        self.nodes = nodes
 
     def build(self, input_shape):
         width = len(self.gather_index)
@@ -304,8 +304,7 @@ def _class_name(layer):
 
 
 def _why_not_compact(layer):
-    attribute, layout = prunable_kernel(layer)
-    if attribute != "kernel" or layout != "dense" and layout != "conv" or _class_name(layer) not in _CONV_CLASS:
+    if _class_name(layer) not in _CONV_CLASS:
         return f"{type(layer).__name__}: compact rewrite covers Dense and Conv1D/2D/3D only"
     if getattr(layer, "data_format", "channels_last") != "channels_last":
         return "channels_first layout: compact rewrite needs channels_last"
@@ -359,14 +358,15 @@ def _converter_options(model, quantize, samples):
     # quantization, LiteRT 2.3 cannot run the result (XNNPACK refuses the
     # nodes, float16 gives NaN), so quantized files are stored dense.
     optimizations, notes, options = [], [], {}
-    unsafe = _unsafe_sparse_dense_layers(model)
-    if not quantize and unsafe:
-        notes.append(
-            "converter sparsity encoding not used: LiteRT's sparse FULLY_CONNECTED gives wrong outputs "
-            f"when input features are not a multiple of 4 ({', '.join(unsafe)})"
-        )
-    elif not quantize:
-        optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+    if not quantize:
+        unsafe = _unsafe_sparse_dense_layers(model)
+        if unsafe:
+            notes.append(
+                "converter sparsity encoding not used: LiteRT's sparse FULLY_CONNECTED gives wrong outputs "
+                f"when input features are not a multiple of 4 ({', '.join(unsafe)})"
+            )
+        else:
+            optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
     if quantize:
         optimizations.append(tf.lite.Optimize.DEFAULT)
     if quantize == "float16":
