@@ -30,7 +30,7 @@ def _graph(args):
     from rgp_keras.graph import RegularGraph, degree_for_sparsity, optimize
 
     degree = args.degree if args.degree is not None else degree_for_sparsity(args.nodes, args.sparsity)
-    start = RegularGraph.random(args.nodes, degree, seed=args.seed)
+    start = RegularGraph.random(args.nodes, degree, seed=args.seed, symmetry=args.symmetry)
     result = optimize(
         start,
         args.objective,
@@ -38,6 +38,7 @@ def _graph(args):
         time_limit=args.time_limit,
         seed=args.seed,
         jobs=args.jobs,
+        symmetry=args.symmetry,
         progress=not (args.quiet or args.json),
     )
     graph = result.graph
@@ -216,6 +217,9 @@ def _parser():
     budget.add_argument("--attempts", type=int, help="swap attempts (default: scaled to the graph size)")
     budget.add_argument("--time-limit", type=float, help="seconds to optimise")
     graph.add_argument("--jobs", type=int, default=1, help="parallel chains; the best is kept")
+    graph.add_argument("--symmetry", type=int, default=1,
+                       help="search graphs unchanged by rotating node labels by n/G (G divides n, even degree); "
+                            "often better for degree >= 8 (default 1: no symmetry)")
     graph.add_argument("--out", required=True, help="graph file to write (.npz)")
     graph.add_argument("--plot", help="also save the ASPL history as a PNG")
     graph.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -29,6 +29,14 @@ def test_graph_writes_an_optimised_graph_and_reports(tmp_path, capsys):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_graph_with_symmetry_writes_a_rotation_invariant_graph(tmp_path, capsys):
+    out = tmp_path / "g.npz"
+    assert main(["graph", "--nodes", "64", "--degree", "8", "--symmetry", "8", "--seed", "0", "--attempts", "2000",
+                 "--out", str(out), "--quiet"]) == 0
+    graph = RegularGraph.load(out)
+    assert graph.is_symmetric(8) and graph.metadata["symmetry"] == 8
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -36,6 +44,7 @@ def test_graph_writes_an_optimised_graph_and_reports(tmp_path, capsys):
         (["graph", "--nodes", "64", "--sparsity", "1.5"], "in (0, 1)"),
         (["graph", "--nodes", "64", "--degree", "8", "--attempts", "0"], "`attempts` must be an integer >= 1"),
         (["graph", "--nodes", "64", "--degree", "8", "--objective", "1.0"], "below the Moore bound"),
+        (["graph", "--nodes", "64", "--degree", "8", "--symmetry", "3"], "must divide the node count"),
     ],
 )
 def test_graph_bad_input_prints_one_line_and_exits_nonzero(tmp_path, capsys, argv, message):

@@ -36,6 +36,17 @@ def check_size(nodes, degree):
     return nodes, degree
 
 
+def check_symmetry(nodes, degree, symmetry):
+    """Validate a rotational symmetry order for graphs of this size; return it as an int."""
+    symmetry = check_int("symmetry", symmetry, minimum=1)
+    if symmetry > 1 and (nodes % symmetry or degree % 2):
+        raise ValueError(
+            f"`symmetry` must divide the node count and needs an even degree (got symmetry={symmetry}, "
+            f"nodes={nodes}, degree={degree}); symmetry=1 (no symmetry) is always accepted."
+        )
+    return symmetry
+
+
 def moore_bound(nodes, degree):
     """Lower bound on the ASPL of any `degree`-regular graph on `nodes` nodes.
 
@@ -127,14 +138,22 @@ class RegularGraph:
         return cls(adjacency, {"method": "adjacency", **(metadata or {})})
 
     @classmethod
-    def random(cls, nodes, degree, seed=None):
+    def random(cls, nodes, degree, seed=None, symmetry=1):
         """A uniformly drawn connected simple `degree`-regular graph on `nodes` nodes.
 
         Uses igraph's Viger-Latapy sampler. The seed actually used is stored in
         `metadata["seed"]`, so any graph can be regenerated.
+
+        With `symmetry` = g > 1 the graph is instead unchanged by the rotation
+        v -> v + n / g (g must divide n; even degrees only): a ring lattice
+        scrambled by 20 n k / g random orbit swaps, the start for
+        `optimize(..., symmetry=g)`.
         """
         nodes, degree = check_size(nodes, degree)
         seed = secrets.randbelow(2**32) if seed is None else check_int("seed", seed, minimum=0)
+        symmetry = check_symmetry(nodes, degree, symmetry)
+        if symmetry > 1:
+            return cls._random_symmetric(nodes, degree, seed, symmetry)
         igraph.set_random_number_generator(_random.Random(seed))
         try:
             with warnings.catch_warnings():
@@ -149,6 +168,24 @@ class RegularGraph:
         adjacency[edges[:, 0], edges[:, 1]] = True
         adjacency[edges[:, 1], edges[:, 0]] = True
         return cls(adjacency, {"method": "random", "seed": seed})
+
+    @classmethod
+    def _random_symmetric(cls, nodes, degree, seed, symmetry):
+        # numba is imported here, not with the package.
+        from rgp_keras.graph import _anneal
+
+        ring = cls.ring_lattice(nodes, degree)
+        neighbors, adjacency = ring.neighbors.astype(np.int64), ring.adjacency.copy()
+        _anneal.seed(seed)
+        _anneal.scramble(neighbors, adjacency, nodes // symmetry, 20 * nodes * degree // symmetry)
+        return cls(adjacency, {"method": "random", "seed": seed, "symmetry": symmetry})
+
+    def is_symmetric(self, symmetry):
+        """Whether the graph is unchanged by the rotation v -> v + n / `symmetry` of the node labels."""
+        if self.nodes % symmetry:
+            return False
+        shift = self.nodes // symmetry
+        return bool(np.array_equal(np.roll(self._adjacency, (shift, shift), axis=(0, 1)), self._adjacency))
 
     @classmethod
     def ring_lattice(cls, nodes, degree):
