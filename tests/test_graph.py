@@ -240,9 +240,10 @@ def test_symmetric_search_keeps_the_rotation_and_improves(nodes, degree, symmetr
 
 
 def test_symmetric_search_reaches_below_1_96_for_64_nodes_degree_8():
-    # The plain chain stalls near 1.97 here; the issue asks for <= 1.96.
+    # The plain chain stalls near 1.97 here; the issue asks for <= 1.96 (about 20 s; a budget in
+    # attempts, not seconds, so the result does not depend on the machine's speed).
     start = RegularGraph.random(64, 8, seed=0, symmetry=8)
-    assert optimize(start, time_limit=20, seed=0, symmetry=8).graph.aspl <= 1.96
+    assert optimize(start, attempts=10_000_000, seed=0, symmetry=8).graph.aspl <= 1.96
 
 
 def test_time_limit_bounds_the_run():

@@ -1,14 +1,17 @@
 """The compiled inner loop of `optimize`: double-edge swaps scored by a bit-parallel BFS.
 
 One attempt draws two directed edges (a, b), (c, d), rewires them to (a, d),
-(c, b) in place, scores the new graph and undoes the swap if it is rejected.
-Scoring is an all-sources BFS where each node holds a bitset of the sources
-that have reached it; a level ORs the neighbours' frontier bitsets. Because
-the acceptance threshold is drawn before scoring, the BFS stops as soon as the
-distances found so far plus a lower bound for the pairs not yet reached exceed
-it, which ends most rejected attempts after two or three levels.
+(c, b) in place (with every rotation of them by the symmetry period), scores
+the new graph and undoes the swap if it is rejected. Scoring is a BFS from all
+sources at once (from one node per rotation orbit under symmetry) where each
+node holds a bitset of the sources that have reached it; a level ORs the
+neighbours' frontier bitsets. Because the acceptance threshold is drawn before
+scoring, the BFS stops as soon as the distances found so far plus a lower
+bound for the pairs not yet reached exceed it, which ends most rejected
+attempts after two or three levels.
 
-Distance sums here are over ordered pairs (twice the unordered sum).
+Distance sums here are over ordered pairs (twice the unordered sum). numba
+compiles the module on first use and caches the machine code on disk.
 """
 
 import numba
@@ -114,13 +117,14 @@ def _swap_orbit(neighbors, adjacency, a, b, c, d, period):
     `period`; return False, changing nothing, when one of them is invalid or two
     collide (the graph would not stay simple or rotation-invariant)."""
     nodes = neighbors.shape[0]
+    # Check every rotation against the graph as it is, then again while applying
+    # them: together this catches rotations that remove or add the same edge.
     for shift in range(0, nodes, period):
-        ai, bi, ci, di = (a + shift) % nodes, (b + shift) % nodes, (c + shift) % nodes, (d + shift) % nodes
-        if not (adjacency[ai, bi] and adjacency[ci, di] and _valid(adjacency, ai, bi, ci, di)):
+        if not _valid(adjacency, (a + shift) % nodes, (b + shift) % nodes, (c + shift) % nodes, (d + shift) % nodes):
             return False
     for shift in range(0, nodes, period):
         ai, bi, ci, di = (a + shift) % nodes, (b + shift) % nodes, (c + shift) % nodes, (d + shift) % nodes
-        if not (adjacency[ai, bi] and adjacency[ci, di] and _valid(adjacency, ai, bi, ci, di)):
+        if not _valid(adjacency, ai, bi, ci, di):
             for back in range(shift - period, -1, -period):
                 _rewire(neighbors, adjacency, (a + back) % nodes, (d + back) % nodes,
                         (c + back) % nodes, (b + back) % nodes)
@@ -157,7 +161,11 @@ def _energy(mode, goal, total):
 
 @numba.njit(cache=True)
 def _valid(adjacency, a, b, c, d):
-    return a != c and a != d and b != c and b != d and not adjacency[a, d] and not adjacency[c, b]
+    """Edges (a, b), (c, d) exist and swapping them for (a, d), (c, b) keeps the graph simple."""
+    return (
+        a != c and a != d and b != c and b != d
+        and adjacency[a, b] and adjacency[c, d] and not adjacency[a, d] and not adjacency[c, b]
+    )
 
 
 @numba.njit(cache=True)
