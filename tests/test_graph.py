@@ -230,6 +230,7 @@ def test_compiled_distance_sum_equals_igraph_and_stops_early_above_the_bound(siz
 def test_symmetric_search_keeps_the_rotation_and_improves(nodes, degree, symmetry):
     start = RegularGraph.random(nodes, degree, seed=1, symmetry=symmetry)
     assert start.is_symmetric(symmetry) and start.metadata["symmetry"] == symmetry
+    assert RegularGraph.random(nodes, degree, seed=1, symmetry=symmetry) == start  # reproducible
     assert_valid_regular(start, nodes, degree)
     result = optimize(start, attempts=5000, seed=0, symmetry=symmetry)
     assert_valid_regular(result.graph, nodes, degree)

@@ -182,6 +182,7 @@ class RegularGraph:
 
     def is_symmetric(self, symmetry):
         """Whether the graph is unchanged by the rotation v -> v + n / `symmetry` of the node labels."""
+        symmetry = check_int("symmetry", symmetry, minimum=1)
         if self.nodes % symmetry:
             return False
         shift = self.nodes // symmetry
