@@ -218,7 +218,7 @@ def _parser():
     budget.add_argument("--time-limit", type=float, help="seconds to optimise")
     graph.add_argument("--jobs", type=int, default=1, help="parallel chains; the best is kept")
     graph.add_argument("--symmetry", type=int, default=1,
-                       help="search graphs unchanged by rotating node labels by n/G (G divides n, even degree); "
+                       help="search graphs unchanged by rotating node labels by n/G (G divides n); "
                             "often better for degree >= 8 (default 1: no symmetry)")
     graph.add_argument("--out", required=True, help="graph file to write (.npz)")
     graph.add_argument("--plot", help="also save the ASPL history as a PNG")

@@ -39,10 +39,10 @@ def check_size(nodes, degree):
 def check_symmetry(nodes, degree, symmetry):
     """Validate a rotational symmetry order for graphs of this size; return it as an int."""
     symmetry = check_int("symmetry", symmetry, minimum=1)
-    if symmetry > 1 and (nodes % symmetry or degree % 2):
+    if nodes % symmetry:
         raise ValueError(
-            f"`symmetry` must divide the node count and needs an even degree (got symmetry={symmetry}, "
-            f"nodes={nodes}, degree={degree}); symmetry=1 (no symmetry) is always accepted."
+            f"`symmetry` must divide the node count (got symmetry={symmetry}, nodes={nodes}); "
+            f"symmetry=1 (no symmetry) is always accepted."
         )
     return symmetry
 
@@ -145,9 +145,11 @@ class RegularGraph:
         `metadata["seed"]`, so any graph can be regenerated.
 
         With `symmetry` = g > 1 the graph is instead unchanged by the rotation
-        v -> v + n / g (g must divide n; even degrees only): a ring lattice
-        scrambled by 20 n k / g random orbit swaps, the start for
-        `optimize(..., symmetry=g)`.
+        v -> v + n / g (g must divide n): a circulant graph (each node joined
+        to its k // 2 nearest on either side, and to the opposite node when k
+        is odd) scrambled by 20 n k / g random orbit swaps, the start for
+        `optimize(..., symmetry=g)`. With an odd degree the opposite-node
+        edges are kept as they are (swapping one would break the symmetry).
         """
         nodes, degree = check_size(nodes, degree)
         seed = secrets.randbelow(2**32) if seed is None else check_int("seed", seed, minimum=0)
@@ -174,8 +176,12 @@ class RegularGraph:
         # numba is imported here, not with the package.
         from rgp_keras.graph import _anneal
 
-        ring = cls.ring_lattice(nodes, degree)
-        neighbors, adjacency = ring.neighbors.astype(np.int64), ring.adjacency.copy()
+        index = np.arange(nodes)
+        offsets = (index[None, :] - index[:, None]) % nodes
+        adjacency = (np.minimum(offsets, nodes - offsets) <= degree // 2) & (offsets > 0)
+        if degree % 2:  # nodes is even here: n * k is even
+            adjacency |= offsets == nodes // 2
+        neighbors = np.nonzero(adjacency)[1].reshape(nodes, degree).astype(np.int64)
         _anneal.seed(seed)
         _anneal.scramble(neighbors, adjacency, nodes // symmetry, 20 * nodes * degree // symmetry)
         return cls(adjacency, {"method": "random", "seed": seed, "symmetry": symmetry})
