@@ -9,7 +9,9 @@ run):
 - transpose: channels to the front, GATHER whole planes, transpose back,
   grouped conv (what `export_tflite(compact=True)` emits);
 - group axis: reshape to (H*W, n, C/n), GATHER groups, grouped conv;
-- slices: one slice per (output group, neighbour) and a CONCATENATION.
+- slices: one slice per (output group, neighbour) and a CONCATENATION;
+- no gather: the grouped conv alone, on an input already k C channels wide
+  (the floor any gather layout could reach).
 
 The neighbour pattern is circulant (group i reads groups i .. i+k-1): the
 timing depends on the shapes only.
@@ -33,7 +35,7 @@ from rgp_keras import benchmark_tflite
 
 RESULTS = Path(__file__).parent / "results"
 SHAPES = ((32, 64), (16, 128), (8, 256), (4, 512))
-VARIANTS = ("transpose", "group axis", "slices")
+VARIANTS = ("transpose", "group axis", "slices", "no gather")
 
 
 def gathered(inputs, size, channels, nodes, degree, variant):
@@ -52,8 +54,11 @@ def gathered(inputs, size, channels, nodes, degree, variant):
 
 
 def latency(size, channels, nodes, degree, variant, directory):
-    inputs = keras.Input((size, size, channels), batch_size=1)
-    if variant == "dense":
+    width = channels * degree if variant == "no gather" else channels
+    inputs = keras.Input((size, size, width), batch_size=1)
+    if variant == "no gather":
+        outputs = keras.layers.Conv2D(channels, 3, padding="same", groups=nodes)(inputs)
+    elif variant == "dense":
         outputs = keras.layers.Conv2D(channels, 3, padding="same")(inputs)
     else:
         x = gathered(inputs, size, channels, nodes, degree, variant)
@@ -88,8 +93,8 @@ def main():
             "",
             *rows,
             "",
-            f"Groups of C/{nodes} channels: below 16 channels per group XNNPACK's grouped conv falls well short "
-            "of k/n, which is what limits the 64-channel layers (the gather layouts differ little).",
+            f"Groups of C/{nodes} channels: below 16 channels per group XNNPACK's grouped conv itself (no gather) "
+            "falls well short of k/n, which is what limits the 64-channel layers; the gather layouts differ little.",
             "",
         ]
     )
