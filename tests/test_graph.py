@@ -171,6 +171,14 @@ def test_optimize_reaches_the_moore_bound_for_64_nodes_degree_16():
     assert result.attempts < 10_000  # stops once the bound is reached
 
 
+@pytest.mark.parametrize("nodes, degree", [(64, 63), (64, 62), (16, 14)])
+def test_optimize_returns_at_once_when_every_graph_meets_the_bound(nodes, degree):
+    # Near-complete graphs have almost no valid swaps and are already optimal.
+    start = RegularGraph.random(nodes, degree, seed=0)
+    result = optimize(start, seed=0)
+    assert result.attempts == 0 and result.graph == start and result.elapsed < 5
+
+
 def test_optimize_is_reproducible_with_a_seed():
     start = RegularGraph.random(32, 4, seed=5)
     assert optimize(start, attempts=3000, seed=9).graph == optimize(start, attempts=3000, seed=9).graph

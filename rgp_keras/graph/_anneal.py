@@ -169,31 +169,38 @@ def _valid(adjacency, a, b, c, d):
 
 
 @numba.njit(cache=True)
-def _propose(neighbors, adjacency, operator, dist_a, dist_b, queue):
+def _propose(neighbors, adjacency, operator, dist_a, dist_b, queue, drawn):
     """Two directed edges (a, b), (c, d) whose swap keeps the graph simple, or -1s.
 
     (a, b) is uniform. RANDOM draws (c, d) uniformly; NEAR and FAR take, of
-    SAMPLE uniform draws, the one with the smallest or largest
-    dist(a, d) + dist(b, c): local rewirings or long shortcuts.
+    SAMPLE uniform draws, the valid one with the smallest or largest
+    dist(a, d) + dist(b, c): local rewirings or long shortcuts. The BFS for
+    the distances runs only when there is a choice to make. `drawn` is a
+    (SAMPLE, 2) scratch array.
     """
     nodes, degree = neighbors.shape
     first = np.random.randint(nodes * degree)
     a, b = first // degree, neighbors[first // degree, first % degree]
-    if operator != RANDOM:
-        _bfs(neighbors, a, dist_a, queue)
-        _bfs(neighbors, b, dist_b, queue)
-    chosen_c, chosen_d, chosen_score = -1, -1, 0
+    valid = 0
     for _ in range(1 if operator == RANDOM else SAMPLE):
         second = np.random.randint(nodes * degree)
         c, d = second // degree, neighbors[second // degree, second % degree]
-        if not _valid(adjacency, a, b, c, d):
-            continue
-        score = 0 if operator == RANDOM else dist_a[d] + dist_b[c]
-        if operator == NEAR:
-            score = -score
-        if chosen_c < 0 or score > chosen_score:
-            chosen_c, chosen_d, chosen_score = c, d, score
-    return a, b, chosen_c, chosen_d
+        if _valid(adjacency, a, b, c, d):
+            drawn[valid, 0], drawn[valid, 1] = c, d
+            valid += 1
+    if valid == 0:
+        return a, b, -1, -1
+    chosen = 0
+    if valid > 1:
+        _bfs(neighbors, a, dist_a, queue)
+        _bfs(neighbors, b, dist_b, queue)
+        sign = -1 if operator == NEAR else 1
+        for i in range(1, valid):
+            if sign * (dist_a[drawn[i, 1]] + dist_b[drawn[i, 0]]) > sign * (
+                dist_a[drawn[chosen, 1]] + dist_b[drawn[chosen, 0]]
+            ):
+                chosen = i
+    return a, b, drawn[chosen, 0], drawn[chosen, 1]
 
 
 @numba.njit(cache=True)
@@ -224,12 +231,13 @@ def anneal(neighbors, adjacency, best, state, history, operators, mode, goal, te
     dist_a = np.empty(nodes, dtype=np.int64)
     dist_b = np.empty(nodes, dtype=np.int64)
     queue = np.empty(nodes, dtype=np.int64)
+    drawn = np.empty((SAMPLE, 2), dtype=np.int64)
     low = PURSUIT_FLOOR
     high = 1.0 - (OPERATORS - 1) * low
     for temperature in temperatures:
         for _ in range(100 * nodes * degree):
             operator = _pick(operators[0])
-            a, b, c, d = _propose(neighbors, adjacency, operator, dist_a, dist_b, queue)
+            a, b, c, d = _propose(neighbors, adjacency, operator, dist_a, dist_b, queue, drawn)
             if c >= 0 and _swap_orbit(neighbors, adjacency, a, b, c, d, period):
                 break
         else:
@@ -281,8 +289,9 @@ def scramble(neighbors, adjacency, period, swaps):
     nodes, degree = neighbors.shape
     reach, frontier, fresh = _scratch(nodes, period)
     unused = np.empty(nodes, dtype=np.int64)
+    drawn = np.empty((1, 2), dtype=np.int64)
     for _ in range(swaps):
-        a, b, c, d = _propose(neighbors, adjacency, RANDOM, unused, unused, unused)
+        a, b, c, d = _propose(neighbors, adjacency, RANDOM, unused, unused, unused, drawn)
         if c >= 0 and _swap_orbit(neighbors, adjacency, a, b, c, d, period):
             if distance_sum(neighbors, period, NEVER, reach, frontier, fresh)[0] < 0:
                 _swap_orbit(neighbors, adjacency, a, d, c, b, period)
@@ -296,13 +305,14 @@ def typical_change(neighbors, adjacency, period, samples):
     copies = nodes // period
     reach, frontier, fresh = _scratch(nodes, period)
     unused = np.empty(nodes, dtype=np.int64)
+    drawn = np.empty((1, 2), dtype=np.int64)
     start = distance_sum(neighbors, period, NEVER, reach, frontier, fresh)[0]
     changes = np.zeros(samples)
     found = 0
     for _ in range(10 * samples):
         if found == samples:
             break
-        a, b, c, d = _propose(neighbors, adjacency, RANDOM, unused, unused, unused)
+        a, b, c, d = _propose(neighbors, adjacency, RANDOM, unused, unused, unused, drawn)
         if c >= 0 and _swap_orbit(neighbors, adjacency, a, b, c, d, period):
             total = distance_sum(neighbors, period, NEVER, reach, frontier, fresh)[0]
             _swap_orbit(neighbors, adjacency, a, d, c, b, period)
