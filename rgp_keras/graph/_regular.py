@@ -47,6 +47,17 @@ def check_symmetry(nodes, degree, symmetry):
     return symmetry
 
 
+def _circulant(nodes, degree):
+    """Adjacency joining each node to its `degree // 2` nearest on either side of a circle,
+    and to the opposite node when `degree` is odd (then `nodes` is even)."""
+    index = np.arange(nodes)
+    offsets = (index[None, :] - index[:, None]) % nodes
+    adjacency = (np.minimum(offsets, nodes - offsets) <= degree // 2) & (offsets > 0)
+    if degree % 2:
+        adjacency |= offsets == nodes // 2
+    return adjacency
+
+
 def moore_bound(nodes, degree):
     """Lower bound on the ASPL of any `degree`-regular graph on `nodes` nodes.
 
@@ -125,12 +136,12 @@ class RegularGraph:
         neighbors.flags.writeable = False
         self._neighbors = neighbors
         self._metadata = dict(metadata or {})
-        totals, diameters = distance_stats(neighbors[None])
-        if totals[0] < 0:
+        total, diameter = distance_stats(neighbors)
+        if total < 0:
             raise ValueError(
                 "`adjacency` describes a disconnected graph; RGP needs a connected regular graph."
             )
-        self._stats = (int(totals[0]), int(diameters[0]))
+        self._stats = (total, diameter)
 
     @classmethod
     def from_adjacency(cls, adjacency, metadata=None):
@@ -176,11 +187,7 @@ class RegularGraph:
         # numba is imported here, not with the package.
         from rgp_keras.graph import _anneal
 
-        index = np.arange(nodes)
-        offsets = (index[None, :] - index[:, None]) % nodes
-        adjacency = (np.minimum(offsets, nodes - offsets) <= degree // 2) & (offsets > 0)
-        if degree % 2:  # nodes is even here: n * k is even
-            adjacency |= offsets == nodes // 2
+        adjacency = _circulant(nodes, degree)
         neighbors = np.nonzero(adjacency)[1].reshape(nodes, degree).astype(np.int64)
         _anneal.seed(seed)
         _anneal.scramble(neighbors, adjacency, nodes // symmetry, 20 * nodes * degree // symmetry)
@@ -207,10 +214,7 @@ class RegularGraph:
                 f"`ring_lattice` supports even degrees only, got degree={degree}. For an odd degree "
                 "use RegularGraph.random(...) and optimize(graph, 'max') for a high-ASPL graph."
             )
-        index = np.arange(nodes)
-        offsets = (index[None, :] - index[:, None]) % nodes
-        adjacency = (offsets >= 1) & (offsets <= degree // 2) | (offsets >= nodes - degree // 2)
-        return cls(adjacency, {"method": "ring_lattice"})
+        return cls(_circulant(nodes, degree), {"method": "ring_lattice"})
 
     @classmethod
     def load(cls, path):
