@@ -1,12 +1,26 @@
 """LiteRT (.tflite) export of RGP models: compact kernels that hold and compute only the kept weights.
 
 A masked layer's kernel is zero outside the (input group, output group) blocks
-of its graph, and every output group reads the same number k of input groups.
-The compact rewrite gathers, for each output group, the input channels of its
-k neighbour groups (one GATHER) and runs one grouped convolution with
-`groups = n` over them: weights and MACs are k/n of the dense layer's, and
-the result is exactly the masked layer's. The block structure is read from
-the kernel's zeros, so pruned and stripped models export alike.
+of its graph: every output group reads k input groups and every input group
+feeds k output groups. Two exactly equivalent compact layouts hold k/n of the
+weights and run k/n of the MACs:
+
+- "gather": gather, for each output group, the input channels of its k
+  neighbour groups (one GATHER), then one grouped convolution with
+  `groups = n` (per group k*g_in -> g_out channels);
+- "scatter": one grouped convolution over the input as it is (per group
+  g_in -> k*g_out channels: input group i's contribution to each of its k
+  output groups), then gather those partial sums by output group and add
+  the k of each (GATHER + SUM).
+
+XNNPACK's GEMM kernels fill 16 output channels at a time on x86 (8 on Arm),
+so narrow output groups waste most of each tile in the gather layout; the
+scatter layout widens the tile k-fold at the price of moving k partial
+sums per output. `compact_model` picks per layer by an estimate fitted to
+measurements (benchmarks/gather_layouts.py), and keeps a layer sparse when
+neither layout is estimated clearly faster than the dense one. The block
+structure is read from the kernel's zeros, so pruned and stripped models
+export alike.
 """
 
 import gzip
@@ -28,11 +42,16 @@ QUANTIZE = (None, "dynamic", "float16", "int8")
 _CONV_CLASS = {"Dense": keras.layers.Conv2D, "Conv1D": keras.layers.Conv1D, "Conv2D": keras.layers.Conv2D,
                "Conv3D": keras.layers.Conv3D}
 _CALIBRATION_SAMPLES = 200
-# XNNPACK's grouped conv reaches the ideal k/n of dense latency only for groups
-# of >= 16 channels and is about 16/g times slower for groups of g channels
-# (benchmarks/export_bench.py, 3x3 and 1x1 convs, one thread); layers whose
-# estimate is not clearly faster than dense stay sparse.
-_FULL_SPEED_GROUP = 16
+LAYOUTS = ("auto", "gather", "scatter")
+# Latency estimate (benchmarks/gather_layouts.py, LiteRT 2.3 XNNPACK, x86
+# AVX2, one thread): a GEMM runs at full speed with >= 16 output channels per
+# group (fewer use that fraction of the tile) and loses speed below ~32
+# reduction terms (about with the square root); every float a layout moves
+# (transposes, gathers, partial sums) costs about 10 full-speed MACs. A layer
+# is compacted when its best layout is estimated below 0.9 x dense.
+_TILE_CHANNELS = 16
+_FULL_REDUCTION = 32
+_MACS_PER_FLOAT_MOVED = 10
 _MAX_LATENCY_RATIO = 0.9
 
 
@@ -42,8 +61,9 @@ class ExportReport:
 
     `params`/`macs` are those of the exported computation (per sample), beside
     the dense model's; `nonzero_params` counts the non-zero weights among
-    `params`. `compacted` names the layers rewritten to compact kernels;
-    `not_compacted` maps the other masked-looking layers to the reason.
+    `params`. `compacted` maps the layers rewritten to compact kernels to
+    their layout ("gather" or "scatter"); `not_compacted` maps the other
+    masked-looking layers to the reason.
     """
 
     path: str
@@ -56,7 +76,7 @@ class ExportReport:
     nonzero_params: int
     dense_macs: int
     macs: int
-    compacted: tuple = ()
+    compacted: dict = field(default_factory=dict)
     not_compacted: dict = field(default_factory=dict)
     notes: tuple = ()
 
@@ -69,12 +89,18 @@ class ExportReport:
             ("params", f"{self.dense_params:,} -> {self.params:,} ({ratio(self.params, self.dense_params)}), "
                        f"non-zero {self.nonzero_params:,}"),
             ("MACs/sample", f"{self.dense_macs:,} -> {self.macs:,} ({ratio(self.macs, self.dense_macs)})"),
-            ("compacted", f"{len(self.compacted)} layers"),
+            ("compacted", f"{len(self.compacted)} layers" + _layout_counts(self.compacted)),
         ]
         rows += [(f"  kept as is: {name}", reason) for name, reason in self.not_compacted.items()]
         rows += [("note", note) for note in self.notes]
         width = max(len(label) for label, _ in rows)
         return "\n".join(f"{label.ljust(width)}  {value}" for label, value in rows)
+
+
+def _layout_counts(compacted):
+    counts = {layout: list(compacted.values()).count(layout) for layout in LAYOUTS[1:]}
+    listed = ", ".join(f"{count} {layout}" for layout, count in counts.items() if count)
+    return f" ({listed})" if listed else ""
 
 
 def export_tflite(model, path, *, compact=True, quantize=None, representative_data=None):
@@ -84,9 +110,9 @@ def export_tflite(model, path, *, compact=True, quantize=None, representative_da
         model: a model from `prune_regular_graph`, or its `strip_pruning` result.
         path: the .tflite file to write (written atomically: on error nothing
             is left behind and an existing file is untouched).
-        compact: rewrite each masked Dense/Conv1D/Conv2D/Conv3D into a gather +
-            grouped convolution holding only the kept weights (fewer bytes and
-            MACs). With `compact=False` the stripped model is converted with the
+        compact: rewrite each masked Dense/Conv1D/Conv2D/Conv3D into a grouped
+            convolution holding only the kept weights (fewer bytes and MACs),
+            in the layout estimated fastest (see `compact_model`). With `compact=False` the stripped model is converted with the
             converter's sparsity optimisation (zeros still computed).
         quantize: None (float32), "dynamic" (int8 weights), "float16", or
             "int8" (full integer; needs `representative_data`).
@@ -110,7 +136,7 @@ def export_tflite(model, path, *, compact=True, quantize=None, representative_da
     path = _writable_path(path)
 
     stripped = strip_pruning(model) if any(isinstance(layer, RegularGraphPruning) for layer in _leaves(model)) else model
-    exported, compacted, not_compacted = compact_model(stripped) if compact else (stripped, (), {})
+    exported, compacted, not_compacted = compact_model(stripped) if compact else (stripped, {}, {})
     options, notes = _converter_options(exported, quantize, samples)
     _write_atomically(exported, path, options)
 
@@ -127,33 +153,42 @@ def export_tflite(model, path, *, compact=True, quantize=None, representative_da
         nonzero_params=sum(int(np.count_nonzero(keras.ops.convert_to_numpy(w))) for w in exported.weights),
         dense_macs=dense["macs"],
         macs=after["macs"],
-        compacted=tuple(compacted),
+        compacted=dict(compacted),
         not_compacted=dict(not_compacted),
         notes=tuple(notes),
     )
 
 
-def compact_model(model):
-    """`(compact model, names compacted, {name: why not})` for a stripped Keras 3 model.
+def compact_model(model, layout="auto"):
+    """`(compact model, {name: layout}, {name: why not})` for a stripped Keras 3 model.
 
     Layers whose kernel has a channel-group block structure with density < 1
-    become `CompactKernel` layers computing the same outputs; the rest are
-    copied unchanged.
+    become `CompactKernel` layers computing the same outputs. With
+    `layout="auto"` each takes the layout estimated fastest, and a layer
+    whose estimate is not clearly below the dense layer's stays as it is;
+    "gather" or "scatter" force that layout on every such layer where it
+    applies ("scatter" needs input channels divisible by n and every output
+    group reading equally many groups; other layers get "gather"). The rest
+    are copied unchanged.
     """
-    compacted, not_compacted = [], {}
+    if layout not in LAYOUTS:
+        raise ValueError(f"`layout` must be one of {LAYOUTS}, got {layout!r}.")
+    compacted, not_compacted = {}, {}
 
     def rewrite(layer):
         if layer.count_params() and prunable_kernel(layer)[0]:
             reason = _why_not_compact(layer)
             blocks = None if reason else channel_blocks(keras.ops.convert_to_numpy(layer.kernel))
             if blocks is not None:
-                slowdown = _estimated_latency_ratio(layer.kernel.shape, blocks)
-                if slowdown < _MAX_LATENCY_RATIO:
-                    compacted.append(layer.name)
-                    return CompactKernel(layer, blocks)
+                ratios = estimated_latency_ratios(layer, blocks)
+                chosen = min(ratios, key=ratios.get) if layout == "auto" else layout
+                chosen = chosen if chosen in ratios else "gather"
+                if layout != "auto" or ratios[chosen] < _MAX_LATENCY_RATIO:
+                    compacted[layer.name] = chosen
+                    return CompactKernel(layer, blocks, chosen)
                 reason = (
-                    f"compact kernel estimated {slowdown:.2f}x the dense latency (groups of "
-                    f"{min(layer.kernel.shape[-2:]) // len(blocks)} channels are too small for XNNPACK's grouped conv)"
+                    f"compact kernel estimated {ratios[chosen]:.2f}x the dense latency ({chosen} layout; groups of "
+                    f"{min(layer.kernel.shape[-2:]) // len(blocks)} channels are too small for XNNPACK's tiles)"
                 )
             if reason or _has_zeros(layer):
                 not_compacted[layer.name] = reason or "kernel zeros have no channel-group block structure"
@@ -191,11 +226,36 @@ def channel_blocks(kernel):
     return best
 
 
-def _estimated_latency_ratio(kernel_shape, blocks):
-    nodes = len(blocks)
-    group = min(kernel_shape[-2:]) // nodes
-    density = blocks.sum(axis=0).max() / nodes
-    return float(density * max(1.0, _FULL_SPEED_GROUP / group))
+def estimated_latency_ratios(layer, blocks):
+    """`{layout: estimated latency / dense latency}` of a masked layer's compact layouts.
+
+    Per output position: GEMM MACs scaled by the share of XNNPACK's output
+    tile and reduction depth they use, plus the floats each layout moves.
+    "scatter" is present only where it applies (see `compact_model`).
+    """
+    *window, channels_in, channels_out = layer.kernel.shape
+    taps, nodes = math.prod(window), len(blocks)
+    fan_in, fan_out = int(blocks.sum(axis=0).max()), int(blocks.sum(axis=1).max())
+    group_in, group_out = -(-channels_in // nodes), -(-channels_out // nodes)
+    inputs_per_output = math.prod(getattr(layer, "strides", None) or (1,))
+
+    def gemm(macs, width, depth):
+        return macs / (min(1.0, width / _TILE_CHANNELS) * min(1.0, depth / _FULL_REDUCTION) ** 0.5)
+
+    dense = gemm(taps * channels_in * channels_out, channels_out, taps * channels_in)
+    gather = gemm(taps * nodes * fan_in * group_in * group_out, group_out, taps * fan_in * group_in)
+    # channels to the front, k copies gathered, back: ~(2k + 1) floats per input channel
+    ratios = {"gather": gather + _MACS_PER_FLOAT_MOVED * channels_in * (2 * fan_in + 1) * inputs_per_output}
+    if _scatter_applies(channels_in, blocks):
+        scatter = gemm(taps * nodes * fan_out * group_in * group_out, fan_out * group_out, taps * group_in)
+        # k partial sums to the front, gathered, summed, back: ~(3k + 2) floats per output channel
+        ratios["scatter"] = scatter + _MACS_PER_FLOAT_MOVED * channels_out * (3 * fan_in + 2)
+    return {name: float(cost / dense) for name, cost in ratios.items()}
+
+
+def _scatter_applies(channels_in, blocks):
+    fan_in = blocks.sum(axis=0)
+    return channels_in % len(blocks) == 0 and bool(np.all(fan_in == fan_in[0]))
 
 
 def _are_group_starts(positions, channels, nodes):
@@ -205,19 +265,64 @@ def _are_group_starts(positions, channels, nodes):
 class CompactKernel(keras.layers.Layer):
     """A masked Dense/ConvND computed over its kept channel blocks only.
 
-    One `take` gathers, for each of the n output groups, the input channels of
-    the (at most) k input groups it reads; one convolution with `groups=n`
-    then computes every output group from its own slice. Uneven channel
-    groups are padded with zero weights (and the padded outputs dropped).
+    `layout="gather"`: one `take` gathers, for each of the n output groups,
+    the input channels of the (at most) k input groups it reads; one
+    convolution with `groups=n` then computes every output group from its
+    own slice. Uneven channel groups are padded with zero weights (and the
+    padded outputs dropped).
+
+    `layout="scatter"`: one convolution with `groups=n` computes, from each
+    input group alone, its contribution to each of the k output groups it
+    feeds; one `take` lines these partial sums up by output group and a sum
+    adds the k of each; bias and activation follow. Needs input channels
+    divisible by n and every output group reading k groups.
     """
 
-    def __init__(self, layer, blocks, **kwargs):
+    def __init__(self, layer, blocks, layout="gather", **kwargs):
         super().__init__(name=layer.name, dtype=layer.dtype_policy, **kwargs)
+        if layout not in LAYOUTS[1:]:
+            raise ValueError(f"`layout` must be one of {LAYOUTS[1:]}, got {layout!r}.")
         kernel = keras.ops.convert_to_numpy(layer.kernel)
         nodes = blocks.shape[0]
         channels_in, channels_out = kernel.shape[-2:]
-        in_members = _group_members(channels_in, nodes)
+        if layout == "scatter" and not _scatter_applies(channels_in, blocks):
+            raise ValueError(
+                f"The scatter layout needs input channels divisible by the {nodes} groups and every output group "
+                f"reading equally many input groups; {layer.name!r} has {channels_in} input channels and reads "
+                f"{sorted(set(blocks.sum(axis=0).tolist()))} groups per output group. Use layout='gather'."
+            )
         out_members = _group_members(channels_out, nodes)
+        self.layout, self.nodes, self.units = layout, nodes, channels_out
+        self.is_dense = _class_name(layer) == "Dense"
+        config = layer.get_config()
+        bias = keras.ops.convert_to_numpy(layer.bias) if layer.use_bias else None
+        if layout == "gather":
+            compact, bias = self._gather_weights(kernel, blocks, out_members, bias)
+        else:
+            compact = self._scatter_weights(kernel, blocks, out_members)
+            self.activation = keras.activations.get(config["activation"])
+            self._bias = bias
+        self._compact_weights = [compact.reshape(1, 1, *compact.shape) if self.is_dense else compact]
+        if layout == "gather" and bias is not None:
+            self._compact_weights.append(bias)
+        conv_args = dict(
+            filters=compact.shape[-1],
+            kernel_size=1 if self.is_dense else config["kernel_size"],
+            groups=nodes,
+            activation=config["activation"] if layout == "gather" else None,
+            use_bias=layout == "gather" and config["use_bias"],
+            dtype=layer.dtype_policy,
+            name="grouped",
+        )
+        if not self.is_dense:
+            conv_args.update(strides=config["strides"], padding=config["padding"], dilation_rate=config["dilation_rate"])
+        self.conv = _CONV_CLASS[_class_name(layer)](**conv_args)
+        self.conv_input_width = channels_in if layout == "scatter" else len(self.gather_index)
+
+    def _gather_weights(self, kernel, blocks, out_members, bias):
+        nodes = len(blocks)
+        channels_in, channels_out = kernel.shape[-2:]
+        in_members = _group_members(channels_in, nodes)
         degree = int(blocks.sum(axis=0).max())
         # neighbours[j]: the input groups output group j reads, padded with a
         # group of only -1 (a zero weight) up to `degree`.
@@ -231,60 +336,91 @@ class CompactKernel(keras.layers.Layer):
         padded[..., :-1, :-1] = kernel
         compact = padded[..., gathered[:, :, None], out_members[:, None, :]]  # (..., n, k*g_in, g_out)
         compact = np.moveaxis(compact, -3, -2).reshape(*kernel.shape[:-2], gathered.shape[1], -1)
-
         self.gather_index = np.where(gathered < 0, 0, gathered).reshape(-1).astype("int32")
         flat_out = out_members.reshape(-1)
         self.output_index = None if np.all(flat_out >= 0) else np.flatnonzero(flat_out >= 0).astype("int32")
-        self.is_dense = _class_name(layer) == "Dense"
-        self.units = channels_out
-        weights = [compact.reshape(1, 1, *compact.shape) if self.is_dense else compact]
-        if layer.use_bias:
-            bias = np.append(keras.ops.convert_to_numpy(layer.bias), 0)
-            weights.append(bias[out_members.reshape(-1)])
-        self._compact_weights = weights
-        config = layer.get_config()
-        conv_args = dict(
-            filters=out_members.size,
-            kernel_size=1 if self.is_dense else config["kernel_size"],
-            groups=nodes,
-            activation=config["activation"],
-            use_bias=config["use_bias"],
-            dtype=layer.dtype_policy,
-            name="grouped",
-        )
-        if not self.is_dense:
-            conv_args.update(strides=config["strides"], padding=config["padding"], dilation_rate=config["dilation_rate"])
-        self.conv = _CONV_CLASS[_class_name(layer)](**conv_args)
-        self.nodes = nodes
+        if bias is not None:
+            bias = np.append(bias, 0)[flat_out]
+        return compact, bias
+
+    def _scatter_weights(self, kernel, blocks, out_members):
+        nodes = len(blocks)
+        group_in = kernel.shape[-2] // nodes
+        group_out = out_members.shape[1]
+        feeds = [np.flatnonzero(blocks[i]) for i in range(nodes)]  # output groups input group i feeds
+        fan_out = max(len(f) for f in feeds)
+        # Partial channel (i, s, c) holds input group i's share of output
+        # channel out_members[feeds[i][s], c]; unused (i, s, c) keep zero weights.
+        compact = np.zeros((*kernel.shape[:-2], group_in, nodes * fan_out * group_out), kernel.dtype)
+        partial = {}
+        for i, outputs in enumerate(feeds):
+            rows = kernel[..., i * group_in : (i + 1) * group_in, :]
+            for s, j in enumerate(outputs):
+                members = out_members[j]
+                first = (i * fan_out + s) * group_out
+                real = np.flatnonzero(members >= 0)
+                compact[..., first + real] = rows[..., members[real]]
+                partial[i, j] = first
+        # plane_index[t, ch]: the partial channel of output channel ch's t-th input group
+        sources = [np.flatnonzero(blocks[:, j]) for j in range(nodes)]
+        self.fan_in = len(sources[0])
+        self.plane_index = np.empty((self.fan_in, kernel.shape[-1]), "int32")
+        for j, members in enumerate(out_members):
+            for c, channel in enumerate(members[members >= 0]):
+                self.plane_index[:, channel] = [partial[i, j] + c for i in sources[j]]
+        self.plane_index = self.plane_index.reshape(-1)
+        return compact
 
     def build(self, input_shape):
-        width = len(self.gather_index)
-        shape = (None, 1, 1, width) if self.is_dense else (*input_shape[:-1], width)
+        shape = (None, 1, 1, self.conv_input_width) if self.is_dense else (*input_shape[:-1], self.conv_input_width)
         self.conv.build(shape)
         self.conv.set_weights(self._compact_weights)
+        if self.layout == "scatter" and self._bias is not None:
+            self.bias = self.add_weight(shape=self._bias.shape, initializer="zeros", name="bias")
+            self.bias.assign(self._bias)
         self._inner_shape = tuple(input_shape[1:-1])
 
     def call(self, inputs):
-        # LiteRT's GATHER on the channel axis copies element by element; moving
-        # channels to the front makes it copy whole planes (TRANSPOSE runs in
-        # XNNPACK), 3-10x faster in benchmarks/export_bench.py's layers.
-        rank = len(inputs.shape)
-        x = keras.ops.transpose(inputs, (rank - 1, *range(rank - 1)))
-        x = keras.ops.take(x, self.gather_index, axis=0)
-        x = keras.ops.transpose(x, (*range(1, rank), 0))
+        x = inputs
+        if self.layout == "gather":
+            x = _take_channels(x, self.gather_index)
         if self.is_dense:
             x = keras.ops.reshape(x, (-1, 1, 1, x.shape[-1]))
         y = self.conv(x)
-        if self.output_index is not None:
+        if self.layout == "scatter":
+            y = self._add_partial_sums(y)
+        elif self.output_index is not None:
             y = keras.ops.take(y, self.output_index, axis=-1)
         if self.is_dense:
             y = keras.ops.reshape(y, (-1, *self._inner_shape, self.units))
         return y
 
+    def _add_partial_sums(self, partials):
+        rank = len(partials.shape)
+        leading = keras.ops.shape(partials)[:-1]
+        planes = keras.ops.transpose(partials, (rank - 1, *range(rank - 1)))
+        planes = keras.ops.take(planes, self.plane_index, axis=0)
+        summed = keras.ops.sum(keras.ops.reshape(planes, (self.fan_in, self.units, -1)), axis=0)
+        y = keras.ops.transpose(keras.ops.reshape(summed, (self.units, *leading)), (*range(1, rank), 0))
+        if self._bias is not None:
+            y = y + self.bias
+        return self.activation(y)
+
     def compute_output_shape(self, input_shape):
         if self.is_dense:
             return (*input_shape[:-1], self.units)
-        return (*self.conv.compute_output_shape((*input_shape[:-1], len(self.gather_index)))[:-1], self.units)
+        return (*self.conv.compute_output_shape((*input_shape[:-1], self.conv_input_width))[:-1], self.units)
+
+
+def _take_channels(x, index):
+    """`x[..., index]`. LiteRT's GATHER on the channel axis copies element by
+    element; moving channels to the front makes it copy whole planes
+    (TRANSPOSE runs in XNNPACK), 3-10x faster in benchmarks/export_bench.py's
+    layers."""
+    rank = len(x.shape)
+    x = keras.ops.transpose(x, (rank - 1, *range(rank - 1)))
+    x = keras.ops.take(x, index, axis=0)
+    return keras.ops.transpose(x, (*range(1, rank), 0))
 
 
 def _group_members(channels, nodes):
@@ -397,4 +533,4 @@ def _write_atomically(model, path, options):
             os.unlink(partial)
 
 
-__all__ = ["ExportReport", "export_tflite", "compact_model", "channel_blocks", "CompactKernel"]
+__all__ = ["ExportReport", "export_tflite", "compact_model", "channel_blocks", "estimated_latency_ratios", "CompactKernel"]

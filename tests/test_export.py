@@ -9,7 +9,7 @@ import pytest
 
 from rgp_keras import export_tflite, prune_regular_graph, run_tflite, strip_pruning
 from rgp_keras.datasets import load_fashion_mnist
-from rgp_keras.export import CompactKernel, channel_blocks, compact_model
+from rgp_keras.export import CompactKernel, channel_blocks, compact_model, estimated_latency_ratios
 from rgp_keras.graph import RegularGraph
 from rgp_keras.masks import kernel_mask
 
@@ -66,13 +66,16 @@ def vgg(channels=(64, 128, 256)):
     ids=["same", "uneven-strided-valid", "dilated-nobias", "rect-kernel", "conv1d-causal", "conv3d",
          "dense-uneven", "dense-3d-input"],
 )
-def test_compact_kernel_equals_the_masked_layer(layer, shape, graph16):
+@pytest.mark.parametrize("layout", ["gather", "scatter"])
+def test_compact_kernel_equals_the_masked_layer(layer, shape, layout, graph16):
     model = keras.Sequential([keras.Input(shape), layer])
     pruned = prune_regular_graph(model, graph=graph16, skip_first=False, skip_last=False)
     randomize_kernels(pruned)
     stripped = strip_pruning(pruned)
-    compact, compacted, not_compacted = compact_model(stripped)
-    assert compacted == [layer.name] and not not_compacted
+    compact, compacted, not_compacted = compact_model(stripped, layout=layout)
+    # scatter needs input channels divisible by the 16 groups; the others fall back to gather
+    expected_layout = layout if shape[-1] % 16 == 0 else "gather"
+    assert compacted == {layer.name: expected_layout} and not not_compacted
     assert isinstance(compact.layers[0], CompactKernel) and compact.layers[0].nodes == 16
     x = np.random.default_rng(1).normal(size=(3, *shape)).astype("float32")
     np.testing.assert_allclose(keras.ops.convert_to_numpy(compact(x)), keras.ops.convert_to_numpy(pruned(x)),
@@ -100,11 +103,47 @@ def test_compact_and_sparse_litert_outputs_equal_keras_on_real_images(graph16, r
     for report in (compact, sparse):
         np.testing.assert_allclose(run_tflite(report.path, real_images), expected, atol=1e-4, rtol=0)
     assert len(compact.compacted) == 4 and not compact.not_compacted  # three convs and the hidden Dense
+    assert set(compact.compacted.values()) == {"gather", "scatter"}  # narrow output groups scatter
     assert compact.params < 0.25 * compact.dense_params and compact.macs < 0.25 * compact.dense_macs
     assert sparse.params == sparse.dense_params and sparse.macs == sparse.dense_macs
     assert compact.size_bytes < 1.1 * 4 * compact.params  # float32 kept weights, little else
     assert sparse.gzip_bytes < sparse.size_bytes and "compact" in str(compact) and "MACs" in str(compact)
     assert sorted(os.listdir(tmp_path)) == ["compact.tflite", "sparse.tflite"]
+
+
+@pytest.mark.parametrize("layout", ["gather", "scatter"])
+def test_each_layout_runs_in_litert_like_keras(layout, graph16, real_images, tmp_path):
+    pruned = prune_regular_graph(vgg((32, 48, 64)), graph=graph16)
+    randomize_kernels(pruned)
+    compact, compacted, _ = compact_model(strip_pruning(pruned), layout=layout)
+    assert set(compacted.values()) == {layout}
+    path = tmp_path / f"{layout}.tflite"
+    import tensorflow as tf
+
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(compact).convert())
+    np.testing.assert_allclose(run_tflite(path, real_images[:8]), keras.ops.convert_to_numpy(pruned(real_images[:8])),
+                               atol=1e-4, rtol=0)
+
+
+def test_layout_estimates_follow_the_measured_tile_widths():
+    # benchmarks/gather_layouts.py: at n = 16, 64-channel 3x3 convs (groups of 4) run faster scattered,
+    # 256-channel ones (groups of 16) gathered; 1x1 expansions gather, 1x1 projections scatter.
+    def ratios(channels_in, channels_out, size, degree):
+        layer = layers.Conv2D(channels_out, size)
+        layer.build((None, 8, 8, channels_in))
+        return estimated_latency_ratios(layer, RegularGraph.random(16, degree, seed=0).adjacency)
+
+    assert ratios(64, 64, 3, 4)["scatter"] < 0.6 < ratios(64, 64, 3, 4)["gather"]
+    assert ratios(256, 256, 3, 2)["gather"] < ratios(256, 256, 3, 2)["scatter"] < 0.2
+    assert ratios(64, 384, 1, 2)["gather"] < 0.5 < ratios(64, 384, 1, 2)["scatter"]
+    assert ratios(384, 64, 1, 2)["scatter"] < 0.6 < 1 < ratios(384, 64, 1, 2)["gather"]
+    assert "scatter" not in ratios(72, 64, 1, 2)  # input groups of 4.5 channels
+
+
+def test_compact_model_rejects_an_unknown_layout(graph16):
+    stripped = strip_pruning(prune_regular_graph(vgg((32, 48, 64)), graph=graph16))
+    with pytest.raises(ValueError, match=r"`layout` must be one of \('auto', 'gather', 'scatter'\), got 'dense'"):
+        compact_model(stripped, layout="dense")
 
 
 def test_mobilenet_v2_compact_export_matches_keras(real_images, tmp_path):
