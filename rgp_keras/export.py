@@ -169,13 +169,16 @@ def compact_model(model, layout="auto"):
     "gather" or "scatter" force that layout on every such layer where it
     applies ("scatter" needs input channels divisible by n and every output
     group reading equally many groups; other layers get "gather"). The rest
-    are copied unchanged.
+    are copied unchanged. A BatchNormalization that alone reads a compacted
+    layer.s output is folded into the compact kernel (it becomes a linear Activation).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"`layout` must be one of {LAYOUTS}, got {layout!r}.")
-    compacted, not_compacted = {}, {}
+    compacted, not_compacted, folded = {}, {}, set()
 
     def rewrite(layer):
+        if id(layer) in folded:
+            return FoldedAway(name=layer.name)
         if layer.count_params() and prunable_kernel(layer)[0]:
             reason = _why_not_compact(layer)
             blocks = None if reason else channel_blocks(keras.ops.convert_to_numpy(layer.kernel))
@@ -185,7 +188,11 @@ def compact_model(model, layout="auto"):
                 chosen = chosen if chosen in ratios else "gather"
                 if layout != "auto" or ratios[chosen] < _MAX_LATENCY_RATIO:
                     compacted[layer.name] = chosen
-                    return CompactKernel(layer, blocks, chosen)
+                    norm = _batch_norm_after(layer)
+                    if norm is None:
+                        return CompactKernel(layer, blocks, chosen)
+                    folded.add(id(norm))
+                    return CompactKernel(_fold_batch_norm(layer, norm), blocks, chosen)
                 reason = (
                     f"compact kernel estimated {ratios[chosen]:.2f}x the dense latency ({chosen} layout; groups of "
                     f"{min(layer.kernel.shape[-2:]) // len(blocks)} channels are too small for XNNPACK's tiles)"
@@ -196,9 +203,52 @@ def compact_model(model, layout="auto"):
 
     clone = _clone_model(model, rewrite)
     for original, new in _paired_leaves(model, clone):
-        if not isinstance(new, CompactKernel):
+        if not isinstance(new, CompactKernel) and new.weights:
             new.set_weights(original.get_weights())
     return clone, compacted, not_compacted
+
+
+def _batch_norm_after(layer):
+    """The BatchNormalization (on the channel axis) that alone reads `layer`'s output, if any.
+
+    The converter folds such a layer into a convolution it follows directly;
+    after a compact kernel's partial sums it cannot, so `compact_model` folds
+    it first (the scatter layout would otherwise pay a MUL and an ADD over
+    its output).
+    """
+    nodes = layer._outbound_nodes
+    norm = nodes[0].operation if len(nodes) == 1 else None
+    if not isinstance(norm, keras.layers.BatchNormalization) or len(norm._inbound_nodes) != 1:
+        return None
+    linear = layer.get_config().get("activation") in (None, "linear")
+    return norm if linear and norm.axis in (-1, len(layer.output.shape) - 1) else None
+
+
+class FoldedAway(keras.layers.Layer):
+    """Where a BatchNormalization stood that `compact_model` folded into the kernel before it: passes inputs on."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs, training=None, mask=None):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def _fold_batch_norm(layer, norm):
+    """A copy of `layer` computing `norm(layer(x))` (inference statistics)."""
+    value = keras.ops.convert_to_numpy
+    scale = value(norm.moving_variance) + norm.epsilon
+    scale = (value(norm.gamma) if norm.scale else 1.0) / np.sqrt(scale)
+    bias = value(layer.bias) if layer.use_bias else 0.0
+    shift = (bias - value(norm.moving_mean)) * scale + (value(norm.beta) if norm.center else 0.0)
+    folded = layer.__class__.from_config({**layer.get_config(), "use_bias": True})
+    folded.build(layer.input.shape)
+    folded.set_weights([value(layer.kernel) * scale, shift.astype(layer.kernel.dtype)])
+    return folded
 
 
 def channel_blocks(kernel):
@@ -397,7 +447,11 @@ class CompactKernel(keras.layers.Layer):
 
     def _add_partial_sums(self, partials):
         rank = len(partials.shape)
-        leading = keras.ops.shape(partials)[:-1]
+        leading = tuple(partials.shape)[:-1]
+        if leading.count(None) > 1:
+            leading = keras.ops.shape(partials)[:-1]
+        else:  # static where possible: shape ops would split LiteRT's XNNPACK partition
+            leading = tuple(-1 if size is None else size for size in leading)
         planes = keras.ops.transpose(partials, (rank - 1, *range(rank - 1)))
         planes = keras.ops.take(planes, self.plane_index, axis=0)
         summed = keras.ops.sum(keras.ops.reshape(planes, (self.fan_in, self.units, -1)), axis=0)

@@ -9,7 +9,7 @@ import pytest
 
 from rgp_keras import export_tflite, prune_regular_graph, run_tflite, strip_pruning
 from rgp_keras.datasets import load_fashion_mnist
-from rgp_keras.export import CompactKernel, channel_blocks, compact_model, estimated_latency_ratios
+from rgp_keras.export import CompactKernel, FoldedAway, channel_blocks, compact_model, estimated_latency_ratios
 from rgp_keras.graph import RegularGraph
 from rgp_keras.masks import kernel_mask
 
@@ -138,6 +138,24 @@ def test_layout_estimates_follow_the_measured_tile_widths():
     assert ratios(64, 384, 1, 2)["gather"] < 0.5 < ratios(64, 384, 1, 2)["scatter"]
     assert ratios(384, 64, 1, 2)["scatter"] < 0.6 < 1 < ratios(384, 64, 1, 2)["gather"]
     assert "scatter" not in ratios(72, 64, 1, 2)  # input groups of 4.5 channels
+
+
+@pytest.mark.parametrize("layout", ["gather", "scatter"])
+def test_batch_norm_after_a_compact_kernel_is_folded_into_it(layout, graph16):
+    pruned = prune_regular_graph(vgg((32, 48, 64)), graph=graph16)
+    randomize_kernels(pruned)
+    rng = np.random.default_rng(2)
+    for layer in pruned.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            for weight in layer.weights:  # gamma, beta, moving mean, moving variance
+                weight.assign(rng.uniform(0.5, 1.5, weight.shape).astype("float32"))
+    stripped = strip_pruning(pruned)
+    compact, compacted, _ = compact_model(stripped, layout=layout)
+    folded = [new for old, new in zip(stripped.layers, compact.layers) if isinstance(old, layers.BatchNormalization)]
+    assert len(compacted) == 4 and len(folded) == 3 and all(isinstance(f, FoldedAway) for f in folded)
+    x = np.random.default_rng(1).normal(size=(4, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(compact(x)), keras.ops.convert_to_numpy(pruned(x)),
+                               atol=1e-4, rtol=1e-4)
 
 
 def test_compact_model_rejects_an_unknown_layout(graph16):

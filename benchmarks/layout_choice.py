@@ -1,0 +1,158 @@
+"""Does `compact_model` pick the right layout? Every prunable layer of the export benchmark's models, timed alone.
+
+For the VGG-style net and MobileNetV2 of benchmarks/export_bench.py, pruned at
+n = 16 (k = 2, 4) and n = 64 (k = 4, 8, 16), each distinct masked layer
+(input shape, kernel, strides) is converted alone to .tflite three ways:
+dense (the masked kernel as it is: what a sparse file computes), compact
+"gather" and compact "scatter" (forced with `compact_model(layout=...)`),
+and timed in LiteRT (1 thread, median of 30 invocations after warm-up).
+Beside each measured ratio to dense stands `estimated_latency_ratios`'s
+estimate, and the layout `layout="auto"` picks (or dense, when no layout is
+estimated below 0.9x).
+
+The summary weighs each layer by how often its shape occurs in the model:
+time of auto's picks vs the fastest of the three per layer (the oracle)
+vs all dense.
+
+Writes benchmarks/results/layout_choice.md and layout_choice.csv.
+
+    python benchmarks/layout_choice.py          # about 15 minutes
+"""
+
+import csv
+import os
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+sys.path.insert(0, str(Path(__file__).parent))
+from export_bench import MODELS  # noqa: E402
+
+from rgp_keras import benchmark_tflite, prune_regular_graph, strip_pruning  # noqa: E402
+from rgp_keras.export import _MAX_LATENCY_RATIO, channel_blocks, compact_model, estimated_latency_ratios  # noqa: E402
+from rgp_keras.masks import prunable_kernel  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+CASES = ((16, 4), (16, 2), (64, 16), (64, 8), (64, 4))
+RUNS = 30
+
+
+def masked_layers(model):
+    """`{signature: (layer, input shape, count)}` for the distinct masked layers of a stripped model."""
+    found, counts = {}, Counter()
+    for layer in model.layers:
+        if not (layer.count_params() and prunable_kernel(layer)[0]):
+            continue
+        kernel = keras.ops.convert_to_numpy(layer.kernel)
+        if channel_blocks(kernel) is None:
+            continue
+        shape = tuple(layer.input.shape[1:])
+        key = (shape, tuple(kernel.shape), tuple(getattr(layer, "strides", ())))
+        counts[key] += 1
+        found.setdefault(key, (layer, shape))
+    return {key: (*value, counts[key]) for key, value in found.items()}
+
+
+def alone(layer, shape):
+    clone = layer.__class__.from_config(layer.get_config())
+    single = keras.Sequential([keras.Input(shape, batch_size=1), clone])
+    clone.set_weights(layer.get_weights())
+    return single
+
+
+def latency(model, path):
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    return benchmark_tflite(path, threads=1, runs=RUNS)["median_ms"]
+
+
+def describe(layer, shape):
+    window = "x".join(map(str, layer.kernel.shape[:-2]))
+    stride = f"/{layer.strides[0]}" if getattr(layer, "strides", (1,))[0] > 1 else ""
+    spatial = "x".join(map(str, shape[:-1])) or "1"
+    return f"{spatial} {layer.kernel.shape[-2]}->{layer.kernel.shape[-1]} {window}{stride}"
+
+
+def main():
+    rows = []
+    with tempfile.TemporaryDirectory() as directory:
+        directory = Path(directory)
+        for model_name, builder in MODELS.items():
+            keras.utils.set_random_seed(0)
+            model = builder()
+            for nodes, degree in CASES:
+                stripped = strip_pruning(prune_regular_graph(model, degree=degree, nodes=nodes, seed=0))
+                for (shape, _, _), (layer, _, count) in masked_layers(stripped).items():
+                    single = alone(layer, shape)
+                    blocks = channel_blocks(keras.ops.convert_to_numpy(layer.kernel))
+                    estimates = estimated_latency_ratios(layer, blocks)
+                    dense = latency(single, directory / "dense.tflite")
+                    row = {"model": model_name, "nodes": nodes, "degree": degree, "layer": describe(layer, shape),
+                           "count": count, "dense_ms": dense}
+                    for layout in ("gather", "scatter"):
+                        if layout in estimates:
+                            compact = compact_model(single, layout=layout)[0]
+                            row[layout] = latency(compact, directory / f"{layout}.tflite") / dense
+                            row[f"{layout}_estimate"] = estimates[layout]
+                    best_estimate = min(estimates, key=estimates.get)
+                    row["auto"] = best_estimate if estimates[best_estimate] < _MAX_LATENCY_RATIO else "dense"
+                    measured = {"dense": 1.0, **{name: row[name] for name in ("gather", "scatter") if name in row}}
+                    row["fastest"] = min(measured, key=measured.get)
+                    rows.append(row)
+                    print(row, flush=True)
+    write(rows)
+
+
+def write(rows):
+    RESULTS.mkdir(exist_ok=True)
+    fields = ["model", "nodes", "degree", "layer", "count", "dense_ms", "gather", "gather_estimate", "scatter",
+              "scatter_estimate", "auto", "fastest"]
+    with open(RESULTS / "layout_choice.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def cell(row, layout):
+        return f"{row[layout]:.3f} ({row[layout + '_estimate']:.2f})" if layout in row else "–"
+
+    def time_of(row, choice):
+        return row["count"] * row["dense_ms"] * (1.0 if choice == "dense" else row[choice])
+
+    lines = [
+        "# Compact layout choice, layer by layer",
+        "",
+        "`python benchmarks/layout_choice.py` — each distinct masked layer alone, LiteRT 1 thread, median of "
+        f"{RUNS} invocations; measured latency / dense latency of the same layer, the estimate in parentheses. "
+        "`auto` is what `export_tflite` picks; `fastest` what was measured fastest.",
+        "",
+        "| model | n/k | picks as fast as the fastest (layers) | time of auto's picks / fastest | / all dense |",
+        "|---|---|---|---|---|",
+    ]
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["nodes"], row["degree"]), []).append(row)
+    for (model, nodes, degree), members in groups.items():
+        fastest = sum(time_of(row, row["fastest"]) for row in members)
+        auto = sum(time_of(row, row["auto"]) for row in members)
+        dense = sum(time_of(row, "dense") for row in members)
+        hits = sum(row["count"] for row in members if row["auto"] == row["fastest"])
+        lines.append(f"| {model} | {nodes}/{degree} | {hits} of {sum(row['count'] for row in members)} | "
+                     f"{auto / fastest:.3f} | {auto / dense:.3f} |")
+    lines += ["", "| model | n/k | layer (HxW Cin->Cout window/stride) | x | dense ms | gather | scatter | auto | fastest |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['model']} | {row['nodes']}/{row['degree']} | {row['layer']} | {row['count']} | "
+                     f"{row['dense_ms']:.3f} | {cell(row, 'gather')} | {cell(row, 'scatter')} | {row['auto']} | "
+                     f"{row['fastest']} |")
+    (RESULTS / "layout_choice.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / 'layout_choice.md'}")
+
+
+if __name__ == "__main__":
+    main()
