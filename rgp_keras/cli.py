@@ -116,7 +116,8 @@ def _export(args):
         raise ValueError("--calibration is only used with --quantize int8")
     samples = _calibration(args.calibration, model.inputs[0].shape) if args.calibration else None
     report = export_tflite(
-        model, args.output, compact=not args.sparse, quantize=args.quantize, representative_data=samples
+        model, args.output, compact=not args.sparse, quantize=args.quantize, representative_data=samples,
+        layout=args.layout,
     )
     if args.json:
         import dataclasses
@@ -262,6 +263,8 @@ def _parser():
     export.add_argument("model", help="pruned or stripped .keras model")
     export.add_argument("-o", "--output", required=True, help=".tflite file to write")
     export.add_argument("--sparse", action="store_true", help="keep dense-shaped kernels with zeros (no compact rewrite)")
+    export.add_argument("--layout", choices=["auto", "gather", "scatter"], default="auto",
+                        help="compact layout: auto (estimated fastest per layer, default) or forced where it applies")
     export.add_argument("--quantize", choices=["dynamic", "float16", "int8"], help="post-training quantization")
     export.add_argument("--calibration", help="int8 calibration inputs: a .npy array (N, *input) or a folder of images")
     export.add_argument("--json", action="store_true", help="print the report as one JSON object")

@@ -17,7 +17,7 @@ XNNPACK's GEMM kernels fill 16 output channels at a time on x86 (8 on Arm),
 so narrow output groups waste most of each tile in the gather layout; the
 scatter layout widens the tile k-fold at the price of moving k partial
 sums per output. `compact_model` picks per layer by an estimate fitted to
-measurements (benchmarks/gather_layouts.py), and keeps a layer sparse when
+measurements (benchmarks/layout_choice.py), and keeps a layer sparse when
 neither layout is estimated clearly faster than the dense one. The block
 structure is read from the kernel's zeros, so pruned and stripped models
 export alike.
@@ -43,12 +43,13 @@ _CONV_CLASS = {"Dense": keras.layers.Conv2D, "Conv1D": keras.layers.Conv1D, "Con
                "Conv3D": keras.layers.Conv3D}
 _CALIBRATION_SAMPLES = 200
 LAYOUTS = ("auto", "gather", "scatter")
-# Latency estimate (benchmarks/gather_layouts.py, LiteRT 2.3 XNNPACK, x86
-# AVX2, one thread): a GEMM runs at full speed with >= 16 output channels per
-# group (fewer use that fraction of the tile) and loses speed below ~32
-# reduction terms (about with the square root); every float a layout moves
-# (transposes, gathers, partial sums) costs about 10 full-speed MACs. A layer
-# is compacted when its best layout is estimated below 0.9 x dense.
+# Latency estimate, fitted to single layers in LiteRT 2.3's XNNPACK on x86
+# AVX2, one thread (benchmarks/layout_choice.py checks it per layer): a GEMM
+# runs at full speed with >= 16 output channels per group (fewer use that
+# fraction of the tile) and loses speed below ~32 reduction terms (about
+# with the square root); every float a layout moves (transposes, gathers,
+# partial sums) costs about 10 full-speed MACs. A layer is compacted when
+# its best layout is estimated below 0.9 x dense.
 _TILE_CHANNELS = 16
 _FULL_REDUCTION = 32
 _MACS_PER_FLOAT_MOVED = 10
@@ -103,7 +104,7 @@ def _layout_counts(compacted):
     return f" ({listed})" if listed else ""
 
 
-def export_tflite(model, path, *, compact=True, quantize=None, representative_data=None):
+def export_tflite(model, path, *, compact=True, quantize=None, representative_data=None, layout="auto"):
     """Write a pruned (or stripped) Keras 3 model as a .tflite file for LiteRT.
 
     Args:
@@ -118,6 +119,10 @@ def export_tflite(model, path, *, compact=True, quantize=None, representative_da
             "int8" (full integer; needs `representative_data`).
         representative_data: calibration inputs for "int8": an array of input
             samples `(N, *input_shape)` (a few hundred real samples suffice).
+        layout: compact layout per layer: "auto" (estimated fastest on x86
+            XNNPACK; layers not estimated faster than dense stay sparse), or
+            "gather"/"scatter" forced wherever it applies, e.g. after timing
+            both with `benchmark_tflite` on the target device.
 
     Returns:
         An `ExportReport` (sizes, params and MACs before/after, which layers
@@ -132,11 +137,17 @@ def export_tflite(model, path, *, compact=True, quantize=None, representative_da
         raise TypeError(f"`model` must be a Keras 3 model, got {type(model).__name__}.")
     if quantize not in QUANTIZE:
         raise ValueError(f"`quantize` must be one of {QUANTIZE}, got {quantize!r}.")
+    if layout not in LAYOUTS:
+        raise ValueError(f"`layout` must be one of {LAYOUTS}, got {layout!r}.")
+    if layout != "auto" and not compact:
+        raise ValueError(f"`layout` chooses compact kernels; it needs compact=True, got layout={layout!r}.")
     samples = _calibration_samples(model, quantize, representative_data)
     path = _writable_path(path)
 
     stripped = strip_pruning(model) if any(isinstance(layer, RegularGraphPruning) for layer in _leaves(model)) else model
-    exported, compacted, not_compacted = compact_model(stripped) if compact else (stripped, {}, {})
+    exported, compacted, not_compacted = stripped, {}, {}
+    if compact:
+        exported, compacted, not_compacted = compact_model(stripped, layout, int8=quantize == "int8")
     options, notes = _converter_options(exported, quantize, samples)
     _write_atomically(exported, path, options)
 
@@ -159,7 +170,7 @@ def export_tflite(model, path, *, compact=True, quantize=None, representative_da
     )
 
 
-def compact_model(model, layout="auto"):
+def compact_model(model, layout="auto", *, int8=False):
     """`(compact model, {name: layout}, {name: why not})` for a stripped Keras 3 model.
 
     Layers whose kernel has a channel-group block structure with density < 1
@@ -170,7 +181,12 @@ def compact_model(model, layout="auto"):
     applies ("scatter" needs input channels divisible by n and every output
     group reading equally many groups; other layers get "gather"). The rest
     are copied unchanged. A BatchNormalization that alone reads a compacted
-    layer.s output is folded into the compact kernel (it becomes a linear Activation).
+    layer's output is folded into the compact kernel (it becomes a
+    `FoldedAway` pass-through).
+
+    `int8=True` (for full-integer files) leaves "scatter" out of "auto":
+    LiteRT's int8 SUM and the extra requantized tensors made scattered
+    layers slower than int8 dense ones (benchmarks/export_bench.py).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"`layout` must be one of {LAYOUTS}, got {layout!r}.")
@@ -184,6 +200,8 @@ def compact_model(model, layout="auto"):
             blocks = None if reason else channel_blocks(keras.ops.convert_to_numpy(layer.kernel))
             if blocks is not None:
                 ratios = estimated_latency_ratios(layer, blocks)
+                if int8 and layout == "auto":
+                    ratios.pop("scatter", None)
                 chosen = min(ratios, key=ratios.get) if layout == "auto" else layout
                 chosen = chosen if chosen in ratios else "gather"
                 if layout != "auto" or ratios[chosen] < _MAX_LATENCY_RATIO:

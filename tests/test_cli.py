@@ -122,6 +122,9 @@ def test_export_and_bench_commands(tmp_path, pruned_file, capsys):
     int8 = tmp_path / "int8.tflite"
     assert main(["export", str(pruned_file), "-o", str(int8), "--quantize", "int8", "--calibration", str(samples)]) == 0
     assert "compact, int8" in capsys.readouterr().out
+    scattered = tmp_path / "scatter.tflite"
+    assert main(["export", str(pruned_file), "-o", str(scattered), "--layout", "scatter"]) == 0
+    assert "scatter)" in capsys.readouterr().out
     assert main(["bench", str(out), "--runs", "5"]) == 0
     assert "median" in capsys.readouterr().out
 
@@ -133,6 +136,7 @@ def test_export_and_bench_commands(tmp_path, pruned_file, capsys):
         (["export", "MODEL", "-o", "OUT", "--quantize", "int8"], "needs `representative_data`"),
         (["export", "MODEL", "-o", "OUT", "--quantize", "int8", "--calibration", "nope.npy"], "No such calibration"),
         (["export", "MODEL", "-o", "OUT", "--calibration", "x.npy"], "only used with --quantize int8"),
+        (["export", "MODEL", "-o", "OUT", "--sparse", "--layout", "gather"], "needs compact=True"),
         (["export", "MODEL", "-o", "model.onnx"], "must end with .tflite"),
         (["bench", "MODEL"], "not a .tflite file"),
         (["bench", "missing.tflite"], "No .tflite file"),

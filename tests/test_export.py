@@ -187,6 +187,7 @@ def test_int8_compact_classifies_like_int8_sparse(graph16, tmp_path):
     agree = np.mean(run_tflite(compact.path, x_test).argmax(-1) == run_tflite(sparse.path, x_test).argmax(-1))
     assert agree >= 0.98
     assert compact.size_bytes < sparse.size_bytes
+    assert set(compact.compacted.values()) == {"gather"}  # int8 partial sums would be slower than int8 dense
 
 
 def test_layers_that_cannot_be_compacted_stay_and_the_report_says_why(tmp_path):
@@ -209,6 +210,10 @@ def test_int8_needs_representative_data_of_the_input_shape(graph16, tmp_path):
         export_tflite(pruned, tmp_path / "m.tflite", quantize="int8", representative_data=np.zeros((10, 28, 28)))
     with pytest.raises(ValueError, match="quantize.*one of"):
         export_tflite(pruned, tmp_path / "m.tflite", quantize="int4")
+    with pytest.raises(ValueError, match=r"`layout` must be one of \('auto', 'gather', 'scatter'\), got 'wide'"):
+        export_tflite(pruned, tmp_path / "m.tflite", layout="wide")
+    with pytest.raises(ValueError, match="needs compact=True, got layout='scatter'"):
+        export_tflite(pruned, tmp_path / "m.tflite", compact=False, layout="scatter")
     assert os.listdir(tmp_path) == []
 
 
