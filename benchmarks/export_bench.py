@@ -12,7 +12,7 @@ depend on training); int8 is calibrated on real Fashion-MNIST images.
 
 Writes benchmarks/results/export.md and export.csv.
 
-    python benchmarks/export_bench.py            # full (about 15 minutes on 2 cores)
+    python benchmarks/export_bench.py            # full (about 20 minutes on 2 cores)
     python benchmarks/export_bench.py --quick    # VGG only, n = 16, fewer runs
 """
 

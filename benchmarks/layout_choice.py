@@ -16,7 +16,7 @@ vs all dense.
 
 Writes benchmarks/results/layout_choice.md and layout_choice.csv.
 
-    python benchmarks/layout_choice.py          # about 15 minutes
+    python benchmarks/layout_choice.py          # about 8 minutes
 """
 
 import csv
