@@ -144,8 +144,8 @@ def write(rows):
         hits = sum(row["count"] for row in members if row["auto"] == row["fastest"])
         lines.append(f"| {model} | {nodes}/{degree} | {hits} of {sum(row['count'] for row in members)} | "
                      f"{auto / fastest:.3f} | {auto / dense:.3f} |")
-    lines += ["", "| model | n/k | layer (HxW Cin->Cout window/stride) | x | dense ms | gather | scatter | auto | fastest |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| model | n/k | layer (HxW Cin->Cout window/stride) | x | dense ms | gather | scatter | auto | "
+              "fastest |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['model']} | {row['nodes']}/{row['degree']} | {row['layer']} | {row['count']} | "
                      f"{row['dense_ms']:.3f} | {cell(row, 'gather')} | {cell(row, 'scatter')} | {row['auto']} | "

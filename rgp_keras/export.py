@@ -113,7 +113,8 @@ def export_tflite(model, path, *, compact=True, quantize=None, representative_da
             is left behind and an existing file is untouched).
         compact: rewrite each masked Dense/Conv1D/Conv2D/Conv3D into a grouped
             convolution holding only the kept weights (fewer bytes and MACs),
-            in the layout estimated fastest (see `compact_model`). With `compact=False` the stripped model is converted with the
+            in the layout estimated fastest (see `compact_model`). With
+            `compact=False` the stripped model is converted with the
             converter's sparsity optimisation (zeros still computed).
         quantize: None (float32), "dynamic" (int8 weights), "float16", or
             "int8" (full integer; needs `representative_data`).
@@ -605,4 +606,7 @@ def _write_atomically(model, path, options):
             os.unlink(partial)
 
 
-__all__ = ["ExportReport", "export_tflite", "compact_model", "channel_blocks", "estimated_latency_ratios", "CompactKernel"]
+__all__ = [
+    "ExportReport", "export_tflite", "compact_model", "channel_blocks", "estimated_latency_ratios", "CompactKernel",
+    "FoldedAway",
+]

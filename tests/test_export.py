@@ -115,14 +115,20 @@ def test_compact_and_sparse_litert_outputs_equal_keras_on_real_images(graph16, r
 def test_each_layout_runs_in_litert_like_keras(layout, graph16, real_images, tmp_path):
     pruned = prune_regular_graph(vgg((32, 48, 64)), graph=graph16)
     randomize_kernels(pruned)
-    compact, compacted, _ = compact_model(strip_pruning(pruned), layout=layout)
-    assert set(compacted.values()) == {layout}
-    path = tmp_path / f"{layout}.tflite"
-    import tensorflow as tf
+    report = export_tflite(pruned, tmp_path / f"{layout}.tflite", layout=layout)
+    assert set(report.compacted.values()) == {layout} and f"{len(report.compacted)} {layout})" in str(report)
+    np.testing.assert_allclose(run_tflite(report.path, real_images[:8]),
+                               keras.ops.convert_to_numpy(pruned(real_images[:8])), atol=1e-4, rtol=0)
 
-    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(compact).convert())
-    np.testing.assert_allclose(run_tflite(path, real_images[:8]), keras.ops.convert_to_numpy(pruned(real_images[:8])),
-                               atol=1e-4, rtol=0)
+
+def test_scatter_layout_says_what_it_needs(graph16):
+    layer = layers.Conv2D(64, 3)
+    layer.build((None, 8, 8, 72))
+    blocks = RegularGraph.random(16, 2, seed=0).adjacency
+    with pytest.raises(ValueError, match=r"input channels divisible by the 16 groups.*72 input channels.*'gather'"):
+        CompactKernel(layer, blocks, "scatter")
+    with pytest.raises(ValueError, match=r"`layout` must be one of \('gather', 'scatter'\), got 'auto'"):
+        CompactKernel(layer, blocks, "auto")
 
 
 def test_layout_estimates_follow_the_measured_tile_widths():
