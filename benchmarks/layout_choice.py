@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from export_bench import MODELS  # noqa: E402
 
 from rgp_keras import benchmark_tflite, prune_regular_graph, strip_pruning  # noqa: E402
-from rgp_keras.export import _MAX_LATENCY_RATIO, channel_blocks, compact_model, estimated_latency_ratios  # noqa: E402
+from rgp_keras.export import channel_blocks, compact_model, estimated_latency_ratios  # noqa: E402
 from rgp_keras.masks import prunable_kernel  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -100,8 +100,7 @@ def main():
                             compact = compact_model(single, layout=layout)[0]
                             row[layout] = latency(compact, directory / f"{layout}.tflite") / dense
                             row[f"{layout}_estimate"] = estimates[layout]
-                    best_estimate = min(estimates, key=estimates.get)
-                    row["auto"] = best_estimate if estimates[best_estimate] < _MAX_LATENCY_RATIO else "dense"
+                    row["auto"] = compact_model(single)[1].get(layer.name, "dense")
                     measured = {"dense": 1.0, **{name: row[name] for name in ("gather", "scatter") if name in row}}
                     row["fastest"] = min(measured, key=measured.get)
                     rows.append(row)
