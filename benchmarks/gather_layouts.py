@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from rgp_keras import benchmark_tflite
+from rgp_keras.export import _take_channels  # what export_tflite's gather layout emits
 
 RESULTS = Path(__file__).parent / "results"
 SHAPES = ((32, 64), (16, 128), (8, 256), (4, 512))
@@ -42,10 +43,7 @@ def gathered(inputs, size, channels, nodes, degree, variant):
     group = channels // nodes
     neighbours = np.stack([(np.arange(nodes) + s) % nodes for s in range(degree)], axis=1).reshape(-1)
     if variant == "transpose":
-        index = (neighbours[:, None] * group + np.arange(group)).reshape(-1)
-        x = keras.ops.transpose(inputs, (3, 0, 1, 2))
-        x = keras.ops.take(x, index, axis=0)
-        return keras.ops.transpose(x, (1, 2, 3, 0))
+        return _take_channels(inputs, (neighbours[:, None] * group + np.arange(group)).reshape(-1))
     if variant == "group axis":
         x = keras.ops.reshape(inputs, (1, size * size, nodes, group))
         x = keras.ops.take(x, neighbours, axis=2)

@@ -136,13 +136,18 @@ def write(rows):
     groups = {}
     for row in rows:
         groups.setdefault((row["model"], row["nodes"], row["degree"]), []).append(row)
+    worst = 1.0
     for (model, nodes, degree), members in groups.items():
         fastest = sum(time_of(row, row["fastest"]) for row in members)
         auto = sum(time_of(row, row["auto"]) for row in members)
         dense = sum(time_of(row, "dense") for row in members)
         hits = sum(row["count"] for row in members if row["auto"] == row["fastest"])
+        worst = max(worst, auto / fastest)
         lines.append(f"| {model} | {nodes}/{degree} | {hits} of {sum(row['count'] for row in members)} | "
                      f"{auto / fastest:.3f} | {auto / dense:.3f} |")
+    hits = sum(row["count"] for row in rows if row["auto"] == row["fastest"])
+    lines += ["", f"In all: auto picks the fastest for {hits} of {sum(row['count'] for row in rows)} layers; "
+                  f"its picks take at most {100 * (worst - 1):.1f} % longer than the fastest (per model and n/k)."]
     lines += ["", "| model | n/k | layer (HxW Cin->Cout window/stride) | x | dense ms | gather | scatter | auto | "
               "fastest |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:

@@ -23,6 +23,7 @@ structure is read from the kernel's zeros, so pruned and stripped models
 export alike.
 """
 
+import collections
 import gzip
 import math
 import os
@@ -99,8 +100,8 @@ class ExportReport:
 
 
 def _layout_counts(compacted):
-    counts = {layout: list(compacted.values()).count(layout) for layout in LAYOUTS[1:]}
-    listed = ", ".join(f"{count} {layout}" for layout, count in counts.items() if count)
+    counts = collections.Counter(compacted.values())
+    listed = ", ".join(f"{counts[layout]} {layout}" for layout in LAYOUTS[1:] if counts[layout])
     return f" ({listed})" if listed else ""
 
 

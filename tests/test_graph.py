@@ -424,8 +424,6 @@ def test_bad_optimize_arguments_are_named(kwargs, error, message):
         optimize(RegularGraph.random(16, 4, seed=0), **kwargs)
 
 
-# --- packaging ----------------------------------------------------------------------------------
-
 @pytest.mark.parametrize(
     "nodes, degree, symmetry, error, message",
     [
@@ -437,6 +435,8 @@ def test_bad_symmetry_for_a_random_graph_is_named(nodes, degree, symmetry, error
     with pytest.raises(error, match=message):
         RegularGraph.random(nodes, degree, seed=0, symmetry=symmetry)
 
+
+# --- packaging ----------------------------------------------------------------------------------
 
 def test_importing_the_graph_engine_does_not_import_tensorflow():
     code = "import sys, rgp_keras, rgp_keras.graph; print(any(m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras', 'numba') for m in sys.modules))"

@@ -117,7 +117,7 @@ def optimize(
     if patience is not None:
         patience = check_int("patience", patience, minimum=1)
     jobs = check_int("jobs", jobs, minimum=1)
-    symmetry = check_symmetry(graph.nodes, graph.degree, symmetry)
+    symmetry = check_symmetry(graph.nodes, symmetry)
     if not graph.is_symmetric(symmetry):
         raise ValueError(
             f"`symmetry`={symmetry} needs a start graph unchanged by the rotation v -> v + "

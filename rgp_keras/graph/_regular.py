@@ -36,8 +36,8 @@ def check_size(nodes, degree):
     return nodes, degree
 
 
-def check_symmetry(nodes, degree, symmetry):
-    """Validate a rotational symmetry order for graphs of this size; return it as an int."""
+def check_symmetry(nodes, symmetry):
+    """Validate a rotational symmetry order for graphs on `nodes` nodes; return it as an int."""
     symmetry = check_int("symmetry", symmetry, minimum=1)
     if nodes % symmetry:
         raise ValueError(
@@ -164,7 +164,7 @@ class RegularGraph:
         """
         nodes, degree = check_size(nodes, degree)
         seed = secrets.randbelow(2**32) if seed is None else check_int("seed", seed, minimum=0)
-        symmetry = check_symmetry(nodes, degree, symmetry)
+        symmetry = check_symmetry(nodes, symmetry)
         if symmetry > 1:
             return cls._random_symmetric(nodes, degree, seed, symmetry)
         igraph.set_random_number_generator(_random.Random(seed))
