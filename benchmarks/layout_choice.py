@@ -5,20 +5,26 @@ n = 16 (k = 2, 4) and n = 64 (k = 4, 8, 16), each distinct masked layer
 (input shape, kernel, strides) is converted alone to .tflite three ways:
 dense (the masked kernel as it is: what a sparse file computes), compact
 "gather" and compact "scatter" (forced with `compact_model(layout=...)`),
-and timed in LiteRT (1 thread, median of 30 invocations after warm-up).
-Beside each measured ratio to dense stands `estimated_latency_ratios`'s
-estimate, and the layout `layout="auto"` picks (or dense, when no layout is
-estimated below 0.9x).
+and timed in LiteRT (1 thread, or --threads N): each layout's ratio to dense
+is export_bench's `ratio`, the median over alternating rounds of medians of
+30 invocations after warm-up. Beside each measured ratio stands
+`estimated_latency_ratios`'s estimate for that thread count, and the layout
+`compact_model(threads=N)` picks with layout="auto" (or dense, when no
+layout is estimated below 0.9x).
 
 The summary weighs each layer by how often its shape occurs in the model:
 time of auto's picks vs the fastest of the three per layer (the oracle)
-vs all dense.
+vs all dense; with --threads N > 1 also the time of the picks made for one
+thread.
 
-Writes benchmarks/results/layout_choice.md and layout_choice.csv.
+Writes benchmarks/results/layout_choice.md and layout_choice.csv
+(layout_choice_2threads.md/.csv with --threads 2).
 
-    python benchmarks/layout_choice.py          # about 8 minutes
+    python benchmarks/layout_choice.py              # about 3 minutes
+    python benchmarks/layout_choice.py --threads 2  # about 2 minutes
 """
 
+import argparse
 import csv
 import os
 import sys
@@ -33,9 +39,9 @@ import numpy as np
 import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).parent))
-from export_bench import MODELS  # noqa: E402
+from export_bench import MODELS, ROUNDS, ratio  # noqa: E402
 
-from rgp_keras import benchmark_tflite, prune_regular_graph, strip_pruning  # noqa: E402
+from rgp_keras import prune_regular_graph, strip_pruning  # noqa: E402
 from rgp_keras.export import channel_blocks, compact_model, estimated_latency_ratios  # noqa: E402
 from rgp_keras.masks import prunable_kernel  # noqa: E402
 
@@ -67,9 +73,9 @@ def alone(layer, shape):
     return single
 
 
-def latency(model, path):
+def converted(model, path):
     path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
-    return benchmark_tflite(path, threads=1, runs=RUNS)["median_ms"]
+    return path
 
 
 def describe(layer, shape):
@@ -80,6 +86,9 @@ def describe(layer, shape):
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="LiteRT CPU threads (default 1)")
+    threads = parser.parse_args().threads
     rows = []
     with tempfile.TemporaryDirectory() as directory:
         directory = Path(directory)
@@ -91,28 +100,30 @@ def main():
                 for (shape, _, _), (layer, _, count) in masked_layers(stripped).items():
                     single = alone(layer, shape)
                     blocks = channel_blocks(keras.ops.convert_to_numpy(layer.kernel))
-                    estimates = estimated_latency_ratios(layer, blocks)
-                    dense = latency(single, directory / "dense.tflite")
+                    estimates = estimated_latency_ratios(layer, blocks, threads)
+                    dense = converted(single, directory / "dense.tflite")
                     row = {"model": model_name, "nodes": nodes, "degree": degree, "layer": describe(layer, shape),
-                           "count": count, "dense_ms": dense}
+                           "count": count}
                     for layout in ("gather", "scatter"):
                         if layout in estimates:
-                            compact = compact_model(single, layout=layout)[0]
-                            row[layout] = latency(compact, directory / f"{layout}.tflite") / dense
+                            compact = converted(compact_model(single, layout=layout)[0], directory / f"{layout}.tflite")
+                            row[layout], row["dense_ms"] = ratio(compact, dense, threads, RUNS)
                             row[f"{layout}_estimate"] = estimates[layout]
-                    row["auto"] = compact_model(single)[1].get(layer.name, "dense")
+                    row["auto"] = compact_model(single, threads=threads)[1].get(layer.name, "dense")
+                    row["auto_one_thread"] = compact_model(single)[1].get(layer.name, "dense")
                     measured = {"dense": 1.0, **{name: row[name] for name in ("gather", "scatter") if name in row}}
                     row["fastest"] = min(measured, key=measured.get)
                     rows.append(row)
                     print(row, flush=True)
-    write(rows)
+    write(rows, threads)
 
 
-def write(rows):
+def write(rows, threads):
     RESULTS.mkdir(exist_ok=True)
+    name = "layout_choice" if threads == 1 else f"layout_choice_{threads}threads"
     fields = ["model", "nodes", "degree", "layer", "count", "dense_ms", "gather", "gather_estimate", "scatter",
-              "scatter_estimate", "auto", "fastest"]
-    with open(RESULTS / "layout_choice.csv", "w", newline="") as handle:
+              "scatter_estimate", "auto", "auto_one_thread", "fastest"]
+    with open(RESULTS / f"{name}.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fields)
         writer.writeheader()
         writer.writerows(rows)
@@ -126,12 +137,14 @@ def write(rows):
     lines = [
         "# Compact layout choice, layer by layer",
         "",
-        "`python benchmarks/layout_choice.py` — each distinct masked layer alone, LiteRT 1 thread, median of "
-        f"{RUNS} invocations; measured latency / dense latency of the same layer, the estimate in parentheses. "
-        "`auto` is what `export_tflite` picks; `fastest` what was measured fastest.",
+        f"`python benchmarks/layout_choice.py{f' --threads {threads}' if threads > 1 else ''}` — each distinct "
+        f"masked layer alone, LiteRT {threads} thread(s); latency / dense latency of the same layer (median over "
+        f"{ROUNDS} alternating rounds of medians of {RUNS} invocations), the estimate in parentheses. `auto` is what "
+        f"`export_tflite(threads={threads})` picks; `fastest` what was measured fastest.",
         "",
-        "| model | n/k | picks as fast as the fastest (layers) | time of auto's picks / fastest | / all dense |",
-        "|---|---|---|---|---|",
+        "| model | n/k | picks as fast as the fastest (layers) | time of auto's picks / fastest | / all dense |"
+        + (" time of one-thread picks / fastest |" if threads > 1 else ""),
+        "|---|---|---|---|---|" + ("---|" if threads > 1 else ""),
     ]
     groups = {}
     for row in rows:
@@ -143,8 +156,10 @@ def write(rows):
         dense = sum(time_of(row, "dense") for row in members)
         hits = sum(row["count"] for row in members if row["auto"] == row["fastest"])
         worst = max(worst, auto / fastest)
+        one_thread = sum(time_of(row, row["auto_one_thread"]) for row in members)
         lines.append(f"| {model} | {nodes}/{degree} | {hits} of {sum(row['count'] for row in members)} | "
-                     f"{auto / fastest:.3f} | {auto / dense:.3f} |")
+                     f"{auto / fastest:.3f} | {auto / dense:.3f} |"
+                     + (f" {one_thread / fastest:.3f} |" if threads > 1 else ""))
     hits = sum(row["count"] for row in rows if row["auto"] == row["fastest"])
     lines += ["", f"In all: auto picks the fastest for {hits} of {sum(row['count'] for row in rows)} layers; "
                   f"its picks take at most {100 * (worst - 1):.1f} % longer than the fastest (per model and n/k)."]
@@ -154,8 +169,8 @@ def write(rows):
         lines.append(f"| {row['model']} | {row['nodes']}/{row['degree']} | {row['layer']} | {row['count']} | "
                      f"{row['dense_ms']:.3f} | {cell(row, 'gather')} | {cell(row, 'scatter')} | {row['auto']} | "
                      f"{row['fastest']} |")
-    (RESULTS / "layout_choice.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {RESULTS / 'layout_choice.md'}")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / f'{name}.md'}")
 
 
 if __name__ == "__main__":

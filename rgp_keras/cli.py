@@ -117,7 +117,7 @@ def _export(args):
     samples = _calibration(args.calibration, model.inputs[0].shape) if args.calibration else None
     report = export_tflite(
         model, args.output, compact=not args.sparse, quantize=args.quantize, representative_data=samples,
-        layout=args.layout,
+        layout=args.layout, threads=args.threads,
     )
     if args.json:
         import dataclasses
@@ -265,6 +265,8 @@ def _parser():
     export.add_argument("--sparse", action="store_true", help="keep dense-shaped kernels with zeros (no compact rewrite)")
     export.add_argument("--layout", choices=["auto", "gather", "scatter"], default="auto",
                         help="compact layout: auto (estimated fastest per layer, default) or forced where it applies")
+    export.add_argument("--threads", type=int, default=1,
+                        help="CPU threads the file will run with; auto keeps more layers dense for more (default 1)")
     export.add_argument("--quantize", choices=["dynamic", "float16", "int8"], help="post-training quantization")
     export.add_argument("--calibration", help="int8 calibration inputs: a .npy array (N, *input) or a folder of images")
     export.add_argument("--json", action="store_true", help="print the report as one JSON object")

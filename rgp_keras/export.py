@@ -34,6 +34,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from rgp_keras._checks import check_int
 from rgp_keras.masks import PRUNABLE, channel_groups, prunable_kernel
 from rgp_keras.prune import _clone_layer, _clone_model, _leaves, _paired_leaves, _reject_other_keras, strip_pruning
 from rgp_keras.summary import pruning_summary
@@ -105,7 +106,9 @@ def _layout_counts(compacted):
     return f" ({listed})" if listed else ""
 
 
-def export_tflite(model, path, *, compact=True, quantize=None, representative_data=None, layout="auto"):
+def export_tflite(
+    model, path, *, compact=True, quantize=None, representative_data=None, layout="auto", threads=1
+):
     """Write a pruned (or stripped) Keras 3 model as a .tflite file for LiteRT.
 
     Args:
@@ -125,6 +128,10 @@ def export_tflite(model, path, *, compact=True, quantize=None, representative_da
             XNNPACK; layers not estimated faster than dense stay sparse), or
             "gather"/"scatter" forced wherever it applies, e.g. after timing
             both with `benchmark_tflite` on the target device.
+        threads: CPU threads the file will run with (LiteRT `num_threads`);
+            "auto" keeps more layers dense for more threads, since dense
+            GEMMs share out over threads and the compact layouts' channel
+            gathers do not.
 
     Returns:
         An `ExportReport` (sizes, params and MACs before/after, which layers
@@ -143,13 +150,18 @@ def export_tflite(model, path, *, compact=True, quantize=None, representative_da
         raise ValueError(f"`layout` must be one of {LAYOUTS}, got {layout!r}.")
     if layout != "auto" and not compact:
         raise ValueError(f"`layout` chooses compact kernels; it needs compact=True, got layout={layout!r}.")
+    threads = check_int("threads", threads, minimum=1)
+    if threads != 1 and not compact:
+        raise ValueError(f"`threads` chooses compact layouts; it needs compact=True, got threads={threads}.")
     samples = _calibration_samples(model, quantize, representative_data)
     path = _writable_path(path)
 
     stripped = strip_pruning(model) if any(isinstance(layer, RegularGraphPruning) for layer in _leaves(model)) else model
     exported, compacted, not_compacted = stripped, {}, {}
     if compact:
-        exported, compacted, not_compacted = compact_model(stripped, layout, int8=quantize == "int8")
+        exported, compacted, not_compacted = compact_model(
+            stripped, layout, int8=quantize == "int8", threads=threads
+        )
     options, notes = _converter_options(exported, quantize, samples)
     _write_atomically(exported, path, options)
 
@@ -172,7 +184,7 @@ def export_tflite(model, path, *, compact=True, quantize=None, representative_da
     )
 
 
-def compact_model(model, layout="auto", *, int8=False):
+def compact_model(model, layout="auto", *, int8=False, threads=1):
     """`(compact model, {name: layout}, {name: why not})` for a stripped Keras 3 model.
 
     Layers whose kernel has a channel-group block structure with density < 1
@@ -186,12 +198,17 @@ def compact_model(model, layout="auto", *, int8=False):
     layer's output is folded into the compact kernel (it becomes a
     `FoldedAway` pass-through).
 
+    `threads` is the CPU thread count the file will run with: "auto"
+    weighs the layouts' single-threaded data moves against GEMMs shared out
+    over that many threads.
+
     `int8=True` (for full-integer files) leaves "scatter" out of "auto":
     LiteRT's int8 SUM and the extra requantized tensors made scattered
     layers slower than int8 dense ones (benchmarks/export_bench.py).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"`layout` must be one of {LAYOUTS}, got {layout!r}.")
+    threads = check_int("threads", threads, minimum=1)
     compacted, not_compacted, folded = {}, {}, set()
 
     def rewrite(layer):
@@ -201,7 +218,7 @@ def compact_model(model, layout="auto", *, int8=False):
             reason = _why_not_compact(layer)
             blocks = None if reason else channel_blocks(keras.ops.convert_to_numpy(layer.kernel))
             if blocks is not None:
-                ratios = estimated_latency_ratios(layer, blocks)
+                ratios = estimated_latency_ratios(layer, blocks, threads)
                 if int8 and layout == "auto":
                     ratios.pop("scatter", None)
                 chosen = min(ratios, key=ratios.get) if layout == "auto" else layout
@@ -213,10 +230,11 @@ def compact_model(model, layout="auto", *, int8=False):
                         return CompactKernel(layer, blocks, chosen)
                     folded.add(id(norm))
                     return CompactKernel(_fold_batch_norm(layer, norm), blocks, chosen)
-                reason = (
-                    f"compact kernel estimated {ratios[chosen]:.2f}x the dense latency ({chosen} layout; groups of "
-                    f"{min(layer.kernel.shape[-2:]) // len(blocks)} channels are too small for XNNPACK's tiles)"
-                )
+                group = min(layer.kernel.shape[-2:]) // len(blocks)
+                why = (f"groups of {group} channels are too small for XNNPACK's tiles" if group < _TILE_CHANNELS
+                       else f"its channel gathers run on one thread, dense GEMMs on {threads}")
+                reason = (f"compact kernel estimated {ratios[chosen]:.2f}x the dense latency with {threads} "
+                          f"thread(s) ({chosen} layout; {why})")
             if reason or _has_zeros(layer):
                 not_compacted[layer.name] = reason or "kernel zeros have no channel-group block structure"
         return _clone_layer(layer)
@@ -296,12 +314,14 @@ def channel_blocks(kernel):
     return best
 
 
-def estimated_latency_ratios(layer, blocks):
+def estimated_latency_ratios(layer, blocks, threads=1):
     """`{layout: estimated latency / dense latency}` of a masked layer's compact layouts.
 
     Per output position: GEMM MACs scaled by the share of XNNPACK's output
     tile and reduction depth they use, plus the floats each layout moves.
-    "scatter" is present only where it applies (see `compact_model`).
+    The GEMMs share out over `threads` CPU threads, the moves do not (LiteRT
+    runs GATHER outside XNNPACK, on one thread). "scatter" is present only
+    where it applies (see `compact_model`).
     """
     *window, channels_in, channels_out = layer.kernel.shape
     taps, nodes = math.prod(window), len(blocks)
@@ -315,11 +335,12 @@ def estimated_latency_ratios(layer, blocks):
     dense = gemm(taps * channels_in * channels_out, channels_out, taps * channels_in)
     gather = gemm(taps * nodes * fan_in * group_in * group_out, group_out, taps * fan_in * group_in)
     # channels to the front, k copies gathered, back: ~(2k + 1) floats per input channel
-    ratios = {"gather": gather + _MACS_PER_FLOAT_MOVED * channels_in * (2 * fan_in + 1) * inputs_per_output}
+    moved = _MACS_PER_FLOAT_MOVED * threads
+    ratios = {"gather": gather + moved * channels_in * (2 * fan_in + 1) * inputs_per_output}
     if _scatter_applies(channels_in, blocks):
         scatter = gemm(taps * nodes * fan_out * group_in * group_out, fan_out * group_out, taps * group_in)
         # k partial sums to the front, gathered, summed, back: ~(3k + 2) floats per output channel
-        ratios["scatter"] = scatter + _MACS_PER_FLOAT_MOVED * channels_out * (3 * fan_in + 2)
+        ratios["scatter"] = scatter + moved * channels_out * (3 * fan_in + 2)
     return {name: float(cost / dense) for name, cost in ratios.items()}
 
 

@@ -125,6 +125,8 @@ def test_export_and_bench_commands(tmp_path, pruned_file, capsys):
     scattered = tmp_path / "scatter.tflite"
     assert main(["export", str(pruned_file), "-o", str(scattered), "--layout", "scatter"]) == 0
     assert "scatter)" in capsys.readouterr().out
+    assert main(["export", str(pruned_file), "-o", str(tmp_path / "four.tflite"), "--threads", "4"]) == 0
+    assert "compact, float32" in capsys.readouterr().out
     assert main(["bench", str(out), "--runs", "5"]) == 0
     assert "median" in capsys.readouterr().out
 
@@ -137,6 +139,7 @@ def test_export_and_bench_commands(tmp_path, pruned_file, capsys):
         (["export", "MODEL", "-o", "OUT", "--quantize", "int8", "--calibration", "nope.npy"], "No such calibration"),
         (["export", "MODEL", "-o", "OUT", "--calibration", "x.npy"], "only used with --quantize int8"),
         (["export", "MODEL", "-o", "OUT", "--sparse", "--layout", "gather"], "needs compact=True"),
+        (["export", "MODEL", "-o", "OUT", "--threads", "0"], "`threads` must be an integer >= 1, got 0"),
         (["export", "MODEL", "-o", "model.onnx"], "must end with .tflite"),
         (["bench", "MODEL"], "not a .tflite file"),
         (["bench", "missing.tflite"], "No .tflite file"),

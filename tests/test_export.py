@@ -146,6 +146,40 @@ def test_layout_estimates_follow_the_measured_tile_widths():
     assert "scatter" not in ratios(72, 64, 1, 2)  # input groups of 4.5 channels
 
 
+def test_more_threads_keep_more_layers_dense(tmp_path):
+    # benchmarks/layout_choice.py --threads 2: dense GEMMs share out over threads, the layouts' GATHERs do not.
+    layer = layers.Conv2D(128, 3)
+    layer.build((None, 16, 16, 128))
+    blocks = RegularGraph.random(64, 8, seed=0).adjacency
+    one, two, four = (estimated_latency_ratios(layer, blocks, threads) for threads in (1, 2, 4))
+    assert all(one[name] < two[name] < four[name] for name in one)
+
+    model = keras.Sequential([keras.Input((16, 16, 128)), layers.Conv2D(128, 3, padding="same"),
+                              layers.Conv2D(128, 3, padding="same"), layers.Conv2D(10, 1)])
+    stripped = strip_pruning(prune_regular_graph(model, degree=8, nodes=64, seed=0))
+    name = model.layers[1].name
+    assert compact_model(stripped)[1] == {name: "scatter"}
+    _, compacted, not_compacted = compact_model(stripped, threads=4)
+    assert not compacted and "with 4 thread(s)" in not_compacted[name]
+    report = export_tflite(stripped, tmp_path / "m.tflite", threads=4)
+    assert report.macs == report.dense_macs and name in report.not_compacted
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"threads": 0}, ValueError, r"`threads` must be an integer >= 1, got 0"),
+        ({"threads": "2"}, TypeError, r"`threads` must be an integer, got '2'"),
+        ({"threads": 2, "compact": False}, ValueError, r"`threads` chooses compact layouts; it needs compact=True"),
+    ],
+)
+def test_bad_threads_are_named(kwargs, error, message, graph16, tmp_path):
+    pruned = prune_regular_graph(vgg((32, 48, 64)), graph=graph16)
+    with pytest.raises(error, match=message):
+        export_tflite(pruned, tmp_path / "m.tflite", **kwargs)
+    assert not (tmp_path / "m.tflite").exists()
+
+
 @pytest.mark.parametrize("layout", ["gather", "scatter"])
 def test_batch_norm_after_a_compact_kernel_is_folded_into_it(layout, graph16):
     pruned = prune_regular_graph(vgg((32, 48, 64)), graph=graph16)
