@@ -104,7 +104,7 @@ def tfmot_export(builder, sparsity, path):
         raise RuntimeError(f"TF-MOT export failed:\n{done.stderr[-3000:]}")
 
 
-ROUNDS = 5
+ROUNDS = 9
 
 
 def ratio(variant, dense, threads, runs):

@@ -50,8 +50,11 @@ LAYOUTS = ("auto", "gather", "scatter")
 # runs at full speed with >= 16 output channels per group (fewer use that
 # fraction of the tile) and loses speed below ~32 reduction terms (about
 # with the square root); every float a layout moves (transposes, gathers,
-# partial sums) costs about 10 full-speed MACs. A layer is compacted when
-# its best layout is estimated below 0.9 x dense.
+# partial sums) costs about 10 full-speed MACs. With more threads the GEMMs
+# share out and the moves do not (LiteRT runs GATHER outside XNNPACK): a
+# move costs threads x 10 MACs of one thread's time (layout_choice.py
+# --threads 2 checks it). A layer is compacted when its best layout is
+# estimated below 0.9 x dense.
 _TILE_CHANNELS = 16
 _FULL_REDUCTION = 32
 _MACS_PER_FLOAT_MOVED = 10
