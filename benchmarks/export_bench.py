@@ -4,16 +4,17 @@ For a VGG-style net (32x32x3, 64..512 channels) and MobileNetV2 (224x224x3,
 weights=None), at n = 64 and n = 16 with k for 75 %, 87.5 % and 93.75 %
 sparsity: .tflite size (raw and gzipped) and LiteRT latency ratios against the
 dense model with 1 and 2 threads; compact files are also exported for two
-threads (`export_tflite(threads=2)`) and timed with two. Each ratio is measured side by side in one
-run (dense timed right before the variant, medians of `--runs` invocations
-after warm-up). TF-MOT runs in a subprocess (tf_keras): prune_low_magnitude
+threads (`export_tflite(threads=2)`) and timed with two. Each ratio is
+measured side by side in one run (dense timed right before the variant,
+medians of `--runs` invocations after warm-up, median over ROUNDS
+alternating rounds). TF-MOT runs in a subprocess (tf_keras): prune_low_magnitude
 with ConstantSparsity, masks applied by UpdatePruningStep, strip_pruning,
 converter sparsity encoding. Weights are random (size and latency do not
 depend on training); int8 is calibrated on real Fashion-MNIST images.
 
 Writes benchmarks/results/export.md and export.csv.
 
-    python benchmarks/export_bench.py            # full (about 20 minutes on 2 cores)
+    python benchmarks/export_bench.py            # full (about 15 minutes on 2 cores)
     python benchmarks/export_bench.py --quick    # VGG only, n = 16, fewer runs
 """
 
