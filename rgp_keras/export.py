@@ -233,11 +233,7 @@ def compact_model(model, layout="auto", *, int8=False, threads=1):
                         return CompactKernel(layer, blocks, chosen)
                     folded.add(id(norm))
                     return CompactKernel(_fold_batch_norm(layer, norm), blocks, chosen)
-                group = min(layer.kernel.shape[-2:]) // len(blocks)
-                why = (f"groups of {group} channels are too small for XNNPACK's tiles" if group < _TILE_CHANNELS
-                       else f"its channel gathers run on one thread, dense GEMMs on {threads}")
-                reason = (f"compact kernel estimated {ratios[chosen]:.2f}x the dense latency with {threads} "
-                          f"thread(s) ({chosen} layout; {why})")
+                reason = _too_slow(layer, blocks, ratios, chosen, threads)
             if reason or _has_zeros(layer):
                 not_compacted[layer.name] = reason or "kernel zeros have no channel-group block structure"
         return _clone_layer(layer)
@@ -247,6 +243,17 @@ def compact_model(model, layout="auto", *, int8=False, threads=1):
         if not isinstance(new, CompactKernel) and new.weights:
             new.set_weights(original.get_weights())
     return clone, compacted, not_compacted
+
+
+def _too_slow(layer, blocks, ratios, chosen, threads):
+    """Why `compact_model` left a layer whose best layout is estimated too slow as it is."""
+    one_thread = estimated_latency_ratios(layer, blocks)
+    if threads > 1 and min(one_thread[name] for name in ratios) < _MAX_LATENCY_RATIO:
+        why = f"faster with one thread, but its channel gathers run on one thread and dense GEMMs on {threads}"
+    else:
+        why = f"groups of {min(layer.kernel.shape[-2:]) // len(blocks)} channels are too small for XNNPACK's tiles"
+    return (f"compact kernel estimated {ratios[chosen]:.2f}x the dense latency with {threads} thread(s) "
+            f"({chosen} layout; {why})")
 
 
 def _batch_norm_after(layer):
