@@ -497,16 +497,14 @@ class CompactKernel(keras.layers.Layer):
         return y
 
     def _add_partial_sums(self, partials):
-        rank = len(partials.shape)
         leading = tuple(partials.shape)[:-1]
         if leading.count(None) > 1:
             leading = keras.ops.shape(partials)[:-1]
         else:  # static where possible: shape ops would split LiteRT's XNNPACK partition
             leading = tuple(-1 if size is None else size for size in leading)
-        planes = keras.ops.transpose(partials, (rank - 1, *range(rank - 1)))
-        planes = keras.ops.take(planes, self.plane_index, axis=0)
+        planes = keras.ops.take(_channels_first(partials), self.plane_index, axis=0)
         summed = keras.ops.sum(keras.ops.reshape(planes, (self.fan_in, self.units, -1)), axis=0)
-        y = keras.ops.transpose(keras.ops.reshape(summed, (self.units, *leading)), (*range(1, rank), 0))
+        y = _channels_last(keras.ops.reshape(summed, (self.units, *leading)))
         if self._bias is not None:
             y = y + self.bias
         return self.activation(y)
@@ -522,9 +520,16 @@ def _take_channels(x, index):
     element; moving channels to the front makes it copy whole planes
     (TRANSPOSE runs in XNNPACK), 3-10x faster in benchmarks/export_bench.py's
     layers."""
+    return _channels_last(keras.ops.take(_channels_first(x), index, axis=0))
+
+
+def _channels_first(x):
     rank = len(x.shape)
-    x = keras.ops.transpose(x, (rank - 1, *range(rank - 1)))
-    x = keras.ops.take(x, index, axis=0)
+    return keras.ops.transpose(x, (rank - 1, *range(rank - 1)))
+
+
+def _channels_last(x):
+    rank = len(x.shape)
     return keras.ops.transpose(x, (*range(1, rank), 0))
 
 
