@@ -4,6 +4,12 @@ ARCHITECTURES = {
     "MLP": [("flatten",), ("dense", 256, "relu"), ("dense", 256, "relu"), ("dense", 256, "relu"), ("dense", 10, None)],
     "VGG": [("conv", 64), ("conv", 64), ("pool",), ("conv", 128), ("conv", 128), ("pool",), ("conv", 256),
             ("conv", 256), ("gap",), ("dense", 10, None)],
+    # VGG-BN at ~44 M MACs (pooling after the stem): the one-shot benchmark's CNN, >= 64 channels per
+    # pruned layer so that n = 16 groups hold >= 4 channels.
+    "CNN": [("conv", 64), ("pool",), ("conv", 64), ("conv", 128), ("pool",), ("conv", 128), ("conv", 256),
+            ("gap",), ("dense", 10, None)],
+    "MLP-512": [("flatten",), ("dense", 512, "relu"), ("dense", 512, "relu"), ("dense", 512, "relu"),
+                ("dense", 512, "relu"), ("dense", 10, None)],
 }
 
 

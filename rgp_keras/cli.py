@@ -84,8 +84,13 @@ def _prune(args):
     if not args.output.endswith(".keras"):
         raise ValueError(f"-o/--output must end in .keras, got {args.output}")
     model = _load_keras_model(args.model)
+    if args.calibration_samples is not None and not args.calibration:
+        raise ValueError("--calibration-samples needs --calibration")
+    samples = _calibration(args.calibration, model.inputs[0].shape, args.calibration_samples) if args.calibration else None
     pruned = prune_regular_graph(
-        model, sparsity=args.sparsity, degree=args.degree, graph=args.graph, nodes=args.nodes, seed=args.seed
+        model, sparsity=args.sparsity, degree=args.degree, graph=args.graph, nodes=args.nodes, seed=args.seed,
+        calibration_data=samples, calibration_samples=args.calibration_samples,
+        assign_channels=not args.keep_channel_order,
     )
     pruned.save(args.output)
     if not args.quiet:
@@ -114,7 +119,7 @@ def _export(args):
     model = _load_keras_model(args.model)
     if args.calibration and args.quantize != "int8":
         raise ValueError("--calibration is only used with --quantize int8")
-    samples = _calibration(args.calibration, model.inputs[0].shape) if args.calibration else None
+    samples = _calibration(args.calibration, model.inputs[0].shape, 500) if args.calibration else None
     report = export_tflite(
         model, args.output, compact=not args.sparse, quantize=args.quantize, representative_data=samples,
         layout=args.layout, threads=args.threads,
@@ -126,8 +131,8 @@ def _export(args):
     print(report)
 
 
-def _calibration(path, input_shape):
-    """Calibration samples from a .npy file or a folder of images (scaled to [0, 1])."""
+def _calibration(path, input_shape, samples=None):
+    """Calibration samples from a .npy file or a folder of images (scaled to [0, 1]); at most `samples` images."""
     import numpy as np
 
     if os.path.isdir(path):
@@ -141,13 +146,13 @@ def _calibration(path, input_shape):
         return np.stack([
             keras.utils.img_to_array(keras.utils.load_img(os.path.join(path, f), color_mode=mode,
                                                           target_size=(height, width))) / 255.0
-            for f in files[:500]
+            for f in files[:samples]
         ])
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No such calibration file or folder: {path}")
     if not path.endswith(".npy"):
         raise ValueError(f"--calibration must be a .npy file of input samples or a folder of images, got {path}")
-    return np.load(path, allow_pickle=False)
+    return np.load(path, allow_pickle=False)[:samples]
 
 
 def _bench(args):
@@ -241,6 +246,11 @@ def _parser():
     prune.add_argument("--nodes", type=int, default=64, help="graph nodes n with --sparsity/--degree (default 64)")
     prune.add_argument("--seed", type=int, help="random seed of the graph")
     prune.add_argument("-o", "--output", required=True, help="pruned .keras model to write")
+    prune.add_argument("--calibration", help="unlabelled inputs for data-aware pruning (reconstruction): a .npy "
+                       "array (N, *input) or a folder of images")
+    prune.add_argument("--calibration-samples", type=int, help="use at most N calibration samples (default: all)")
+    prune.add_argument("--keep-channel-order", action="store_true",
+                       help="no channel assignment: the mask keeps the channels' own order (the paper's flow)")
     prune.add_argument("--quiet", action="store_true", help="do not print the summary table")
     prune.set_defaults(run=_prune)
 

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 from keras.src.models.functional import Functional
 
+from rgp_keras import data_aware
 from rgp_keras._checks import check_int
 from rgp_keras.graph import RegularGraph, degree_for_sparsity, optimize
 from rgp_keras.masks import kernel_channels, prunable_kernel
@@ -24,6 +25,9 @@ def prune_regular_graph(
     skip_last=True,
     layers=None,
     seed=None,
+    calibration_data=None,
+    calibration_samples=None,
+    assign_channels=True,
 ):
     """Apply one regular-graph mask to every prunable layer of a Keras 3 model (or to one layer).
 
@@ -31,6 +35,14 @@ def prune_regular_graph(
     weights are copied (masked entries zeroed), so one-shot pruning of a trained
     model followed by `fit` works, as does training from scratch (see
     `reinitialize`).
+
+    Pruning a trained model is data-aware by default: hidden channels are first
+    permuted (the dense model's function is unchanged) so that the mask keeps
+    the most important weights (`assign_channels`), and with `calibration_data`
+    every masked layer's kept weights are then refit by least squares to
+    reproduce the dense model's layer outputs, and BatchNormalization
+    statistics downstream are re-measured. `pruning_summary` reports what each
+    step did per layer.
 
     Args:
         to_prune: a built Keras 3 `Sequential` or functional `Model` (nested
@@ -50,6 +62,16 @@ def prune_regular_graph(
             `f(layer) -> bool` (or a list mixing them). Default: every layer
             RGP can mask.
         seed: seed of the graph generation and optimisation.
+        calibration_data: unlabelled model inputs for reconstruction (a few
+            hundred samples is typical): a numpy array (a list or dict of
+            arrays for several inputs), a `tf.data.Dataset` or a generator of
+            batches; `(x, y)` elements are accepted, labels are ignored.
+        calibration_samples: use at most this many calibration samples
+            (default: all of an array; datasets and generators are read until
+            exhausted or 2048 samples).
+        assign_channels: permute hidden channels to keep the most important
+            weights (|w|, times input activation RMS with calibration data).
+            False keeps the channel order.
 
     Exactly one of `sparsity`, `degree`, `graph` must be given. Without `graph`,
     a random regular graph is generated and optimised for minimum ASPL.
@@ -67,7 +89,9 @@ def prune_regular_graph(
         from rgp_keras import tfmot_adapter
 
         return tfmot_adapter.prune_regular_graph(
-            to_prune, graph, self_loops=self_loops, skip_first=skip_first, skip_last=skip_last, layers=layers
+            to_prune, graph, self_loops=self_loops, skip_first=skip_first, skip_last=skip_last, layers=layers,
+            calibration_data=calibration_data, calibration_samples=calibration_samples,
+            assign_channels=assign_channels,
         )
     if not isinstance(to_prune, keras.Model):
         if not isinstance(to_prune, keras.layers.Layer):
@@ -80,6 +104,7 @@ def prune_regular_graph(
         return RegularGraphPruning(to_prune, graph, self_loops=self_loops)
     _check_model(to_prune)
     selected = _select(to_prune, graph, layers, skip_first, skip_last)
+    plan = data_aware.plan(to_prune, graph, selected, self_loops, calibration_data, calibration_samples, assign_channels)
 
     def wrap(layer):
         clone = _clone_layer(layer)
@@ -88,12 +113,23 @@ def prune_regular_graph(
         return clone
 
     pruned = _clone_model(to_prune, wrap)
-    for original, new in _paired_leaves(to_prune, pruned):
+    pairs = list(_paired_leaves(to_prune, pruned))
+    for original, new in pairs:
         target = new.layer if isinstance(new, RegularGraphPruning) else new
-        target.set_weights(original.get_weights())
+        target.set_weights(plan.weights.get(id(original)) or original.get_weights())
         if isinstance(new, RegularGraphPruning):
             new.kernel.assign(new.masked_kernel())
+    reference = with_weights(to_prune, plan.weights) if plan.arrays is not None and plan.weights else to_prune
+    data_aware.finish(plan, reference, pruned, pairs)
     return pruned
+
+
+def with_weights(model, weights):
+    """A clone of Keras 3 `model` whose layers take `weights[id(layer)]` (new weight lists) where given."""
+    clone = _clone_model(model, _clone_layer)
+    for original, new in _paired_leaves(model, clone):
+        new.set_weights(weights.get(id(original)) or original.get_weights())
+    return clone
 
 
 def strip_pruning(model):

@@ -13,7 +13,12 @@ class PruningSummary(list):
 
     Each row: name, type, graph ("n/k" or ""), params, kept_params, macs,
     kept_macs (per sample, for the model's input shape; None when unknown),
-    sparsity (of the layer's parameters), skipped (why it is dense, or "").
+    sparsity (of the layer's parameters), skipped (why it is dense, or ""),
+    data_aware (what data-aware pruning did to the layer, or {}: the shares of
+    weight importance kept by the mask before/after channel assignment,
+    "importance_before"/"importance_after", why a side kept its channel order,
+    "kept_order", and the relative output error before/after reconstruction,
+    "error_before"/"error_after", or why it was not refit, "reconstruction").
     """
 
     @property
@@ -34,10 +39,14 @@ class PruningSummary(list):
 
     def __str__(self):
         header = ("layer", "type", "graph", "params", "kept", "MACs", "kept MACs", "sparsity", "note")
+        data_aware = any(row["data_aware"] for row in self)
+        if data_aware:
+            header += ("data-aware pruning",)
         lines = [
             (
                 row["name"], row["type"], row["graph"], f"{row['params']:,}", f"{row['kept_params']:,}",
                 _count(row["macs"]), _count(row["kept_macs"]), f"{100 * row['sparsity']:.1f}%", row["skipped"],
+                *((_describe(row["data_aware"]),) if data_aware else ()),
             )
             for row in self
         ]
@@ -45,7 +54,7 @@ class PruningSummary(list):
         lines.append(
             ("total", "", "", f"{totals['params']:,}", f"{totals['kept_params']:,}", _count(totals["macs"]),
              _count(totals["kept_macs"]), f"{100 * totals['sparsity']:.1f}%",
-             f"MACs -{100 * totals['mac_reduction']:.1f}%")
+             f"MACs -{100 * totals['mac_reduction']:.1f}%", *(("",) if data_aware else ()))
         )
         widths = [max(len(str(line[i])) for line in [header, *lines]) for i in range(len(header))]
         render = lambda line: "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip()
@@ -93,9 +102,23 @@ def pruning_summary(model):
                 "kept_macs": kept_macs,
                 "sparsity": 1 - kept / params,
                 "skipped": skipped,
+                "data_aware": dict(getattr(layer, "data_aware", None) or {}),
             }
         )
     return rows
+
+
+def _describe(report):
+    parts = []
+    if "importance_after" in report:
+        parts.append(f"importance kept {report['importance_before']:.3f} -> {report['importance_after']:.3f}")
+    if report.get("kept_order"):
+        parts.append(report["kept_order"])
+    if "error_after" in report:
+        parts.append(f"output error {report['error_before']:.3f} -> {report['error_after']:.3f}")
+    if report.get("reconstruction"):
+        parts.append(report["reconstruction"])
+    return "; ".join(parts)
 
 
 def _why_dense(layer, graph, prunable):

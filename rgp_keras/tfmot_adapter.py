@@ -16,6 +16,7 @@ import functools
 
 import numpy as np
 
+from rgp_keras import data_aware
 from rgp_keras.masks import kernel_mask, prunable_kernel
 from rgp_keras.prune import _leaves, _paired_leaves, _select, skip_reason
 
@@ -134,7 +135,9 @@ def _reason(layer, graph):
     return skip_reason(layer, graph)
 
 
-def prune_regular_graph(to_prune, graph, *, self_loops, skip_first, skip_last, layers):
+def prune_regular_graph(
+    to_prune, graph, *, self_loops, skip_first, skip_last, layers, calibration_data, calibration_samples, assign_channels
+):
     """The tf_keras side of `rgp_keras.prune_regular_graph` (same arguments, graph resolved)."""
     tf_keras, _, PruneRegularGraph, _ = _api()
     if not isinstance(to_prune, tf_keras.Model):
@@ -152,6 +155,7 @@ def prune_regular_graph(to_prune, graph, *, self_loops, skip_first, skip_last, l
             "layer; apply RGP to the original model, or strip it first (tfmot.sparsity.keras.strip_pruning)."
         )
     selected = _select(to_prune, graph, layers, skip_first, skip_last, reason_of=_reason)
+    plan = data_aware.plan(to_prune, graph, selected, self_loops, calibration_data, calibration_samples, assign_channels)
 
     def wrap(layer):
         clone = _clone(layer, wrap, tf_keras)
@@ -160,11 +164,22 @@ def prune_regular_graph(to_prune, graph, *, self_loops, skip_first, skip_last, l
         return clone
 
     pruned = tf_keras.models.clone_model(to_prune, clone_function=wrap)
-    for original, new in _paired_leaves(to_prune, pruned):
-        _copy_variables(original, new.layer if id(original) in selected else new)
+    pairs = list(_paired_leaves(to_prune, pruned))
+    for original, new in pairs:
+        target = new.layer if id(original) in selected else new
+        if id(original) in plan.weights:
+            target.set_weights(plan.weights[id(original)])
+        else:
+            _copy_variables(original, target)
         if id(original) in selected:
             for weight, mask, _ in new.pruning_vars:
                 weight.assign(weight * mask)
+    reference = to_prune
+    if plan.arrays is not None and plan.weights:
+        reference = tf_keras.models.clone_model(to_prune)
+        for original, new in _paired_leaves(to_prune, reference):
+            new.set_weights(plan.weights.get(id(original)) or original.get_weights())
+    data_aware.finish(plan, reference, pruned, pairs)
     return pruned
 
 

@@ -83,9 +83,25 @@ def test_prune_and_summary_commands(tmp_path, model_file, capsys):
     assert sum(isinstance(l, RegularGraphPruning) for l in keras.saving.load_model(out).layers) == 2
 
 
+def test_prune_with_calibration_data(tmp_path, model_file, capsys):
+    import numpy as np
+
+    samples = tmp_path / "samples.npy"
+    np.save(samples, np.random.default_rng(0).normal(size=(300, 64)).astype("float32"))
+    out = tmp_path / "pruned.keras"
+    assert main(["prune", str(model_file), "--degree", "4", "--nodes", "16", "--seed", "0", "-o", str(out),
+                 "--calibration", str(samples), "--calibration-samples", "200"]) == 0
+    printed = capsys.readouterr().out
+    assert "data-aware pruning" in printed and "output error" in printed and "importance kept" in printed
+    assert out.exists()
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
+        (["prune", "MODEL", "--degree", "4", "-o", "OUT", "--calibration", "missing.npy"], "No such calibration file"),
+        (["prune", "MODEL", "--degree", "4", "--nodes", "16", "-o", "OUT", "--calibration", "BADNPY"], "shape (5, 3)"),
+        (["prune", "MODEL", "--degree", "4", "-o", "OUT", "--calibration-samples", "5"], "needs --calibration"),
         (["prune", "missing.keras", "--degree", "4", "-o", "OUT"], "No such model file"),
         (["prune", "MODEL", "--degree", "4", "-o", "out.h5"], "must end in .keras"),
         (["prune", "MODEL", "--degree", "3", "--nodes", "15", "-o", "OUT"], "nodes * degree must be even"),
@@ -95,7 +111,12 @@ def test_prune_and_summary_commands(tmp_path, model_file, capsys):
 )
 def test_prune_bad_input_is_one_line_and_leaves_no_output(tmp_path, model_file, capsys, argv, message):
     out = tmp_path / "out.keras"
-    argv = [str(model_file) if a == "MODEL" else str(out) if a == "OUT" else a for a in argv]
+    import numpy as np
+
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.ones((5, 3), "float32"))
+    argv = [str(model_file) if a == "MODEL" else str(out) if a == "OUT" else str(bad) if a == "BADNPY" else a
+            for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1

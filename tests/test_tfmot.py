@@ -182,3 +182,21 @@ def test_missing_tfmot_says_how_to_install(graph16, monkeypatch):
     finally:
         monkeypatch.undo()
         tfmot_adapter._api.cache_clear()
+
+
+def test_data_aware_pruning_on_the_tf_keras_path(graph16):
+    model = cnn()
+    rng = np.random.default_rng(0)
+    calibration, held_out = rng.normal(size=(256, 12, 12, 3)), rng.normal(size=(32, 12, 12, 3)).astype("float32")
+    plain = rgp_keras.prune_regular_graph(model, graph=graph16, assign_channels=False)
+    aware = rgp_keras.prune_regular_graph(model, graph=graph16, calibration_data=calibration)
+    want = model(held_out).numpy()
+    error = lambda pruned: float(np.mean((pruned(held_out).numpy() - want) ** 2))
+    assert error(aware) < 0.5 * error(plain)
+    wrappers = [layer for layer in aware.layers if isinstance(layer, PruneLowMagnitude)]
+    assert wrappers and all(layer.data_aware["error_after"] < layer.data_aware["error_before"] for layer in wrappers)
+    for layer in wrappers:
+        assert np.all(layer.kernel.numpy()[layer.mask.numpy() == 0] == 0.0)
+    assert "output error" in str(rgp_keras.pruning_summary(aware))
+    stripped = tfmot.sparsity.keras.strip_pruning(aware)
+    np.testing.assert_allclose(stripped(held_out).numpy(), aware(held_out).numpy(), atol=1e-5)

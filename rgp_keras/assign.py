@@ -1,0 +1,284 @@
+"""Channel assignment: permute hidden channels so that the fixed RGP mask keeps the important weights.
+
+RGP keeps the weights joining contiguous channel groups. Permuting the channels
+of a hidden tensor consistently in every layer that writes it (kernel output
+axis, bias), passes it through channel by channel (BatchNormalization,
+depthwise convolutions, activations, pooling, residual Adds, ...) and reads it
+(kernel input axis) leaves the dense model's function unchanged, but changes
+which trained weights fall inside the kept blocks. For each such tensor
+("channel space") we choose the permutation that maximises the importance the
+masks keep, by linear assignment of channels to group slots
+(`scipy.optimize.linear_sum_assignment`), alternating over spaces until the
+kept importance stops improving (Pool & Yu, NeurIPS 2021, do the same for 2:4
+sparsity). A weight's importance is w^2 (summed over the kernel window), times
+its input channel's mean square activation on calibration data when given.
+
+Spaces that touch a model input or output, a Flatten/Reshape/Concatenate, a
+nested model or any layer not known to act channel by channel keep their order;
+the report says why.
+"""
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from rgp_keras.masks import channel_groups, group_mask, prunable_kernel
+
+# Layers that act on each channel on its own (same channel count in and out, channels last).
+_CHANNELWISE = {
+    "Activation", "ReLU", "LeakyReLU", "ELU", "Softmax", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
+    "SpatialDropout3D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization", "Identity",
+    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
+    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D", "GlobalAveragePooling1D",
+    "GlobalAveragePooling2D", "GlobalAveragePooling3D", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
+    "Cropping1D", "Cropping2D", "Cropping3D", "UpSampling1D", "UpSampling2D", "UpSampling3D",
+    "BatchNormalization", "LayerNormalization", "DepthwiseConv1D", "DepthwiseConv2D", "PReLU",
+}
+_MERGES = {"Add", "Subtract", "Multiply", "Maximum", "Minimum", "Average"}
+# Kernel layers whose (in, out) axes are the kernel's last two: they end one space and start another.
+_KERNEL_LAYOUTS = ("dense", "conv")
+
+
+class _Spaces:
+    """Union-find over tensor ids; a root records why its space must keep channel order (or None)."""
+
+    def __init__(self):
+        self.parent, self.frozen = {}, {}
+
+    def find(self, key):
+        self.parent.setdefault(key, key)
+        while self.parent[key] != key:
+            self.parent[key] = self.parent[self.parent[key]]
+            key = self.parent[key]
+        return key
+
+    def union(self, a, b):
+        a, b = self.find(a), self.find(b)
+        if a != b:
+            self.parent[b] = a
+            self.frozen[a] = self.frozen.get(a) or self.frozen.get(b)
+
+    def freeze(self, key, reason):
+        root = self.find(key)
+        self.frozen[root] = self.frozen.get(root) or reason
+
+
+def _class_names(layer):
+    return {cls.__name__ for cls in type(layer).__mro__}
+
+
+def _channels_last(layer):
+    return getattr(layer, "data_format", "channels_last") in ("channels_last", None)
+
+
+def _kernel_layout(layer):
+    attribute, layout = prunable_kernel(layer)
+    if attribute == "kernel" and layout in _KERNEL_LAYOUTS and _channels_last(layer):
+        return layout
+    return None
+
+
+def _channelwise_ok(layer):
+    names = _class_names(layer)
+    if not names & _CHANNELWISE or not _channels_last(layer):
+        return False
+    if "BatchNormalization" in names or "LayerNormalization" in names:
+        axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+        return list(axis) in ([-1], [len(layer.input.shape) - 1])
+    if names & {"DepthwiseConv1D", "DepthwiseConv2D"}:
+        return layer.depth_multiplier == 1
+    if "Softmax" in names:
+        return layer.axis in (-1, len(layer.input.shape) - 1)
+    if "PReLU" in names:
+        return not layer.shared_axes or len(layer.input.shape) - 1 not in [a % len(layer.input.shape) for a in layer.shared_axes]
+    return True
+
+
+def channel_spaces(graph):
+    """Group the tensors of `graph` (a `ModelGraph`) into channel spaces.
+
+    Returns `(spaces, members)`: the union-find and, per root, the calls of
+    kernel layers writing it ("producers"), reading it ("consumers") and
+    channel-wise layers inside it.
+    """
+    spaces = _Spaces()
+    for key in graph.inputs:
+        spaces.freeze(key, "a model input")
+    for key in graph.outputs:
+        spaces.freeze(key, "a model output")
+    calls_of = {}
+    for call in graph.calls:
+        calls_of[id(call.layer)] = calls_of.get(id(call.layer), 0) + 1
+    for call in graph.calls:
+        if calls_of[id(call.layer)] > 1:
+            for key in (*call.inputs, *call.outputs):
+                spaces.freeze(key, f"layer {call.layer.name} is called more than once")
+            continue
+        names = _class_names(call.layer)
+        if _kernel_layout(call.layer) and len(call.inputs) == 1 and len(call.outputs) == 1:
+            spaces.find(call.inputs[0]), spaces.find(call.outputs[0])
+        elif names & _CHANNELWISE and len(call.inputs) == 1 and _channelwise_ok(call.layer):
+            for key in call.outputs:
+                spaces.union(call.inputs[0], key)
+        elif names & _MERGES and len({graph.shapes[key][-1] for key in (*call.inputs, *call.outputs)}) == 1:
+            for key in (*call.inputs[1:], *call.outputs):
+                spaces.union(call.inputs[0], key)
+        else:
+            kind = "a nested model" if hasattr(call.layer, "layers") else type(call.layer).__name__
+            for key in (*call.inputs, *call.outputs):
+                spaces.freeze(key, f"{kind} ({call.layer.name})")
+    members = {}
+    for call in graph.calls:
+        if _kernel_layout(call.layer) and len(call.inputs) == 1 and len(call.outputs) == 1:
+            members.setdefault(spaces.find(call.inputs[0]), _members())["consumers"].append(call)
+            members.setdefault(spaces.find(call.outputs[0]), _members())["producers"].append(call)
+        elif _class_names(call.layer) & _CHANNELWISE and _channelwise_ok(call.layer) and call.layer.weights:
+            members.setdefault(spaces.find(call.inputs[0]), _members())["channelwise"].append(call)
+    return spaces, members
+
+
+def _members():
+    return {"producers": [], "consumers": [], "channelwise": []}
+
+
+def assign_channels(model, graph, wrapped, *, self_loops=False, input_energy=None, rounds=10):
+    """Permuted weights of `model` that keep its function and raise the importance RGP's mask keeps.
+
+    Args:
+        model: the dense Keras 3 or tf_keras model (not modified).
+        graph: the `RegularGraph` whose mask will be applied.
+        wrapped: ids of the layers that will be masked.
+        self_loops: as in `prune_regular_graph`.
+        input_energy: layer id -> mean square of each input channel on
+            calibration data, or None. A weight's importance is the output
+            energy it carries, w^2 * E[x^2] (the saliency of Optimal Brain
+            Surgeon with a diagonal Hessian), or w^2 without data.
+        rounds: most rounds of assignment over all spaces.
+
+    Returns:
+        `(weights, report)`: layer id -> new weight list for every layer whose
+        weights change, and layer id -> {"importance_before", "importance_after",
+        "kept_order"} for the wrapped layers (kept shares of importance, and why a
+        side kept its channel order, or "").
+    """
+    from rgp_keras.model_graph import model_graph
+
+    structure = model_graph(model)
+    spaces, members = channel_spaces(structure)
+    blocks = group_mask(graph, self_loops).astype(np.float64)
+    nodes = graph.nodes
+    importance = {}
+    for call in structure.calls:
+        if id(call.layer) in wrapped and _kernel_layout(call.layer):
+            kernel = _numpy(call.layer.kernel)
+            weight = np.square(kernel.astype(np.float64)).reshape(-1, *kernel.shape[-2:]).sum(axis=0)
+            if input_energy is not None and id(call.layer) in input_energy:
+                weight = weight * input_energy[id(call.layer)][:, None]
+            importance[id(call.layer)] = weight
+    layer_calls = {id(call.layer): call for call in structure.calls}
+    # slot of each channel, per free space that touches a wrapped layer (identity to start)
+    slots = {}
+    for root, member in members.items():
+        if spaces.frozen.get(root):
+            continue
+        if any(id(call.layer) in importance for call in member["producers"] + member["consumers"]):
+            channels = structure.shapes[member["producers"][0].outputs[0] if member["producers"] else
+                                        member["consumers"][0].inputs[0]][-1]
+            if channels >= nodes:
+                slots[root] = np.arange(channels)
+
+    def groups_of(key):
+        root = spaces.find(key)
+        channels = structure.shapes[key][-1]
+        base = channel_groups(channels, nodes)
+        return base[slots[root]] if root in slots else base
+
+    def kept():
+        return {
+            layer_id: float(np.sum(weight * blocks[groups_of(call.inputs[0])][:, groups_of(call.outputs[0])]))
+            for layer_id, weight in importance.items()
+            for call in [layer_calls[layer_id]]
+        }
+
+    before = kept()
+    total_before = sum(before.values())
+    for _ in range(rounds):
+        previous = sum(kept().values())
+        for root in slots:
+            member = members[root]
+            channels = len(slots[root])
+            score = np.zeros((channels, nodes))
+            for call in member["consumers"]:
+                if id(call.layer) in importance:
+                    out_groups = np.eye(nodes)[groups_of(call.outputs[0])]
+                    score += importance[id(call.layer)] @ out_groups @ blocks.T
+            for call in member["producers"]:
+                if id(call.layer) in importance:
+                    in_groups = np.eye(nodes)[groups_of(call.inputs[0])]
+                    score += importance[id(call.layer)].T @ in_groups @ blocks
+            cost = score[:, channel_groups(channels, nodes)]
+            rows, columns = linear_sum_assignment(cost, maximize=True)
+            slots[root] = columns[np.argsort(rows)]
+        if sum(kept().values()) <= previous * (1 + 1e-6):
+            break
+    after = kept()
+
+    report = {}
+    for layer_id in importance:
+        call = layer_calls[layer_id]
+        total = float(importance[layer_id].sum()) or 1.0
+        reasons = [
+            f"{side} channels keep their order: {spaces.frozen[spaces.find(key)]}"
+            for side, key in (("input", call.inputs[0]), ("output", call.outputs[0]))
+            if spaces.frozen.get(spaces.find(key))
+        ]
+        report[layer_id] = {
+            "importance_before": before[layer_id] / total,
+            "importance_after": after[layer_id] / total,
+            "kept_order": "; ".join(reasons),
+        }
+    if sum(after.values()) <= total_before:
+        return {}, report
+    return _permuted_weights(structure, spaces, members, slots), report
+
+
+def _permuted_weights(structure, spaces, members, slots):
+    weights = {}
+
+    def current(layer):
+        if id(layer) not in weights:
+            weights[id(layer)] = [_numpy(w) for w in layer.get_weights()] if hasattr(layer, "get_weights") else []
+        return weights[id(layer)]
+
+    for root, slot in slots.items():
+        if np.array_equal(slot, np.arange(len(slot))):
+            continue
+        order = np.argsort(slot)  # order[s]: the channel that moves to position s
+        member = members[root]
+        for call in member["producers"]:
+            values = current(call.layer)
+            kernel_index = _index_of(call.layer, call.layer.kernel)
+            values[kernel_index] = values[kernel_index][..., order]
+            if getattr(call.layer, "use_bias", False):
+                bias_index = _index_of(call.layer, call.layer.bias)
+                values[bias_index] = values[bias_index][order]
+        for call in member["consumers"]:
+            values = current(call.layer)
+            kernel_index = _index_of(call.layer, call.layer.kernel)
+            values[kernel_index] = np.take(values[kernel_index], order, axis=-2)
+        for call in member["channelwise"]:
+            values = current(call.layer)
+            names = _class_names(call.layer)
+            for i, value in enumerate(values):
+                if names & {"DepthwiseConv1D", "DepthwiseConv2D"} and value.ndim > 1:
+                    values[i] = np.take(value, order, axis=-2)
+                else:
+                    values[i] = np.take(value, order, axis=-1)
+    return weights
+
+
+def _index_of(layer, variable):
+    return next(i for i, weight in enumerate(layer.weights) if weight is variable)
+
+
+def _numpy(variable):
+    return variable.numpy() if hasattr(variable, "numpy") else np.asarray(variable)

@@ -1,0 +1,119 @@
+"""The layer graph of a functional or Sequential model (Keras 3 or tf_keras), as data.
+
+Channel assignment and reconstruction both need to know which layer call reads
+and writes which tensor, and to run a model one layer call at a time. This
+module gives them that, for Keras 3 and tf_keras alike, without importing
+either: a model's top-level calls in topological order (`layer_calls`), each
+naming its input and output tensors by id, and `run_call` to execute one call
+on concrete values. Nested models appear as one call.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class LayerCall(NamedTuple):
+    """One call of a layer in a model's graph: its layer and the ids of the tensors it reads and writes."""
+
+    layer: object
+    inputs: tuple
+    outputs: tuple
+    node: object
+
+
+class ModelGraph(NamedTuple):
+    """A model's calls in topological order, and the ids (and shapes) of its input and output tensors."""
+
+    calls: list
+    inputs: tuple
+    outputs: tuple
+    shapes: dict  # tensor id -> shape tuple (batch dimension None)
+
+
+def model_graph(model):
+    """The `ModelGraph` of a built Keras 3 or tf_keras Sequential / functional model.
+
+    Raises `TypeError` for models without a layer graph (subclassed models, or
+    a Sequential model built without an `Input`).
+    """
+    network = getattr(model, "_functional", None) or model  # Keras 3 Sequential keeps its graph there
+    nodes_by_depth = getattr(network, "_nodes_by_depth", None)
+    if not nodes_by_depth:
+        raise TypeError(
+            f"Model {model.name!r} ({type(model).__name__}) has no layer graph to walk: data-aware pruning "
+            "needs a Sequential model built with an Input, or a functional model."
+        )
+    calls, shapes = [], {}
+    for depth in sorted(nodes_by_depth, reverse=True):
+        for node in nodes_by_depth[depth]:
+            layer = getattr(node, "operation", None) or getattr(node, "layer", None)
+            inputs = _flat_tensors(node, "input")
+            outputs = _flat_tensors(node, "output")
+            for tensor in (*inputs, *outputs):
+                shapes[id(tensor)] = tuple(None if d is None else int(d) for d in tensor.shape)
+            if not inputs:  # an InputLayer
+                continue
+            calls.append(LayerCall(layer, tuple(map(id, inputs)), tuple(map(id, outputs)), node))
+    return ModelGraph(calls, tuple(map(id, network.inputs)), tuple(map(id, network.outputs)), shapes)
+
+
+def _flat_tensors(node, side):
+    if hasattr(node, "operation"):  # Keras 3
+        return list(node.input_tensors if side == "input" else node.outputs)
+    import tensorflow as tf
+
+    return list(tf.nest.flatten(node.keras_inputs if side == "input" else node.outputs))
+
+
+def run_call(call, values, layer=None, batch_size=64):
+    """Outputs (numpy, one per output tensor) of `call` on `values` (tensor id -> numpy array of all samples).
+
+    `layer` replaces the call's own layer (the same call in a paired model).
+    Runs in inference mode, `batch_size` samples at a time.
+    """
+    layer = call.layer if layer is None else layer
+    samples = len(values[call.inputs[0]])
+    chunks = []
+    for start in range(0, samples, batch_size):
+        batch = {key: values[key][start : start + batch_size] for key in call.inputs}
+        args, kwargs = _fill_in(call.node, batch)
+        outputs = layer(*args, **kwargs)
+        chunks.append([_numpy(output) for output in _flatten(outputs)])
+    return [np.concatenate(parts) for parts in zip(*chunks)]
+
+
+def _fill_in(node, values):
+    if hasattr(node, "operation"):  # Keras 3
+        return node.arguments.fill_in(values)
+    import tensorflow as tf
+
+    replace = lambda obj: values.get(id(obj), obj) if _is_symbolic(obj) else obj
+    return tf.nest.map_structure(replace, node.call_args), tf.nest.map_structure(replace, node.call_kwargs)
+
+
+def _is_symbolic(obj):
+    return type(obj).__name__.endswith("KerasTensor")
+
+
+def _flatten(outputs):
+    if isinstance(outputs, dict):
+        return [outputs[key] for key in sorted(outputs)]
+    if isinstance(outputs, (list, tuple)):
+        return [item for output in outputs for item in _flatten(output)]
+    return [outputs]
+
+
+def _numpy(value):
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
+
+def consumers(graph):
+    """tensor id -> number of calls that read it (model outputs count once more)."""
+    counts = {}
+    for call in graph.calls:
+        for key in call.inputs:
+            counts[key] = counts.get(key, 0) + 1
+    for key in graph.outputs:
+        counts[key] = counts.get(key, 0) + 1
+    return counts

@@ -1,0 +1,326 @@
+"""Reconstruction: refit each masked layer's kept weights so the pruned model reproduces the dense one.
+
+Layers are visited in topological order, the calibration set going through the
+dense reference and the pruned model side by side, one layer call at a time.
+At a masked layer, its kept weights and bias are refit by ridge least squares
+so that, fed the *pruned* model's own inputs, it reproduces the *dense* layer's
+pre-activation outputs on the *dense* model's inputs (which also corrects the
+error accumulated upstream). Features are the input channels times the kernel
+window (conv patches); every output channel of a group reads the same kept
+inputs, so there is one solve per output group, and X^T X is accumulated over
+chunks: memory is bounded by the feature count, not by the data. Once a layer
+is refit, the BatchNormalization layers downstream of it get moving statistics
+measured on the calibration data.
+"""
+
+import math
+import warnings
+
+import numpy as np
+import scipy.linalg
+
+from rgp_keras.masks import prunable_kernel
+from rgp_keras.model_graph import consumers, model_graph, run_call
+
+# Rows x features per chunk of the X^T X accumulation (~64 MB of float32 features).
+_CHUNK_ELEMENTS = 1 << 24
+# Ridge strengths tried, as fractions of the mean diagonal of X^T X (SparseGPT's fixed choice is 0.01).
+_RIDGE = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+_HOLD_OUT = 5  # every 5th calibration sample judges the ridge strength
+
+
+def _is_wrapper(layer):
+    return hasattr(layer, "masked_kernel") and hasattr(layer, "graph")
+
+
+def _class_names(layer):
+    return {cls.__name__ for cls in type(layer).__mro__}
+
+
+def _numpy(variable):
+    return variable.numpy() if hasattr(variable, "numpy") else np.asarray(variable)
+
+
+def unsupported_reason(layer):
+    """Why reconstruction cannot refit `layer` (the inner layer of a wrapper), or None."""
+    names = _class_names(layer)
+    if getattr(layer, "data_format", "channels_last") not in ("channels_last", None):
+        return "channels_first layout"
+    if "Dense" in names:
+        return None
+    if names & {"Conv1D", "Conv2D"} and not names & {"Conv1DTranspose", "Conv2DTranspose", "SeparableConv1D",
+                                                      "SeparableConv2D", "DepthwiseConv1D", "DepthwiseConv2D"}:
+        if str(layer.padding).lower() not in ("valid", "same"):
+            return f"padding {layer.padding!r}"
+        return None
+    return f"{type(layer).__name__} (reconstruction refits Dense, Conv1D and Conv2D)"
+
+
+def input_channel_energy(model, arrays, layer_ids):
+    """Layer id -> mean square of each input channel over the calibration set, for the layers in `layer_ids`."""
+    energy = {}
+    graph = model_graph(model)
+
+    def visit(call, values, reference_call, reference_inputs, changed):
+        if id(call.layer) in layer_ids:
+            x = values[call.inputs[0]]
+            energy[id(call.layer)] = np.mean(np.square(x.reshape(-1, x.shape[-1]), dtype=np.float64), axis=0)
+
+    _walk(graph, None, arrays, visit)
+    return energy
+
+
+def reconstruct(reference, pruned, arrays, *, progress=False):
+    """Refit every masked layer of `pruned` (in place) to reproduce `reference` on `arrays`.
+
+    Args:
+        reference: the dense model `pruned` was made from (same graph, same
+            channel order), not modified.
+        pruned: the pruned model; its wrappers' kept weights and biases and its
+            BatchNormalization moving statistics change.
+        arrays: calibration inputs, one array per model input.
+        progress: show a progress bar over the layer calls.
+
+    Returns:
+        wrapper id -> {"error_before", "error_after"} (relative squared error of
+        the layer's pre-activation output against the dense layer on dense
+        inputs), or {"reconstruction": reason} for wrappers left as they were.
+    """
+    reference_graph, pruned_graph = model_graph(reference), model_graph(pruned)
+    if len(reference_graph.calls) != len(pruned_graph.calls):
+        raise AssertionError("the pruned model's layer graph differs from the dense model's")
+    report, few_samples = {}, []
+    bar = _progress_bar(len(pruned_graph.calls)) if progress else None
+
+    def visit(call, pruned_values, reference_call, reference_inputs, changed):
+        layer = call.layer
+        if _is_wrapper(layer) or (changed and prunable_kernel(layer)[0] == "kernel" and not unsupported_reason(layer)):
+            inner, mask = (layer.layer, _numpy(layer.mask).astype(bool)) if _is_wrapper(layer) else (layer, None)
+            reason = unsupported_reason(inner)
+            if reason:
+                report[id(layer)] = {"reconstruction": f"not refit: {reason}"}
+            else:
+                report[id(layer)] = _refit(
+                    inner, mask, reference_call.layer, reference_inputs[0], pruned_values[call.inputs[0]]
+                )
+                if report[id(layer)].pop("few_samples"):
+                    few_samples.append(inner.name)
+        elif hasattr(layer, "layers"):
+            for inner in _all_layers(layer):
+                if _is_wrapper(inner):
+                    report[id(inner)] = {"reconstruction": f"not refit: inside nested model {layer.name!r}"}
+        elif changed and "BatchNormalization" in _class_names(layer):
+            _reestimate(layer, pruned_values[call.inputs[0]], reference_inputs[0])
+        if bar is not None:
+            bar.add(1)
+
+    _walk(pruned_graph, reference_graph, arrays, visit)
+    if few_samples:
+        warnings.warn(
+            f"Calibration data has fewer rows than weights to fit in {len(few_samples)} layer(s) "
+            f"({', '.join(few_samples[:5])}): their least-squares fits are regularised (ridge) and may "
+            "generalise poorly; pass more calibration samples.",
+            stacklevel=4,
+        )
+    return report
+
+
+def _walk(graph, reference_graph, arrays, visit):
+    """Run `graph` (and `reference_graph`, call by call beside it) on `arrays`, calling `visit` before each call.
+
+    `visit(call, values, reference_call, reference_inputs, changed)` sees the
+    values of `graph`'s tensors and, with a reference, the paired call, its
+    inputs and whether this call's inputs differ from them; it may change the
+    call's layer, which then runs. Calls whose inputs equal the reference's and
+    whose layer has not been changed reuse the reference's outputs.
+    """
+    values = dict(zip(graph.inputs, arrays))
+    reference_values = dict(zip(reference_graph.inputs, arrays)) if reference_graph else None
+    same = set(graph.inputs)  # tensors equal to the reference's
+    remaining = consumers(graph)
+    reference_remaining = consumers(reference_graph) if reference_graph else None
+    reference_calls = reference_graph.calls if reference_graph else [None] * len(graph.calls)
+    for call, reference_call in zip(graph.calls, reference_calls):
+        reference_inputs = [reference_values[key] for key in reference_call.inputs] if reference_call else None
+        visit(call, values, reference_call, reference_inputs, not all(key in same for key in call.inputs))
+        if reference_call is None:
+            outputs = run_call(call, values)
+        else:
+            reference_outputs = run_call(reference_call, reference_values)
+            for key, value in zip(reference_call.outputs, reference_outputs):
+                reference_values[key] = value
+            unchanged = all(key in same for key in call.inputs) and _same_weights(call.layer, reference_call.layer)
+            outputs = reference_outputs if unchanged else run_call(call, values)
+            if unchanged:
+                same.update(call.outputs)
+            _release(reference_values, reference_call.inputs, reference_remaining)
+        values.update(zip(call.outputs, outputs))
+        _release(values, call.inputs, remaining)
+
+
+def _same_weights(layer, reference):
+    if _is_wrapper(layer) or hasattr(layer, "layers"):
+        return False
+    mine, theirs = layer.get_weights(), reference.get_weights()
+    return len(mine) == len(theirs) and all(np.array_equal(a, b) for a, b in zip(mine, theirs))
+
+
+def _release(values, keys, remaining):
+    for key in keys:
+        remaining[key] -= 1
+        if remaining[key] == 0:
+            values.pop(key, None)
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+def _reestimate(layer, x_pruned, x_dense):
+    """Moving statistics that map the pruned input's calibration distribution onto the dense one's.
+
+    The dense layer normalises with its moving mean mu and std sigma; on the
+    calibration data its input has mean m_d and std s_d, the pruned input m_p
+    and s_p. Standardising the pruned input to (m_d, s_d) and then applying the
+    dense statistics gives mean m_p - (m_d - mu) s_p / s_d and std sigma s_p / s_d:
+    the calibration statistics themselves (m_p, s_p) when the dense model's
+    moving statistics match the calibration data, as they do for a trained model.
+    """
+    axes = tuple(range(x_pruned.ndim - 1))
+    epsilon = float(layer.epsilon)
+    mean_p, var_p = np.mean(x_pruned, axis=axes, dtype=np.float64), np.var(x_pruned, axis=axes, dtype=np.float64)
+    mean_d, var_d = np.mean(x_dense, axis=axes, dtype=np.float64), np.var(x_dense, axis=axes, dtype=np.float64)
+    mean, variance = _numpy(layer.moving_mean).astype(np.float64), _numpy(layer.moving_variance).astype(np.float64)
+    ratio = np.sqrt((var_p + epsilon) / (var_d + epsilon))
+    layer.moving_mean.assign((mean_p - (mean_d - mean) * ratio).astype("float32"))
+    layer.moving_variance.assign(np.maximum((variance + epsilon) * ratio**2 - epsilon, 0.0).astype("float32"))
+
+
+def _features(layer, x):
+    """Rows of inputs the layer's kernel multiplies: (positions, kernel window x input channels)."""
+    if "Dense" in _class_names(layer):
+        return x.reshape(-1, x.shape[-1])
+    import tensorflow as tf
+
+    rank = len(layer.kernel_size)
+    if rank == 1:
+        x = x[:, None]
+    sizes = [1, *(1,) * (2 - rank), *layer.kernel_size, 1]
+    strides = [1, *(1,) * (2 - rank), *layer.strides, 1]
+    rates = [1, *(1,) * (2 - rank), *layer.dilation_rate, 1]
+    patches = tf.image.extract_patches(x, sizes, strides, rates, padding=str(layer.padding).upper())
+    return patches.numpy().reshape(-1, patches.shape[-1])
+
+
+class _Normal:
+    """Sums for least squares: X^T X, X^T Y and |Y|^2 over rows (X with a trailing 1 for the bias)."""
+
+    def __init__(self, features, outputs):
+        self.gram = np.zeros((features + 1, features + 1))
+        self.cross = np.zeros((features + 1, outputs))
+        self.energy = np.zeros(outputs)
+        self.rows = 0
+
+    def add(self, rows, target):
+        rows = np.concatenate([rows, np.ones((len(rows), 1), rows.dtype)], axis=1)
+        self.gram += rows.T @ rows
+        self.cross += rows.T @ target
+        self.energy += np.sum(np.square(target, dtype=np.float64), axis=0)
+        self.rows += len(rows)
+
+    def __add__(self, other):
+        total = _Normal(len(self.gram) - 1, self.cross.shape[1])
+        for name in ("gram", "cross", "energy", "rows"):
+            setattr(total, name, getattr(self, name) + getattr(other, name))
+        return total
+
+    def error(self, weights, inputs, columns):
+        """Squared error of `weights` (rows `inputs` x `columns`) on these sums."""
+        gram, cross = self.gram[np.ix_(inputs, inputs)], self.cross[np.ix_(inputs, columns)]
+        return float(np.sum(weights * (gram @ weights)) - 2 * np.sum(weights * cross) + np.sum(self.energy[columns]))
+
+
+def _refit(inner, mask, dense, x_dense, x_pruned):
+    """Refit `inner`'s kept weights (`mask`; None: all) to reproduce layer `dense` on the dense inputs.
+
+    Every `_HOLD_OUT`-th calibration sample is held out to choose the ridge
+    strength per output group (among `_RIDGE`, as fractions of the mean
+    diagonal of X^T X) and to report errors; the final fit uses every sample.
+    Ridge pulls towards the plain RGP weights, so that a poorly determined fit
+    (few samples for many features) stays close to them.
+    """
+    kernel = _numpy(inner.kernel)
+    mask = np.ones(kernel.shape, bool) if mask is None else mask
+    outputs = kernel.shape[-1]
+    dense_kernel = _numpy(dense.kernel).reshape(-1, outputs)
+    use_bias = bool(getattr(inner, "use_bias", False))
+    dense_bias = _numpy(dense.bias) if use_bias else np.zeros(outputs, np.float32)
+    features = dense_kernel.shape[0]
+    fit, held_out = _Normal(features, outputs), _Normal(features, outputs)
+    per_sample = math.prod(x_dense.shape[1:]) * math.prod(getattr(inner, "kernel_size", (1,)))
+    chunk = max(_HOLD_OUT, _CHUNK_ELEMENTS // max(per_sample, 1) // _HOLD_OUT * _HOLD_OUT)
+    for start in range(0, len(x_dense), chunk):
+        index = np.arange(start, min(start + chunk, len(x_dense)))
+        for part, sums in ((index[index % _HOLD_OUT != _HOLD_OUT - 1], fit), (index[index % _HOLD_OUT == _HOLD_OUT - 1], held_out)):
+            if len(part):
+                sums.add(_features(inner, x_pruned[part]), _features(inner, x_dense[part]) @ dense_kernel + dense_bias)
+    judge = held_out if held_out.rows else fit
+    total = fit + held_out
+    kept = mask.reshape(-1, outputs)
+    current = np.concatenate([(kernel * mask).reshape(-1, outputs), _current_bias(inner, outputs)[None]], axis=0)
+    solution = current.astype(np.float64)
+    columns_of = {}
+    for column in range(outputs):
+        columns_of.setdefault(kept[:, column].tobytes(), []).append(column)
+    before = after = 0.0
+    few_samples = False
+    for columns in columns_of.values():
+        inputs = np.flatnonzero(kept[:, columns[0]])
+        if use_bias:
+            inputs = np.append(inputs, features)
+        few_samples |= total.rows < len(inputs)
+        start = current[np.ix_(inputs, columns)]
+        trials = [(judge.error(w, inputs, columns), ridge, w)
+                  for ridge in (_RIDGE if held_out.rows else (_RIDGE[2],))
+                  for w in [_ridge_solve(fit if held_out.rows else total, inputs, columns, ridge, start)]]
+        best_error, ridge, _ = min(trials, key=lambda trial: trial[0])
+        error_start = judge.error(start, inputs, columns)
+        before += error_start
+        if best_error < error_start:
+            solution[np.ix_(inputs, columns)] = _ridge_solve(total, inputs, columns, ridge, start)
+            after += best_error
+        else:
+            after += error_start
+    energy = max(float(np.sum(judge.energy)), 1e-30)
+    if after < before:
+        inner.kernel.assign(solution[:features].reshape(kernel.shape).astype(kernel.dtype) * mask)
+        if use_bias:
+            inner.bias.assign(solution[features].astype("float32"))
+    return {"error_before": before / energy, "error_after": after / energy, "few_samples": few_samples}
+
+
+def _ridge_solve(sums, inputs, columns, ridge, start):
+    """argmin_w |X w - Y|^2 + lambda |w - start|^2, lambda = `ridge` x mean diagonal of X^T X."""
+    block = sums.gram[np.ix_(inputs, inputs)]
+    strength = ridge * max(float(np.mean(np.diag(block))), 1e-12)
+    block = block + strength * np.eye(len(inputs))
+    right = sums.cross[np.ix_(inputs, columns)] + strength * start
+    try:
+        return scipy.linalg.solve(block, right, assume_a="pos")
+    except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
+        return scipy.linalg.lstsq(block, right)[0]
+
+
+def _current_bias(layer, outputs):
+    if getattr(layer, "use_bias", False):
+        return _numpy(layer.bias).astype(np.float64)
+    return np.zeros(outputs)
+
+
+def _progress_bar(steps):
+    import keras
+
+    return keras.utils.Progbar(steps, unit_name="layer")

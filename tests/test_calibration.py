@@ -1,0 +1,95 @@
+"""Tests for rgp_keras.calibration through prune_regular_graph(calibration_data=...): accepted forms, bad inputs."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rgp_keras import prune_regular_graph
+from rgp_keras.calibration import calibration_arrays
+from rgp_keras.graph import RegularGraph
+
+
+@pytest.fixture(scope="module")
+def graph16():
+    return RegularGraph.random(16, 4, seed=0)
+
+
+def test_arrays_datasets_and_generators_give_the_same_samples():
+    x = np.random.default_rng(0).normal(size=(40, 6)).astype("float64")
+    y = np.arange(40)
+    expected = x.astype("float32")
+    shapes, names = [(None, 6)], ["x"]
+    from_array = calibration_arrays(x, shapes, names)[0]
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)  # (x, y) batches: labels ignored
+    from_dataset = calibration_arrays(dataset, shapes, names)[0]
+    from_generator = calibration_arrays((x[i : i + 8] for i in range(0, 40, 8)), shapes, names)[0]
+    for got in (from_array, from_dataset, from_generator):
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, expected)
+    assert x.dtype == np.float64  # the user's array is not converted in place
+
+
+def test_an_endless_generator_is_read_up_to_the_sample_limit():
+    def endless():
+        while True:
+            yield np.ones((10, 3), "float32"), np.zeros(10)
+
+    assert len(calibration_arrays(endless(), [(None, 3)], ["x"], samples=25)[0]) == 25
+
+
+def test_multi_input_data_by_list_and_by_name():
+    a, b = np.ones((5, 2)), np.zeros((5, 3))
+    shapes, names = [(None, 2), (None, 3)], ["a", "b"]
+    for data in ([a, b], {"b": b, "a": a}):
+        got = calibration_arrays(data, shapes, names)
+        assert [g.shape for g in got] == [(5, 2), (5, 3)]
+
+
+@pytest.mark.parametrize(
+    "data, shapes, names, error, words",
+    [
+        (np.ones((4, 5)), [(None, 6)], ["x"], ValueError, ["shape (4, 5)", "(samples, 6)"]),
+        (np.ones((4, 6, 1)), [(None, 6)], ["x"], ValueError, ["shape (4, 6, 1)", "(samples, 6)"]),
+        (np.array([["a"] * 6] * 2), [(None, 6)], ["x"], TypeError, ["dtype <U1", "numeric"]),
+        (np.ones((0, 6)), [(None, 6)], ["x"], ValueError, ["no samples"]),
+        (iter([]), [(None, 6)], ["x"], ValueError, ["yielded nothing"]),
+        (np.full((3, 6), np.nan), [(None, 6)], ["x"], ValueError, ["18 NaN or infinite", "finite"]),
+        (np.ones((3, 2)), [(None, 2), (None, 3)], ["a", "b"], ValueError, ["2 inputs ['a', 'b']", "single array"]),
+        ([np.ones((3, 2))], [(None, 2), (None, 3)], ["a", "b"], ValueError, ["holds 1 arrays", "one array per input"]),
+        ({"a": np.ones((3, 2))}, [(None, 2), (None, 3)], ["a", "b"], ValueError, ["without the model's inputs ['b']"]),
+        ([np.ones((3, 2)), np.ones((4, 3))], [(None, 2), (None, 3)], ["a", "b"], ValueError, ["different sample counts"]),
+    ],
+)
+def test_bad_calibration_data_is_named_with_what_is_accepted(data, shapes, names, error, words):
+    with pytest.raises(error) as info:
+        calibration_arrays(data, shapes, names)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_bad_sample_counts_are_refused():
+    with pytest.raises(ValueError, match="`calibration_samples` must be an integer >= 1, got 0"):
+        calibration_arrays(np.ones((3, 2)), [(None, 2)], ["x"], samples=0)
+
+
+def test_bad_data_leaves_the_model_untouched_and_builds_nothing(mlp_model, graph16):
+    before = [w.copy() for w in mlp_model.get_weights()]
+    with pytest.raises(ValueError, match=r"shape \(8, 63\)"):
+        prune_regular_graph(mlp_model, graph=graph16, calibration_data=np.ones((8, 63)))
+    with pytest.raises(ValueError, match="`calibration_samples` needs `calibration_data`"):
+        prune_regular_graph(mlp_model, graph=graph16, calibration_samples=10)
+    with pytest.raises(TypeError, match="`assign_channels` must be True or False"):
+        prune_regular_graph(mlp_model, graph=graph16, assign_channels="yes")
+    assert all(np.array_equal(a, b) for a, b in zip(before, mlp_model.get_weights()))
+
+
+def test_a_multi_input_model_given_one_array_is_refused(graph16):
+    a, b = keras.Input((32,), name="a"), keras.Input((32,), name="b")
+    hidden = keras.layers.Dense(64)(keras.layers.Concatenate()([a, b]))
+    model = keras.Model([a, b], keras.layers.Dense(2)(keras.layers.Dense(64)(hidden)))
+    with pytest.raises(ValueError, match=r"2 inputs \['a', 'b'\]"):
+        prune_regular_graph(model, graph=graph16, calibration_data=np.ones((4, 32)))
+    with pytest.warns(UserWarning, match="fewer rows than weights"):  # 4 samples: a regularised fit
+        pruned = prune_regular_graph(model, graph=graph16, calibration_data={"a": np.ones((4, 32)), "b": np.ones((4, 32))})
+    assert pruned.layers[-2].data_aware["error_after"] <= pruned.layers[-2].data_aware["error_before"]

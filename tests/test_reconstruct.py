@@ -1,0 +1,124 @@
+"""Tests for rgp_keras.reconstruct: conv features, least-squares refit, BatchNorm statistics, reports."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+from rgp_keras import prune_regular_graph, pruning_summary
+from rgp_keras.graph import RegularGraph
+from rgp_keras.reconstruct import _features
+
+
+@pytest.mark.parametrize(
+    "layer, shape",
+    [
+        (keras.layers.Conv2D(5, 3, padding="same"), (2, 7, 6, 4)),
+        (keras.layers.Conv2D(5, (3, 2), strides=2, padding="valid"), (2, 9, 8, 4)),
+        (keras.layers.Conv2D(5, 3, dilation_rate=2, padding="same"), (2, 9, 9, 4)),
+        (keras.layers.Conv1D(5, 3, strides=2, padding="same"), (2, 11, 4)),
+        (keras.layers.Dense(5), (2, 3, 4)),
+    ],
+)
+def test_features_times_the_kernel_equal_the_layer_output(layer, shape):
+    x = np.random.default_rng(0).normal(size=shape).astype("float32")
+    y = keras.ops.convert_to_numpy(layer(x))
+    kernel, bias = layer.get_weights()
+    got = _features(layer, x) @ kernel.reshape(-1, kernel.shape[-1]) + bias
+    np.testing.assert_allclose(got, y.reshape(-1, y.shape[-1]), atol=1e-5)
+
+
+def teacher(seed=0):
+    """A trained-looking dense model: random weights, but wide hidden layers and a BatchNorm."""
+    keras.utils.set_random_seed(seed)
+    layers = keras.layers
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 4)),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.Conv2D(32, 3, padding="same", use_bias=False),
+            layers.BatchNormalization(),
+            layers.ReLU(),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.GlobalAveragePooling2D(),
+            layers.Dense(32, activation="relu"),
+            layers.Dense(3),
+        ]
+    )
+
+
+def output_error(model, pruned, x):
+    want = keras.ops.convert_to_numpy(model(x))
+    return float(np.mean((keras.ops.convert_to_numpy(pruned(x)) - want) ** 2) / np.mean(want**2))
+
+
+def test_reconstruction_brings_the_pruned_outputs_close_to_the_dense_ones():
+    model = teacher()
+    rng = np.random.default_rng(0)
+    calibration, held_out = rng.normal(size=(256, 8, 8, 4)), rng.normal(size=(64, 8, 8, 4)).astype("float32")
+    graph = RegularGraph.random(16, 4, seed=0)
+    before = [w.copy() for w in model.get_weights()]
+    plain = prune_regular_graph(model, graph=graph, assign_channels=False)
+    refit = prune_regular_graph(model, graph=graph, assign_channels=False, calibration_data=calibration)
+    both = prune_regular_graph(model, graph=graph, calibration_data=calibration)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    errors = [output_error(model, p, held_out) for p in (plain, refit, both)]
+    assert errors[1] < 0.5 * errors[0] and errors[2] < 0.5 * errors[0], errors
+    for layer in refit.layers:
+        if hasattr(layer, "mask"):
+            kernel, mask = layer.kernel.numpy(), layer.mask.numpy()
+            assert np.all(kernel[mask == 0] == 0.0) and np.any(kernel[mask == 1] != 0)
+            assert layer.data_aware["error_after"] < layer.data_aware["error_before"]
+
+
+def test_batchnorm_downstream_gets_the_calibration_statistics():
+    model = teacher()
+    calibration = np.random.default_rng(0).normal(size=(128, 8, 8, 4)).astype("float32")
+    pruned = prune_regular_graph(model, degree=4, nodes=16, seed=0, calibration_data=calibration)
+    bn_index = next(i for i, layer in enumerate(pruned.layers) if isinstance(layer, keras.layers.BatchNormalization))
+    inputs = keras.Model(pruned.inputs[0], pruned.layers[bn_index].input)(calibration)
+    inputs = keras.ops.convert_to_numpy(inputs)
+    bn = pruned.layers[bn_index]
+    np.testing.assert_allclose(bn.moving_mean.numpy(), inputs.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), inputs.var(axis=(0, 1, 2)), rtol=1e-3, atol=1e-5)
+
+
+def test_the_classifier_downstream_is_refit_and_reported():
+    model = teacher()
+    calibration = np.random.default_rng(0).normal(size=(128, 8, 8, 4))
+    pruned = prune_regular_graph(model, degree=4, nodes=16, seed=0, calibration_data=calibration)
+    summary = pruning_summary(pruned)
+    last = summary[-1]
+    assert last["graph"] == "" and "error_after" in last["data_aware"]
+    assert summary[0]["data_aware"] == {}  # the first conv reads the unchanged input: left alone
+    text = str(summary)
+    assert "data-aware pruning" in text and "output error" in text and "importance kept" in text
+
+
+def test_few_samples_warn_and_still_fit():
+    model = teacher()
+    with pytest.warns(UserWarning, match="fewer rows than weights to fit in .* pass more calibration samples"):
+        pruned = prune_regular_graph(model, degree=4, nodes=16, seed=0,
+                                     calibration_data=np.ones((1, 8, 8, 4)) * np.arange(4))
+    assert all(np.all(np.isfinite(w)) for w in pruned.get_weights())
+
+
+def test_layers_reconstruction_cannot_refit_are_named():
+    model = keras.Sequential([keras.Input((6, 6, 6, 2)), keras.layers.Conv3D(16, 3, padding="same"),
+                              keras.layers.Conv3D(16, 3, padding="same"), keras.layers.Conv3D(16, 3, padding="same"),
+                              keras.layers.GlobalAveragePooling3D(), keras.layers.Dense(2)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruned = prune_regular_graph(model, degree=2, nodes=16, seed=0,
+                                     calibration_data=np.random.default_rng(0).normal(size=(8, 6, 6, 6, 2)))
+    row = next(row for row in pruning_summary(pruned) if row["graph"])
+    assert row["data_aware"]["reconstruction"].startswith("not refit: Conv3D")
+
+
+def test_data_aware_pruning_is_deterministic():
+    model = teacher()
+    calibration = np.random.default_rng(0).normal(size=(64, 8, 8, 4))
+    first, second = (prune_regular_graph(model, degree=4, nodes=16, seed=0, calibration_data=calibration)
+                     for _ in range(2))
+    assert all(np.array_equal(a, b) for a, b in zip(first.get_weights(), second.get_weights()))
