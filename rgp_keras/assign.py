@@ -22,6 +22,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from rgp_keras.masks import channel_groups, group_mask, prunable_kernel
+from rgp_keras.model_graph import class_names, model_graph, to_numpy
 
 # Layers that act on each channel on its own (same channel count in and out, channels last).
 _CHANNELWISE = {
@@ -62,10 +63,6 @@ class _Spaces:
         self.frozen[root] = self.frozen.get(root) or reason
 
 
-def _class_names(layer):
-    return {cls.__name__ for cls in type(layer).__mro__}
-
-
 def _channels_last(layer):
     return getattr(layer, "data_format", "channels_last") in ("channels_last", None)
 
@@ -78,7 +75,7 @@ def _kernel_layout(layer):
 
 
 def _channelwise_ok(layer):
-    names = _class_names(layer)
+    names = class_names(layer)
     if not names & _CHANNELWISE or not _channels_last(layer):
         return False
     if "BatchNormalization" in names or "LayerNormalization" in names:
@@ -113,7 +110,7 @@ def channel_spaces(graph):
             for key in (*call.inputs, *call.outputs):
                 spaces.freeze(key, f"layer {call.layer.name} is called more than once")
             continue
-        names = _class_names(call.layer)
+        names = class_names(call.layer)
         if _kernel_layout(call.layer) and len(call.inputs) == 1 and len(call.outputs) == 1:
             spaces.find(call.inputs[0]), spaces.find(call.outputs[0])
         elif names & _CHANNELWISE and len(call.inputs) == 1 and _channelwise_ok(call.layer):
@@ -131,7 +128,7 @@ def channel_spaces(graph):
         if _kernel_layout(call.layer) and len(call.inputs) == 1 and len(call.outputs) == 1:
             members.setdefault(spaces.find(call.inputs[0]), _members())["consumers"].append(call)
             members.setdefault(spaces.find(call.outputs[0]), _members())["producers"].append(call)
-        elif _class_names(call.layer) & _CHANNELWISE and _channelwise_ok(call.layer) and call.layer.weights:
+        elif class_names(call.layer) & _CHANNELWISE and _channelwise_ok(call.layer) and call.layer.weights:
             members.setdefault(spaces.find(call.inputs[0]), _members())["channelwise"].append(call)
     return spaces, members
 
@@ -160,8 +157,6 @@ def assign_channels(model, graph, wrapped, *, self_loops=False, input_energy=Non
         "kept_order"} for the wrapped layers (kept shares of importance, and why a
         side kept its channel order, or "").
     """
-    from rgp_keras.model_graph import model_graph
-
     structure = model_graph(model)
     spaces, members = channel_spaces(structure)
     blocks = group_mask(graph, self_loops).astype(np.float64)
@@ -169,7 +164,7 @@ def assign_channels(model, graph, wrapped, *, self_loops=False, input_energy=Non
     importance = {}
     for call in structure.calls:
         if id(call.layer) in wrapped and _kernel_layout(call.layer):
-            kernel = _numpy(call.layer.kernel)
+            kernel = to_numpy(call.layer.kernel)
             weight = np.square(kernel.astype(np.float64)).reshape(-1, *kernel.shape[-2:]).sum(axis=0)
             if input_energy is not None and id(call.layer) in input_energy:
                 weight = weight * input_energy[id(call.layer)][:, None]
@@ -246,7 +241,7 @@ def _permuted_weights(structure, spaces, members, slots):
 
     def current(layer):
         if id(layer) not in weights:
-            weights[id(layer)] = [_numpy(w) for w in layer.get_weights()] if hasattr(layer, "get_weights") else []
+            weights[id(layer)] = [to_numpy(w) for w in layer.get_weights()] if hasattr(layer, "get_weights") else []
         return weights[id(layer)]
 
     for root, slot in slots.items():
@@ -267,7 +262,7 @@ def _permuted_weights(structure, spaces, members, slots):
             values[kernel_index] = np.take(values[kernel_index], order, axis=-2)
         for call in member["channelwise"]:
             values = current(call.layer)
-            names = _class_names(call.layer)
+            names = class_names(call.layer)
             for i, value in enumerate(values):
                 if names & {"DepthwiseConv1D", "DepthwiseConv2D"} and value.ndim > 1:
                     values[i] = np.take(value, order, axis=-2)
@@ -278,7 +273,3 @@ def _permuted_weights(structure, spaces, members, slots):
 
 def _index_of(layer, variable):
     return next(i for i, weight in enumerate(layer.weights) if weight is variable)
-
-
-def _numpy(variable):
-    return variable.numpy() if hasattr(variable, "numpy") else np.asarray(variable)

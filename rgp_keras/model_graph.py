@@ -79,7 +79,7 @@ def run_call(call, values, layer=None, batch_size=64):
         batch = {key: values[key][start : start + batch_size] for key in call.inputs}
         args, kwargs = _fill_in(call.node, batch)
         outputs = layer(*args, **kwargs)
-        chunks.append([_numpy(output) for output in _flatten(outputs)])
+        chunks.append([to_numpy(output) for output in _flatten(outputs)])
     return [np.concatenate(parts) for parts in zip(*chunks)]
 
 
@@ -104,8 +104,19 @@ def _flatten(outputs):
     return [outputs]
 
 
-def _numpy(value):
+def to_numpy(value):
+    """A numpy copy of a tensor or variable (Keras 3 or tf_keras), without numpy's `__array__` deprecation path."""
     return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
+
+def class_names(layer):
+    """Names of the layer's class and its bases: Keras 3, tf_keras and user subclasses match alike."""
+    return {cls.__name__ for cls in type(layer).__mro__}
+
+
+def is_rgp_wrapper(layer):
+    """Whether `layer` is an RGP wrapper: Keras 3 `RegularGraphPruning` or the tf_keras `PruneRegularGraph`."""
+    return hasattr(layer, "masked_kernel") and hasattr(layer, "graph")
 
 
 def consumers(graph):

@@ -10,6 +10,7 @@ from rgp_keras import data_aware
 from rgp_keras._checks import check_int
 from rgp_keras.graph import RegularGraph, degree_for_sparsity, optimize
 from rgp_keras.masks import kernel_channels, prunable_kernel
+from rgp_keras.model_graph import is_rgp_wrapper  # noqa: F401  (part of the model-walking interface)
 from rgp_keras.wrapper import INITIALIZER_OF, RegularGraphPruning
 
 
@@ -262,11 +263,6 @@ def _leaves(model):
             yield from _leaves(layer)
         else:
             yield layer
-
-
-def is_rgp_wrapper(layer):
-    """Whether `layer` is an RGP wrapper: Keras 3 `RegularGraphPruning` or the tf_keras `PruneRegularGraph`."""
-    return hasattr(layer, "masked_kernel") and hasattr(layer, "graph")
 
 
 def _matches(layer, selectors):

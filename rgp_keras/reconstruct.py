@@ -20,7 +20,7 @@ import numpy as np
 import scipy.linalg
 
 from rgp_keras.masks import prunable_kernel
-from rgp_keras.model_graph import consumers, model_graph, run_call
+from rgp_keras.model_graph import class_names, consumers, is_rgp_wrapper, model_graph, run_call, to_numpy
 
 # Rows x features per chunk of the X^T X accumulation (~64 MB of float32 features).
 _CHUNK_ELEMENTS = 1 << 24
@@ -29,21 +29,9 @@ _RIDGE = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 _HOLD_OUT = 5  # every 5th calibration sample judges the ridge strength
 
 
-def _is_wrapper(layer):
-    return hasattr(layer, "masked_kernel") and hasattr(layer, "graph")
-
-
-def _class_names(layer):
-    return {cls.__name__ for cls in type(layer).__mro__}
-
-
-def _numpy(variable):
-    return variable.numpy() if hasattr(variable, "numpy") else np.asarray(variable)
-
-
 def unsupported_reason(layer):
     """Why reconstruction cannot refit `layer` (the inner layer of a wrapper), or None."""
-    names = _class_names(layer)
+    names = class_names(layer)
     if getattr(layer, "data_format", "channels_last") not in ("channels_last", None):
         return "channels_first layout"
     if "Dense" in names:
@@ -94,8 +82,8 @@ def reconstruct(reference, pruned, arrays, *, progress=False):
 
     def visit(call, pruned_values, reference_call, reference_inputs, changed):
         layer = call.layer
-        if _is_wrapper(layer) or (changed and prunable_kernel(layer)[0] == "kernel" and not unsupported_reason(layer)):
-            inner, mask = (layer.layer, _numpy(layer.mask).astype(bool)) if _is_wrapper(layer) else (layer, None)
+        if is_rgp_wrapper(layer) or (changed and prunable_kernel(layer)[0] == "kernel" and not unsupported_reason(layer)):
+            inner, mask = (layer.layer, to_numpy(layer.mask).astype(bool)) if is_rgp_wrapper(layer) else (layer, None)
             reason = unsupported_reason(inner)
             if reason:
                 report[id(layer)] = {"reconstruction": f"not refit: {reason}"}
@@ -107,9 +95,9 @@ def reconstruct(reference, pruned, arrays, *, progress=False):
                     few_samples.append(inner.name)
         elif hasattr(layer, "layers"):
             for inner in _all_layers(layer):
-                if _is_wrapper(inner):
+                if is_rgp_wrapper(inner):
                     report[id(inner)] = {"reconstruction": f"not refit: inside nested model {layer.name!r}"}
-        elif changed and "BatchNormalization" in _class_names(layer):
+        elif changed and "BatchNormalization" in class_names(layer):
             _reestimate(layer, pruned_values[call.inputs[0]], reference_inputs[0])
         if bar is not None:
             bar.add(1)
@@ -159,7 +147,7 @@ def _walk(graph, reference_graph, arrays, visit):
 
 
 def _same_weights(layer, reference):
-    if _is_wrapper(layer) or hasattr(layer, "layers"):
+    if is_rgp_wrapper(layer) or hasattr(layer, "layers"):
         return False
     mine, theirs = layer.get_weights(), reference.get_weights()
     return len(mine) == len(theirs) and all(np.array_equal(a, b) for a, b in zip(mine, theirs))
@@ -185,24 +173,28 @@ def _reestimate(layer, x_pruned, x_dense):
     The dense layer normalises with its moving mean mu and std sigma; on the
     calibration data its input has mean m_d and std s_d, the pruned input m_p
     and s_p. Standardising the pruned input to (m_d, s_d) and then applying the
-    dense statistics gives mean m_p - (m_d - mu) s_p / s_d and std sigma s_p / s_d:
-    the calibration statistics themselves (m_p, s_p) when the dense model's
-    moving statistics match the calibration data, as they do for a trained model.
+    dense statistics gives mean m_p - (m_d - mu) s_p / s_d and std sigma s_p / s_d,
+    so the pruned layer's output has the dense one's calibration distribution.
+    When the dense model's moving statistics match the calibration data, as
+    they do for a trained model, these are the calibration statistics (m_p, s_p)
+    themselves (up to BatchNorm's epsilon).
     """
     axes = tuple(range(x_pruned.ndim - 1))
     epsilon = float(layer.epsilon)
     mean_p, var_p = np.mean(x_pruned, axis=axes, dtype=np.float64), np.var(x_pruned, axis=axes, dtype=np.float64)
     mean_d, var_d = np.mean(x_dense, axis=axes, dtype=np.float64), np.var(x_dense, axis=axes, dtype=np.float64)
-    mean, variance = _numpy(layer.moving_mean).astype(np.float64), _numpy(layer.moving_variance).astype(np.float64)
-    ratio = np.sqrt((var_p + epsilon) / (var_d + epsilon))
+    mean, variance = to_numpy(layer.moving_mean).astype(np.float64), to_numpy(layer.moving_variance).astype(np.float64)
+    ratio = np.sqrt(np.divide(var_p, var_d, out=np.ones_like(var_p), where=var_d > 0))
     layer.moving_mean.assign((mean_p - (mean_d - mean) * ratio).astype("float32"))
     layer.moving_variance.assign(np.maximum((variance + epsilon) * ratio**2 - epsilon, 0.0).astype("float32"))
 
 
 def _features(layer, x):
     """Rows of inputs the layer's kernel multiplies: (positions, kernel window x input channels)."""
-    if "Dense" in _class_names(layer):
+    if "Dense" in class_names(layer):
         return x.reshape(-1, x.shape[-1])
+    if all(k == 1 for k in layer.kernel_size) and all(s == 1 for s in layer.strides):
+        return x.reshape(-1, x.shape[-1])  # a 1x1 convolution is a Dense layer over positions
     import tensorflow as tf
 
     rank = len(layer.kernel_size)
@@ -252,12 +244,12 @@ def _refit(inner, mask, dense, x_dense, x_pruned):
     Ridge pulls towards the plain RGP weights, so that a poorly determined fit
     (few samples for many features) stays close to them.
     """
-    kernel = _numpy(inner.kernel)
+    kernel = to_numpy(inner.kernel)
     mask = np.ones(kernel.shape, bool) if mask is None else mask
     outputs = kernel.shape[-1]
-    dense_kernel = _numpy(dense.kernel).reshape(-1, outputs)
+    dense_kernel = to_numpy(dense.kernel).reshape(-1, outputs)
     use_bias = bool(getattr(inner, "use_bias", False))
-    dense_bias = _numpy(dense.bias) if use_bias else np.zeros(outputs, np.float32)
+    dense_bias = to_numpy(dense.bias) if use_bias else np.zeros(outputs, np.float32)
     features = dense_kernel.shape[0]
     fit, held_out = _Normal(features, outputs), _Normal(features, outputs)
     per_sample = math.prod(x_dense.shape[1:]) * math.prod(getattr(inner, "kernel_size", (1,)))
@@ -316,7 +308,7 @@ def _ridge_solve(sums, inputs, columns, ridge, start):
 
 def _current_bias(layer, outputs):
     if getattr(layer, "use_bias", False):
-        return _numpy(layer.bias).astype(np.float64)
+        return to_numpy(layer.bias).astype(np.float64)
     return np.zeros(outputs)
 
 
