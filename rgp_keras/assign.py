@@ -74,19 +74,30 @@ def _kernel_layout(layer):
     return None
 
 
-def _channelwise_ok(layer):
-    names = class_names(layer)
-    if not names & _CHANNELWISE or not _channels_last(layer):
-        return False
-    if "BatchNormalization" in names or "LayerNormalization" in names:
+def _kind(call, shapes):
+    """"kernel", "channelwise", "merge" or None (anything else: its tensors keep channel order)."""
+    layer = call.layer
+    if _kernel_layout(layer) and len(call.inputs) == 1 and len(call.outputs) == 1:
+        return "kernel"
+    # Only Keras layers count: a backend op such as keras.ops.add may carry a per-channel constant operand.
+    names = {cls.__name__ for cls in type(layer).__mro__ if "layers" in cls.__module__.split(".")}
+    rank = len(shapes[call.inputs[0]])
+    if names & _CHANNELWISE and len(call.inputs) == 1 and _channels_last(layer) and _acts_per_channel(layer, names, rank):
+        return "channelwise"
+    if names & _MERGES and len({shapes[key][-1] for key in (*call.inputs, *call.outputs)}) == 1:
+        return "merge"
+    return None
+
+
+def _acts_per_channel(layer, names, rank):
+    last = {-1, rank - 1}
+    if names & {"BatchNormalization", "LayerNormalization", "Softmax"}:
         axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
-        return list(axis) in ([-1], [len(layer.input.shape) - 1])
+        return len(axis) == 1 and axis[0] in last
     if names & {"DepthwiseConv1D", "DepthwiseConv2D"}:
         return layer.depth_multiplier == 1
-    if "Softmax" in names:
-        return layer.axis in (-1, len(layer.input.shape) - 1)
     if "PReLU" in names:
-        return not layer.shared_axes or len(layer.input.shape) - 1 not in [a % len(layer.input.shape) for a in layer.shared_axes]
+        return not any(axis % rank == rank - 1 for axis in (layer.shared_axes or ()))
     return True
 
 
@@ -95,7 +106,7 @@ def channel_spaces(graph):
 
     Returns `(spaces, members)`: the union-find and, per root, the calls of
     kernel layers writing it ("producers"), reading it ("consumers") and
-    channel-wise layers inside it.
+    channel-wise layers with weights inside it.
     """
     spaces = _Spaces()
     for key in graph.inputs:
@@ -105,32 +116,30 @@ def channel_spaces(graph):
     calls_of = {}
     for call in graph.calls:
         calls_of[id(call.layer)] = calls_of.get(id(call.layer), 0) + 1
+    members = {}
     for call in graph.calls:
+        kind = _kind(call, graph.shapes)
         if calls_of[id(call.layer)] > 1:
             for key in (*call.inputs, *call.outputs):
                 spaces.freeze(key, f"layer {call.layer.name} is called more than once")
-            continue
-        names = class_names(call.layer)
-        if _kernel_layout(call.layer) and len(call.inputs) == 1 and len(call.outputs) == 1:
-            spaces.find(call.inputs[0]), spaces.find(call.outputs[0])
-        elif names & _CHANNELWISE and len(call.inputs) == 1 and _channelwise_ok(call.layer):
-            for key in call.outputs:
-                spaces.union(call.inputs[0], key)
-        elif names & _MERGES and len({graph.shapes[key][-1] for key in (*call.inputs, *call.outputs)}) == 1:
+        elif kind == "kernel":
+            members.setdefault(call.inputs[0], _members())["consumers"].append(call)
+            members.setdefault(call.outputs[0], _members())["producers"].append(call)
+        elif kind in ("channelwise", "merge"):
             for key in (*call.inputs[1:], *call.outputs):
                 spaces.union(call.inputs[0], key)
+            if kind == "channelwise" and call.layer.weights:
+                members.setdefault(call.inputs[0], _members())["channelwise"].append(call)
         else:
-            kind = "a nested model" if hasattr(call.layer, "layers") else type(call.layer).__name__
+            what = "a nested model" if hasattr(call.layer, "layers") else type(call.layer).__name__
             for key in (*call.inputs, *call.outputs):
-                spaces.freeze(key, f"{kind} ({call.layer.name})")
-    members = {}
-    for call in graph.calls:
-        if _kernel_layout(call.layer) and len(call.inputs) == 1 and len(call.outputs) == 1:
-            members.setdefault(spaces.find(call.inputs[0]), _members())["consumers"].append(call)
-            members.setdefault(spaces.find(call.outputs[0]), _members())["producers"].append(call)
-        elif class_names(call.layer) & _CHANNELWISE and _channelwise_ok(call.layer) and call.layer.weights:
-            members.setdefault(spaces.find(call.inputs[0]), _members())["channelwise"].append(call)
-    return spaces, members
+                spaces.freeze(key, f"{what} ({call.layer.name})")
+    by_root = {}
+    for key, member in members.items():
+        merged = by_root.setdefault(spaces.find(key), _members())
+        for role, calls in member.items():
+            merged[role].extend(calls)
+    return spaces, by_root
 
 
 def _members():

@@ -120,3 +120,16 @@ def test_assignment_keeps_the_function_of_keras_applications(name):
 def _output_scale(model):
     x = np.random.default_rng(1).normal(size=(2, 64, 64, 3)).astype("float32")
     return max(1.0, float(np.max(np.abs(keras.ops.convert_to_numpy(model(x))))))
+
+
+def test_a_backend_op_with_a_per_channel_constant_keeps_channel_order():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(32, 3, padding="same")(inputs)
+    x = keras.layers.Conv2D(32, 3, padding="same")(x)
+    x = keras.ops.add(x, np.arange(32, dtype="float32"))  # a constant the permutation cannot reach
+    x = keras.layers.Conv2D(32, 3, padding="same")(x)
+    x = keras.layers.Conv2D(32, 3, padding="same")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
+    permuted, _, report = assigned(model, RegularGraph.random(16, 2, seed=0))
+    assert_same_function(model, permuted, (8, 8, 3))
+    assert any("Add" in r["kept_order"] for r in report.values())

@@ -58,7 +58,9 @@ def test_readme_quickstart_runs_as_written(tmp_path):
 
 def test_quickstart_example(tmp_path):
     stdout = run_example(ROOT / "examples" / "quickstart.py", "--train-samples", "4000", "--out", tmp_path / "q.tflite")
-    dense, pruned, litert = map(float, re.search(r"dense ([\d.]+), RGP ([\d.]+), RGP LiteRT ([\d.]+)", stdout).groups())
+    dense, one_shot, pruned, litert = map(float, re.search(
+        r"dense ([\d.]+), RGP one-shot ([\d.]+), RGP ([\d.]+), RGP LiteRT ([\d.]+)", stdout).groups())
+    assert one_shot > 0.3
     assert abs(pruned - litert) <= 0.002 and dense > 0.3  # far above chance (0.1) after 32 steps
 
 
