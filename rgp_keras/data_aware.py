@@ -14,6 +14,7 @@ from rgp_keras.reconstruct import input_channel_energy, reconstruct
 
 # Show a progress bar over layer calls when this many layers or more are masked.
 _PROGRESS_LAYERS = 16
+_ENERGY_SAMPLES = 128
 
 
 class Plan(NamedTuple):
@@ -37,7 +38,8 @@ def plan(model, graph, selected, self_loops, calibration_data, calibration_sampl
         raise ValueError("`calibration_samples` needs `calibration_data`.")
     weights, report = {}, {}
     if assign_channels:
-        energy = input_channel_energy(model, arrays, selected) if arrays is not None else None
+        # channel energies are means over samples and positions: a few hundred samples estimate them well
+        energy = input_channel_energy(model, [a[:_ENERGY_SAMPLES] for a in arrays], selected) if arrays is not None else None
         weights, report = assign.assign_channels(model, graph, selected, self_loops=self_loops, input_energy=energy)
     return Plan(arrays, weights, report, assign_channels, len(selected) >= _PROGRESS_LAYERS)
 

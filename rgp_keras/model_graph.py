@@ -66,21 +66,24 @@ def _flat_tensors(node, side):
     return list(tf.nest.flatten(node.keras_inputs if side == "input" else node.outputs))
 
 
-def run_call(call, values, layer=None, batch_size=64):
+def run_call(call, values, layer=None, batch_elements=1 << 26):
     """Outputs (numpy, one per output tensor) of `call` on `values` (tensor id -> numpy array of all samples).
 
     `layer` replaces the call's own layer (the same call in a paired model).
-    Runs in inference mode, `batch_size` samples at a time.
+    Runs in inference mode, as many samples at a time as fit in
+    `batch_elements` input values.
     """
     layer = call.layer if layer is None else layer
     samples = len(values[call.inputs[0]])
+    per_sample = sum(values[key][0].size for key in call.inputs)
+    batch_size = max(1, batch_elements // max(per_sample, 1))
     chunks = []
     for start in range(0, samples, batch_size):
         batch = {key: values[key][start : start + batch_size] for key in call.inputs}
         args, kwargs = _fill_in(call.node, batch)
         outputs = layer(*args, **kwargs)
         chunks.append([to_numpy(output) for output in _flatten(outputs)])
-    return [np.concatenate(parts) for parts in zip(*chunks)]
+    return [parts[0] if len(parts) == 1 else np.concatenate(parts) for parts in zip(*chunks)]
 
 
 def _fill_in(node, values):
@@ -105,7 +108,14 @@ def _flatten(outputs):
 
 
 def to_numpy(value):
-    """A numpy copy of a tensor or variable (Keras 3 or tf_keras), without numpy's `__array__` deprecation path."""
+    """A numpy array of a tensor or variable (Keras 3 or tf_keras).
+
+    Eager tensors are viewed without a copy (`.numpy()` copies, which costs
+    seconds on calibration-sized activations); variables are copied with
+    `.numpy()`, which avoids numpy 2's `__array__` deprecation path.
+    """
+    if type(value).__name__ == "EagerTensor":
+        return np.asarray(value)
     return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
 
 

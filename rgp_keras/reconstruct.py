@@ -52,7 +52,8 @@ def input_channel_energy(model, arrays, layer_ids):
     def visit(call, values, reference_call, reference_inputs, changed):
         if id(call.layer) in layer_ids:
             x = values[call.inputs[0]]
-            energy[id(call.layer)] = np.mean(np.square(x.reshape(-1, x.shape[-1]), dtype=np.float64), axis=0)
+            mean, variance = channel_moments(x)
+            energy[id(call.layer)] = variance + mean**2
 
     _walk(graph, None, arrays, visit)
     return energy
@@ -167,6 +168,18 @@ def _all_layers(model):
             yield from _all_layers(layer)
 
 
+def channel_moments(x, chunk=1 << 16):
+    """Per-channel (last axis) mean and variance in float64, a chunk of rows at a time (no float64 copy of `x`)."""
+    rows = x.reshape(-1, x.shape[-1])
+    total, squares = np.zeros(rows.shape[1]), np.zeros(rows.shape[1])
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk].astype(np.float64)
+        total += part.sum(axis=0)
+        squares += np.einsum("ij,ij->j", part, part)
+    mean = total / len(rows)
+    return mean, np.maximum(squares / len(rows) - mean**2, 0.0)
+
+
 def _reestimate(layer, x_pruned, x_dense):
     """Moving statistics that map the pruned input's calibration distribution onto the dense one's.
 
@@ -179,10 +192,8 @@ def _reestimate(layer, x_pruned, x_dense):
     they do for a trained model, these are the calibration statistics (m_p, s_p)
     themselves (up to BatchNorm's epsilon).
     """
-    axes = tuple(range(x_pruned.ndim - 1))
     epsilon = float(layer.epsilon)
-    mean_p, var_p = np.mean(x_pruned, axis=axes, dtype=np.float64), np.var(x_pruned, axis=axes, dtype=np.float64)
-    mean_d, var_d = np.mean(x_dense, axis=axes, dtype=np.float64), np.var(x_dense, axis=axes, dtype=np.float64)
+    (mean_p, var_p), (mean_d, var_d) = channel_moments(x_pruned), channel_moments(x_dense)
     mean, variance = to_numpy(layer.moving_mean).astype(np.float64), to_numpy(layer.moving_variance).astype(np.float64)
     ratio = np.sqrt(np.divide(var_p, var_d, out=np.ones_like(var_p), where=var_d > 0))
     layer.moving_mean.assign((mean_p - (mean_d - mean) * ratio).astype("float32"))
@@ -275,11 +286,11 @@ def _refit(inner, mask, dense, x_dense, x_pruned):
             inputs = np.append(inputs, features)
         few_samples |= total.rows < len(inputs)
         start = current[np.ix_(inputs, columns)]
-        trials = [(judge.error(w, inputs, columns), ridge, w)
-                  for ridge in (_RIDGE if held_out.rows else (_RIDGE[2],))
-                  for w in [_ridge_solve(fit if held_out.rows else total, inputs, columns, ridge, start)]]
-        best_error, ridge, _ = min(trials, key=lambda trial: trial[0])
         error_start = judge.error(start, inputs, columns)
+        ridges = _RIDGE if held_out.rows else (_RIDGE[2],)
+        trials = [(judge.error(w, inputs, columns), ridge) for ridge, w in _ridge_path(fit if held_out.rows else total,
+                                                                                        inputs, columns, ridges, start)]
+        best_error, ridge = min(trials)
         before += error_start
         if best_error < error_start:
             solution[np.ix_(inputs, columns)] = _ridge_solve(total, inputs, columns, ridge, start)
@@ -294,15 +305,33 @@ def _refit(inner, mask, dense, x_dense, x_pruned):
     return {"error_before": before / energy, "error_after": after / energy, "few_samples": few_samples}
 
 
-def _ridge_solve(sums, inputs, columns, ridge, start):
-    """argmin_w |X w - Y|^2 + lambda |w - start|^2, lambda = `ridge` x mean diagonal of X^T X."""
+def _ridge_path(sums, inputs, columns, ridges, start):
+    """[(ridge, argmin_w |X w - Y|^2 + lambda |w - start|^2)] for each ridge; lambda = ridge x mean diag of X^T X.
+
+    One eigendecomposition of X^T X serves every ridge strength.
+    """
     block = sums.gram[np.ix_(inputs, inputs)]
-    strength = ridge * max(float(np.mean(np.diag(block))), 1e-12)
-    block = block + strength * np.eye(len(inputs))
+    values, vectors = scipy.linalg.eigh(block)
+    values = np.maximum(values, 0.0)
+    scale = max(float(np.trace(block)) / len(inputs), 1e-12)
+    cross = vectors.T @ sums.cross[np.ix_(inputs, columns)]
+    start_rotated = vectors.T @ start
+    path = []
+    for ridge in ridges:
+        strength = ridge * scale
+        path.append((ridge, vectors @ ((cross + strength * start_rotated) / (values + strength)[:, None])))
+    return path
+
+
+def _ridge_solve(sums, inputs, columns, ridge, start):
+    """The solution of `_ridge_path` for one ridge strength, by Cholesky."""
+    block = sums.gram[np.ix_(inputs, inputs)]
+    strength = ridge * max(float(np.trace(block)) / len(inputs), 1e-12)
     right = sums.cross[np.ix_(inputs, columns)] + strength * start
+    block = block + strength * np.eye(len(inputs))
     try:
-        return scipy.linalg.solve(block, right, assume_a="pos")
-    except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
+        return scipy.linalg.cho_solve(scipy.linalg.cho_factor(block), right)
+    except scipy.linalg.LinAlgError:
         return scipy.linalg.lstsq(block, right)[0]
 
 
