@@ -279,7 +279,38 @@ def write(rows):
             cells.append(f"{np.median(times):.1f}" if times else "–")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    lines += _goals(rows)
     (RESULTS / "oneshot.md").write_text("\n".join(lines))
+
+
+# (model, sparsity, "one_shot"/"fine_tuned", compared with "dense"/"RGP plain", bound in points, text)
+GOALS = [
+    ("MLP", "0.875", "one_shot", "dense", -1.5, "MLP n = 64, k = 8, one-shot (assignment + reconstruction) within 1.5 points of dense"),
+    ("MLP", "0.9375", "one_shot", "dense", -3.5, "MLP k = 4 one-shot within 3.5 points of dense"),
+    ("MLP", "0.9375", "fine_tuned", "dense", -1.0, "MLP k = 4 after one epoch within 1.0 point of dense"),
+    ("CNN", "0.75", "one_shot", "dense", -5.0, "CNN n = 16, 75 %, one-shot within 5 points of dense"),
+    ("CNN", "0.75", "fine_tuned", "dense", -0.5, "CNN 75 % after one epoch within 0.5 point of dense"),
+    ("CNN", "0.875", "fine_tuned", "RGP plain", 1.5, "CNN 87.5 % after one epoch >= 1.5 points above plain RGP"),
+]
+
+
+def _goals(rows):
+    lines = ["## Goals (RGP + both against the reference, mean over seeds)", "",
+             "| goal | RGP + both | reference | difference (points) | met |", "|---|---|---|---|---|"]
+    for model, sparsity, column, reference, bound, text in GOALS:
+        chosen = [r for r in rows if r["model"] == model and r["sparsity"] == sparsity]
+        ours = [float(r[column]) for r in chosen if r["method"] == "RGP + both" and r[column] != ""]
+        if reference == "dense":
+            theirs = [float(r["dense"]) for r in chosen if r["method"] == "RGP + both"]
+        else:
+            theirs = [float(r[column]) for r in chosen if r["method"] == reference and r[column] != ""]
+        if not ours or not theirs:
+            continue
+        difference = 100 * (np.mean(ours) - np.mean(theirs))
+        met = difference >= bound
+        lines.append(f"| {text} | {100 * np.mean(ours):.2f} | {100 * np.mean(theirs):.2f} | {difference:+.2f} | "
+                     f"{'met' if met else 'not met'} |")
+    return lines + [""]
 
 
 def _stat(values):

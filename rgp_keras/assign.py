@@ -225,7 +225,9 @@ def assign_channels(model, graph, wrapped, *, self_loops=False, input_energy=Non
         if sum(kept().values()) <= previous * (1 + 1e-6):
             break
     after = kept()
-
+    improved = sum(after.values()) > total_before
+    if not improved:  # keep the channel order: nothing to gain
+        after = before
     report = {}
     for layer_id in importance:
         call = layer_calls[layer_id]
@@ -240,9 +242,7 @@ def assign_channels(model, graph, wrapped, *, self_loops=False, input_energy=Non
             "importance_after": after[layer_id] / total,
             "kept_order": "; ".join(reasons),
         }
-    if sum(after.values()) <= total_before:
-        return {}, report
-    return _permuted_weights(structure, spaces, members, slots), report
+    return (_permuted_weights(structure, spaces, members, slots) if improved else {}), report
 
 
 def _permuted_weights(structure, spaces, members, slots):

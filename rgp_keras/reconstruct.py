@@ -8,9 +8,10 @@ pre-activation outputs on the *dense* model's inputs (which also corrects the
 error accumulated upstream). Features are the input channels times the kernel
 window (conv patches); every output channel of a group reads the same kept
 inputs, so there is one solve per output group, and X^T X is accumulated over
-chunks: memory is bounded by the feature count, not by the data. Once a layer
-is refit, the BatchNormalization layers downstream of it get moving statistics
-measured on the calibration data.
+chunks: memory is bounded by the feature count, not by the data. Dense layers
+downstream of masked ones (the classifier) are refit the same way, and the
+BatchNormalization layers downstream get moving statistics, measured on the
+calibration data, under which their outputs keep the dense model's distribution.
 """
 
 import math
@@ -81,19 +82,22 @@ def reconstruct(reference, pruned, arrays, *, progress=False):
     report, few_samples = {}, []
     bar = _progress_bar(len(pruned_graph.calls)) if progress else None
 
+    def refit(layer, inner, mask, reference_call, x_dense, x_pruned):
+        report[id(layer)] = _refit(inner, mask, reference_call.layer, x_dense, x_pruned)
+        if report[id(layer)].pop("few_samples"):
+            few_samples.append(inner.name)
+
     def visit(call, pruned_values, reference_call, reference_inputs, changed):
         layer = call.layer
-        if is_rgp_wrapper(layer) or (changed and prunable_kernel(layer)[0] == "kernel" and not unsupported_reason(layer)):
-            inner, mask = (layer.layer, to_numpy(layer.mask).astype(bool)) if is_rgp_wrapper(layer) else (layer, None)
-            reason = unsupported_reason(inner)
+        inputs = (reference_call, reference_inputs[0], pruned_values[call.inputs[0]])
+        if is_rgp_wrapper(layer):
+            reason = unsupported_reason(layer.layer)
             if reason:
                 report[id(layer)] = {"reconstruction": f"not refit: {reason}"}
             else:
-                report[id(layer)] = _refit(
-                    inner, mask, reference_call.layer, reference_inputs[0], pruned_values[call.inputs[0]]
-                )
-                if report[id(layer)].pop("few_samples"):
-                    few_samples.append(inner.name)
+                refit(layer, layer.layer, to_numpy(layer.mask).astype(bool), *inputs)
+        elif changed and prunable_kernel(layer)[0] == "kernel" and not unsupported_reason(layer):
+            refit(layer, layer, None, *inputs)  # a dense layer downstream of masked ones
         elif hasattr(layer, "layers"):
             for inner in _all_layers(layer):
                 if is_rgp_wrapper(inner):
