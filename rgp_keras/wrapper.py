@@ -106,8 +106,11 @@ class RegularGraphPruning(keras.layers.Wrapper):
             (variable, self.masked_kernel() if variable is kernel else variable.value)
             for variable in self.layer.variables
         ]
-        with keras.StatelessScope(state_mapping=mapping):
-            return self.layer(inputs, *args, **kwargs)
+        with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+            outputs = self.layer(inputs, *args, **kwargs)
+        for loss in scope.losses:  # the inner layer's activity regularizer and add_loss calls
+            self.add_loss(loss)
+        return outputs
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)

@@ -395,3 +395,21 @@ def test_regular_graph_summaries_log_sparsity_and_graph_statistics(mlp_model, gr
     with pytest.raises(ValueError, match="needs a model pruned"):
         mlp_model.compile("adam", "mse")
         mlp_model.fit(x, np.zeros((32, 10)), epochs=1, verbose=0, callbacks=[rgp_keras.RegularGraphSummaries(tmp_path)])
+
+
+def test_the_wrapped_layers_losses_are_kept(graph16):
+    model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(64),
+                              keras.layers.Dense(64, activity_regularizer="l2", kernel_regularizer="l2"),
+                              keras.layers.Dense(4)])
+    x = np.random.default_rng(0).normal(size=(8, 32)).astype("float32")
+    model(x)
+    pruned = prune_regular_graph(model, graph=graph16, layers=[model.layers[1].name], assign_channels=False)
+    pruned(x)
+    assert len(pruned.losses) == len(model.losses) == 2
+    stripped = strip_pruning(pruned)  # the same masked kernel in a plain Dense: the same two penalties
+    stripped(x)
+    assert sorted(float(loss) for loss in pruned.losses) == pytest.approx(
+        sorted(float(loss) for loss in stripped.losses), rel=1e-5)
+    pruned.compile("sgd", "mse")
+    history = pruned.fit(x, np.zeros((8, 4)), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
