@@ -213,6 +213,7 @@ def compact_model(model, layout="auto", *, int8=False, threads=1):
         raise ValueError(f"`layout` must be one of {LAYOUTS}, got {layout!r}.")
     threads = check_int("threads", threads, minimum=1)
     compacted, not_compacted, folded = {}, {}, set()
+    tapped = _output_ids(model)
 
     def rewrite(layer):
         if id(layer) in folded:
@@ -228,7 +229,7 @@ def compact_model(model, layout="auto", *, int8=False, threads=1):
                 chosen = chosen if chosen in ratios else "gather"
                 if layout != "auto" or ratios[chosen] < _MAX_LATENCY_RATIO:
                     compacted[layer.name] = chosen
-                    norm = _batch_norm_after(layer)
+                    norm = _batch_norm_after(layer, tapped)
                     if norm is None:
                         return CompactKernel(layer, blocks, chosen)
                     folded.add(id(norm))
@@ -256,14 +257,26 @@ def _too_slow(layer, blocks, ratios, chosen, threads):
             f"({chosen} layout; {why})")
 
 
-def _batch_norm_after(layer):
+def _output_ids(model):
+    """ids of the output tensors of `model` and of every model nested in it."""
+    ids = {id(tensor) for tensor in keras.tree.flatten(model.outputs)}
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and getattr(layer, "outputs", None):
+            ids |= _output_ids(layer)
+    return ids
+
+
+def _batch_norm_after(layer, tapped):
     """The BatchNormalization (on the channel axis) that alone reads `layer`'s output, if any.
 
     The converter folds such a layer into a convolution it follows directly;
     after a compact kernel's partial sums it cannot, so `compact_model` folds
     it first (the scatter layout would otherwise pay a MUL and an ADD over
-    its output).
+    its output). An output that is also a model's output (`tapped`) is read
+    there too, so its BatchNormalization is not folded.
     """
+    if len(layer._inbound_nodes) != 1 or id(layer.output) in tapped:
+        return None
     nodes = layer._outbound_nodes
     norm = nodes[0].operation if len(nodes) == 1 else None
     if not isinstance(norm, keras.layers.BatchNormalization) or len(norm._inbound_nodes) != 1:

@@ -199,6 +199,25 @@ def test_batch_norm_after_a_compact_kernel_is_folded_into_it(layout, graph16):
                                atol=1e-4, rtol=1e-4)
 
 
+def test_batch_norm_is_not_folded_into_a_kernel_whose_output_is_also_a_model_output(graph16):
+    inputs = keras.Input((8, 8, 32))
+    x = layers.Conv2D(64, 3, padding="same", activation="relu")(inputs)
+    tapped = layers.Conv2D(64, 3, padding="same")(x)
+    normalised = layers.BatchNormalization()(tapped)
+    head = layers.Dense(3)(layers.GlobalAveragePooling2D()(layers.ReLU()(normalised)))
+    model = keras.Model(inputs, [tapped, head])
+    for weight in model.layers[3].weights:
+        weight.assign(np.random.default_rng(0).uniform(0.5, 1.5, weight.shape).astype("float32"))
+    pruned = prune_regular_graph(model, graph=graph16, layers=[model.layers[2].name])
+    stripped = strip_pruning(pruned)
+    compact, compacted, _ = compact_model(stripped, layout="scatter")
+    assert list(compacted) == [model.layers[2].name]
+    assert not any(isinstance(layer, FoldedAway) for layer in compact.layers)
+    x = np.random.default_rng(1).normal(size=(2, 8, 8, 32)).astype("float32")
+    for got, want in zip(compact(x), pruned(x)):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(want), atol=1e-4)
+
+
 def test_compact_model_rejects_an_unknown_layout(graph16):
     stripped = strip_pruning(prune_regular_graph(vgg((32, 48, 64)), graph=graph16))
     with pytest.raises(ValueError, match=r"`layout` must be one of \('auto', 'gather', 'scatter'\), got 'dense'"):
