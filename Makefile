@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test data bench-graph bench-export clean
+.PHONY: demo test data bench-graph bench-export bench-oneshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ bench-graph: $(STAMP)
 
 bench-export: $(STAMP) data
 	$(BIN)/python benchmarks/export_bench.py
+
+bench-oneshot: $(STAMP) data
+	$(BIN)/python benchmarks/oneshot.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo-output

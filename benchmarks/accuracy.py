@@ -98,7 +98,9 @@ def run_keras(method, spec, flow, sparsity, seed, pretrained, budget, data):
         model.set_weights(pretrained)
     callbacks = []
     if method in RGP_METHODS:
-        model = rgp_keras.prune_regular_graph(model, graph=graph_for(method, SPARSITIES[sparsity], seed))
+        # the paper's mask as it comes: graphs are compared, not data-aware steps
+        model = rgp_keras.prune_regular_graph(model, graph=graph_for(method, SPARSITIES[sparsity], seed),
+                                              assign_channels=False)
         if flow == "scratch":
             rgp_keras.reinitialize(model, seed=seed)
     elif method == "random unstructured":

@@ -53,7 +53,7 @@ def mlp(depth):
 def train(graph, depth, seed, epochs, data):
     (x_train, y_train), (x_test, y_test) = data
     keras.utils.set_random_seed(seed)
-    pruned = rgp_keras.prune_regular_graph(mlp(depth), graph=graph)
+    pruned = rgp_keras.prune_regular_graph(mlp(depth), graph=graph, assign_channels=False)  # trained from scratch
     rgp_keras.reinitialize(pruned, seed=seed)
     pruned.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                    metrics=["accuracy"])
