@@ -2,7 +2,7 @@
 
 Steps: load MNIST (installed by `make data`), train a small CNN (or reuse the
 one cached in demo-output/ from an earlier run), optimise a 32-node 4-regular
-graph for minimum ASPL, prune every middle layer to 87.5 % with 512 unlabelled
+graph for minimum ASPL, prune every middle layer to 87.5 % with 1,024 unlabelled
 calibration images (channel assignment + least-squares reconstruction: most of
 the accuracy is kept before any training), fine-tune with plain `model.fit`,
 export sparse and compact .tflite files, run them on the 10,000 test images
@@ -26,7 +26,7 @@ from rgp_keras.graph import RegularGraph, optimize
 from rgp_keras.plots import plot_aspl_history, plot_layer_sparsity
 
 NODES, DEGREE = 32, 4  # keep 4/32: 87.5 % of each pruned layer's weights removed
-CALIBRATION = 512  # unlabelled training images for data-aware pruning
+CALIBRATION = 1024  # unlabelled training images for data-aware pruning (>= the 785 weights per output group)
 
 
 def small_cnn():

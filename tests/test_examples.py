@@ -22,6 +22,9 @@ def test_demo_runs_end_to_end_and_litert_agrees_with_keras(tmp_path):
     litert_dense, litert_sparse, litert_compact = map(float, litert_row.groups())
     assert abs(litert_dense - dense) <= 0.1 and abs(litert_sparse - pruned) <= 0.1 and abs(litert_compact - pruned) <= 0.1
     assert "compacted    3 layers" in out.stdout
+    one_shot, blind = map(float, re.search(
+        r"one-shot, no training\s+([\d.]+) % .*plain RGP, no data: ([\d.]+) %", out.stdout).groups())
+    assert one_shot > max(50.0, blind + 20)  # calibration data keeps the trained model's accuracy before fine-tuning
     for name in ("dense.tflite", "sparse.tflite", "compact.tflite", "aspl_history.png", "layer_sparsity.png"):
         assert (tmp_path / name).stat().st_size > 0
 
