@@ -85,6 +85,12 @@ def prune_regular_graph(
     >>> [type(layer).__name__ for layer in pruned.layers]
     ['RegularGraphPruning', 'RegularGraphPruning', 'Dense']
     """
+    if calibration_data is not None and not isinstance(getattr(to_prune, "layers", None), list):
+        raise ValueError(
+            f"`calibration_data` needs a model, got the layer {getattr(to_prune, 'name', to_prune)!r}: reconstruction "
+            "refits masked layers to reproduce the dense model's outputs. Prune the model that holds the layer "
+            "(select it with `layers=`), or wrap the layer without calibration data."
+        )
     graph = resolve_graph(sparsity=sparsity, degree=degree, graph=graph, nodes=nodes, seed=seed)
     if is_tf_keras(to_prune):
         from rgp_keras import tfmot_adapter

@@ -81,6 +81,8 @@ def test_bad_data_leaves_the_model_untouched_and_builds_nothing(mlp_model, graph
         prune_regular_graph(mlp_model, graph=graph16, calibration_samples=10)
     with pytest.raises(TypeError, match="`assign_channels` must be True or False"):
         prune_regular_graph(mlp_model, graph=graph16, assign_channels="yes")
+    with pytest.raises(ValueError, match="`calibration_data` needs a model, got the layer .*select it with `layers=`"):
+        prune_regular_graph(mlp_model.layers[1], graph=graph16, calibration_data=np.ones((8, 128)))
     assert all(np.array_equal(a, b) for a, b in zip(before, mlp_model.get_weights()))
 
 
