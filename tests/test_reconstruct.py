@@ -132,3 +132,21 @@ def test_data_aware_pruning_is_deterministic():
     first, second = (prune_regular_graph(model, degree=4, nodes=16, seed=0, calibration_data=calibration)
                      for _ in range(2))
     assert all(np.array_equal(a, b) for a, b in zip(first.get_weights(), second.get_weights()))
+
+
+def test_layers_inside_a_nested_model_are_masked_and_the_summary_says_they_were_not_refit():
+    keras.utils.set_random_seed(0)
+    block = keras.Sequential([keras.Input((32,)), keras.layers.Dense(32, activation="relu"),
+                              keras.layers.Dense(32, activation="relu")], name="block")
+    inputs = keras.Input((16,))
+    x = keras.layers.Dense(32, activation="relu")(inputs)
+    x = keras.layers.Dense(32, activation="relu")(block(x))
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    pruned = prune_regular_graph(model, degree=4, nodes=16, seed=0,
+                                 calibration_data=np.random.default_rng(0).normal(size=(256, 16)))
+    rows = {row["name"]: row for row in pruning_summary(pruned)}
+    inner = [rows[layer.name] for layer in block.layers]
+    assert all(row["graph"] == "16/4" for row in inner)
+    assert all(row["data_aware"]["reconstruction"] == "not refit: inside nested model 'block'" for row in inner)
+    assert all(row["data_aware"]["kept_order"] == "inside a nested model" for row in inner)
+    assert "error_after" in rows[model.layers[3].name]["data_aware"]  # the Dense after the block is refit
