@@ -36,7 +36,7 @@ import numpy as np
 import rgp_keras
 from _architectures import ARCHITECTURES, build
 from rgp_keras.graph import RegularGraph, optimize
-from rgp_keras.plots import _pyplot
+from rgp_keras.plots import new_figure
 
 RESULTS = Path(__file__).parent / "results"
 NODES = 64
@@ -249,9 +249,9 @@ def write(rows, profile, elapsed):
 
 
 def plot(rows):
-    plt = _pyplot()
     blocks = list(dict.fromkeys((r["model"], r["flow"]) for r in rows))
-    figure, axes = plt.subplots(1, len(blocks), figsize=(5 * len(blocks), 4), squeeze=False)
+    figure = new_figure(figsize=(5 * len(blocks), 4))
+    axes = figure.subplots(1, len(blocks), squeeze=False)
     for axis, (model, flow) in zip(axes[0], blocks):
         for method in METHODS:
             means = [100 * np.mean([r["accuracy"] for r in rows if (r["model"], r["flow"], r["method"], r["sparsity"])
@@ -263,7 +263,6 @@ def plot(rows):
     axes[0][0].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(RESULTS / "accuracy.png", dpi=120)
-    plt.close(figure)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from scipy import stats
 
 import rgp_keras
 from rgp_keras.graph import RegularGraph, optimize
-from rgp_keras.plots import _pyplot
+from rgp_keras.plots import new_figure
 
 RESULTS = Path(__file__).parent / "results"
 NODES, DEGREE, WIDTH = 64, 4, 64
@@ -113,15 +113,14 @@ def write(rows, rho, p_value, args, elapsed):
         "",
     ]
     (RESULTS / "aspl_correlation.md").write_text("\n".join(text))
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure = new_figure(figsize=(6, 4))
+    axes = figure.subplots()
     axes.scatter([r["aspl"] for r in rows], [100 * r["accuracy"] for r in rows], alpha=0.7)
     axes.set_xlabel(f"ASPL of the {DEGREE}-regular graph on {NODES} nodes")
     axes.set_ylabel("test accuracy (%)")
     axes.set_title(f"MNIST, MLP {args.depth} x {WIDTH}: Spearman rho = {rho:.2f} (p = {p_value:.1g})")
     figure.tight_layout()
     figure.savefig(RESULTS / "aspl_correlation.png", dpi=120)
-    plt.close(figure)
     print("\n".join(text))
 
 

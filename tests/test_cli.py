@@ -220,3 +220,16 @@ def test_plot_bad_input(tmp_path, pruned_file, capsys, argv, message):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
+    script = (
+        "import matplotlib; matplotlib.use('svg')\n"
+        "from rgp_keras.graph import RegularGraph\n"
+        "from rgp_keras.plots import plot_adjacency\n"
+        f"plot_adjacency(RegularGraph.ring_lattice(8, 2), {str(tmp_path / 'a.png')!r})\n"
+        "print(matplotlib.get_backend())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "svg" and (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
