@@ -35,6 +35,7 @@ import keras
 import numpy as np
 
 from rgp_keras._checks import check_int
+from rgp_keras._files import normal_file_mode
 from rgp_keras.masks import PRUNABLE, channel_groups, prunable_kernel
 from rgp_keras.prune import _clone_layer, _clone_model, _leaves, _paired_leaves, _reject_other_keras, strip_pruning
 from rgp_keras.summary import pruning_summary
@@ -650,6 +651,7 @@ def _write_atomically(model, path, options):
     os.close(handle)
     try:
         model.export(partial, format="litert", verbose=False, **options)
+        os.chmod(partial, normal_file_mode())
         os.replace(partial, path)
     finally:
         if os.path.exists(partial):

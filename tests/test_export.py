@@ -308,3 +308,13 @@ def test_failed_conversion_keeps_an_existing_file(graph16, tmp_path, monkeypatch
     with pytest.raises(RuntimeError, match="converter crashed"):
         export_tflite(pruned, target)
     assert target.read_bytes() == b"previous export" and os.listdir(tmp_path) == ["m.tflite"]
+
+
+def test_exported_files_get_the_umask_mode(graph16, tmp_path):
+    model = keras.Sequential([keras.Input((32,)), layers.Dense(32), layers.Dense(32), layers.Dense(4)])
+    previous = os.umask(0o022)
+    try:
+        export_tflite(prune_regular_graph(model, graph=graph16), tmp_path / "m.tflite")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "m.tflite").stat().st_mode & 0o777 == 0o644

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -442,3 +443,12 @@ def test_importing_the_graph_engine_does_not_import_tensorflow():
     code = "import sys, rgp_keras, rgp_keras.graph; print(any(m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras', 'numba') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_saved_graph_files_get_the_umask_mode(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        RegularGraph.ring_lattice(8, 2).save(tmp_path / "g.npz")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "g.npz").stat().st_mode & 0o777 == 0o644

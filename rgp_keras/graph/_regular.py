@@ -13,6 +13,7 @@ import igraph
 import numpy as np
 
 from rgp_keras._checks import check_fraction, check_int
+from rgp_keras._files import normal_file_mode
 from rgp_keras.graph._bfs import distance_stats
 
 FORMAT_NAME = "rgp_keras.RegularGraph"
@@ -281,6 +282,7 @@ class RegularGraph:
         try:
             with os.fdopen(handle, "wb") as stream:
                 stream.write(buffer.getvalue())
+            os.chmod(temporary, normal_file_mode())
             os.replace(temporary, path)
         except BaseException:
             os.unlink(temporary)
