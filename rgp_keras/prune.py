@@ -291,7 +291,8 @@ def skip_reason(layer, graph):
         return None
     channels = kernel_channels(getattr(layer, attribute).shape, reason)
     if min(channels) < graph.nodes:
-        too_few = [f"{count} {side} channels" for side, count in zip(("input", "output"), channels) if count < graph.nodes]
+        too_few = [f"{count} {side} channel{'' if count == 1 else 's'}"
+                   for side, count in zip(("input", "output"), channels) if count < graph.nodes]
         return f"{' and '.join(too_few)}: fewer than the graph's {graph.nodes} nodes"
     return None
 
