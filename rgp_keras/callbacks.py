@@ -3,7 +3,8 @@
 import keras
 import numpy as np
 
-from rgp_keras.prune import _leaves, is_rgp_wrapper
+from rgp_keras.model_graph import is_rgp_wrapper
+from rgp_keras.prune import _leaves
 
 
 class RegularGraphSummaries(keras.callbacks.Callback):

@@ -10,7 +10,6 @@ from rgp_keras import data_aware
 from rgp_keras._checks import check_int
 from rgp_keras.graph import RegularGraph, degree_for_sparsity, optimize
 from rgp_keras.masks import kernel_channels, prunable_kernel
-from rgp_keras.model_graph import is_rgp_wrapper  # noqa: F401  (part of the model-walking interface)
 from rgp_keras.wrapper import INITIALIZER_OF, RegularGraphPruning
 
 

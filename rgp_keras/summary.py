@@ -5,7 +5,8 @@ import math
 from keras import ops
 
 from rgp_keras.masks import prunable_kernel
-from rgp_keras.prune import _leaves, is_rgp_wrapper, skip_reason
+from rgp_keras.model_graph import is_rgp_wrapper
+from rgp_keras.prune import _leaves, skip_reason
 
 
 class PruningSummary(list):
