@@ -70,8 +70,8 @@ def prune_regular_graph(
             (default: all of an array; datasets and generators are read until
             exhausted or 2048 samples).
         assign_channels: permute hidden channels to keep the most important
-            weights (|w|, times input activation RMS with calibration data).
-            False keeps the channel order.
+            weights (importance w^2, times the input channel's mean square
+            with calibration data). False keeps the channel order.
 
     Exactly one of `sparsity`, `degree`, `graph` must be given. Without `graph`,
     a random regular graph is generated and optimised for minimum ASPL.
