@@ -249,6 +249,19 @@ def _check_model(model, pruned_ok=False):
             f"Model {model.name!r} is not built: give it a `keras.Input(shape)` or call "
             "`model.build(input_shape)` before pruning, so that kernel shapes are known."
         )
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            # clone_model re-creates nested Sequential/functional models layer by layer, but a subclassed one
+            # only through its config: its weights and masks would be lost without a word.
+            if not isinstance(layer, (keras.Sequential, Functional)):
+                raise TypeError(
+                    f"Model {model.name!r} contains the subclassed model {layer.name!r} "
+                    f"({type(layer).__name__}), which cannot be cloned layer by layer, so its layers cannot be "
+                    "pruned or copied safely. Rebuild that block as a Sequential or functional model, or wrap its "
+                    "layers in its __init__: `self.conv = rgp_keras.prune_regular_graph(keras.layers.Conv2D(...), "
+                    "degree=8)`."
+                )
+            _check_model(layer, pruned_ok=True)
     wrapped = [layer.name for layer in _leaves(model) if isinstance(layer, RegularGraphPruning)]
     if wrapped and not pruned_ok:
         raise ValueError(

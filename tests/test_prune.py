@@ -413,3 +413,22 @@ def test_the_wrapped_layers_losses_are_kept(graph16):
     pruned.compile("sgd", "mse")
     history = pruned.fit(x, np.zeros((8, 4)), epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
+
+
+def test_a_subclassed_model_nested_in_a_functional_one_is_refused_by_name(graph16):
+    class Block(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.first, self.second = keras.layers.Dense(64), keras.layers.Dense(64)
+
+        def call(self, inputs):
+            return self.second(self.first(inputs))
+
+    inputs = keras.Input((32,))
+    hidden = keras.layers.Dense(64)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(4)(Block(name="block")(hidden)))
+    before = weights_of(model)
+    for call in (lambda: prune_regular_graph(model, graph=graph16), lambda: strip_pruning(model)):
+        with pytest.raises(TypeError, match="contains the subclassed model 'block' \\(Block\\).*Rebuild that block"):
+            call()
+    assert all(np.array_equal(a, b) for a, b in zip(before, weights_of(model)))
