@@ -22,7 +22,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from rgp_keras.masks import channel_groups, group_mask, prunable_kernel
-from rgp_keras.model_graph import class_names, model_graph, to_numpy
+from rgp_keras.model_graph import class_names, model_graph, to_numpy, variable_index
 
 # Layers that act on each channel on its own (same channel count in and out, channels last).
 _CHANNELWISE = {
@@ -203,10 +203,9 @@ def assign_channels(model, graph, wrapped, *, self_loops=False, input_energy=Non
             for call in [layer_calls[layer_id]]
         }
 
-    before = kept()
-    total_before = sum(before.values())
+    before = after = kept()
+    total_before = total = sum(before.values())
     for _ in range(rounds):
-        previous = sum(kept().values())
         for root in slots:
             member = members[root]
             channels = len(slots[root])
@@ -222,24 +221,25 @@ def assign_channels(model, graph, wrapped, *, self_loops=False, input_energy=Non
             cost = score[:, channel_groups(channels, nodes)]
             rows, columns = linear_sum_assignment(cost, maximize=True)
             slots[root] = columns[np.argsort(rows)]
-        if sum(kept().values()) <= previous * (1 + 1e-6):
+        after = kept()
+        previous, total = total, sum(after.values())
+        if total <= previous * (1 + 1e-6):
             break
-    after = kept()
-    improved = sum(after.values()) > total_before
+    improved = total > total_before
     if not improved:  # keep the channel order: nothing to gain
         after = before
     report = {}
     for layer_id in importance:
         call = layer_calls[layer_id]
-        total = float(importance[layer_id].sum()) or 1.0
+        whole = float(importance[layer_id].sum()) or 1.0
         reasons = [
             f"{side} channels keep their order: {spaces.frozen[spaces.find(key)]}"
             for side, key in (("input", call.inputs[0]), ("output", call.outputs[0]))
             if spaces.frozen.get(spaces.find(key))
         ]
         report[layer_id] = {
-            "importance_before": before[layer_id] / total,
-            "importance_after": after[layer_id] / total,
+            "importance_before": before[layer_id] / whole,
+            "importance_after": after[layer_id] / whole,
             "kept_order": "; ".join(reasons),
         }
     return (_permuted_weights(structure, spaces, members, slots) if improved else {}), report
@@ -250,7 +250,7 @@ def _permuted_weights(structure, spaces, members, slots):
 
     def current(layer):
         if id(layer) not in weights:
-            weights[id(layer)] = [to_numpy(w) for w in layer.get_weights()] if hasattr(layer, "get_weights") else []
+            weights[id(layer)] = layer.get_weights()
         return weights[id(layer)]
 
     for root, slot in slots.items():
@@ -260,14 +260,14 @@ def _permuted_weights(structure, spaces, members, slots):
         member = members[root]
         for call in member["producers"]:
             values = current(call.layer)
-            kernel_index = _index_of(call.layer, call.layer.kernel)
+            kernel_index = variable_index(call.layer, call.layer.kernel)
             values[kernel_index] = values[kernel_index][..., order]
             if getattr(call.layer, "use_bias", False):
-                bias_index = _index_of(call.layer, call.layer.bias)
+                bias_index = variable_index(call.layer, call.layer.bias)
                 values[bias_index] = values[bias_index][order]
         for call in member["consumers"]:
             values = current(call.layer)
-            kernel_index = _index_of(call.layer, call.layer.kernel)
+            kernel_index = variable_index(call.layer, call.layer.kernel)
             values[kernel_index] = np.take(values[kernel_index], order, axis=-2)
         for call in member["channelwise"]:
             values = current(call.layer)
@@ -278,7 +278,3 @@ def _permuted_weights(structure, spaces, members, slots):
                 else:
                     values[i] = np.take(value, order, axis=-1)
     return weights
-
-
-def _index_of(layer, variable):
-    return next(i for i, weight in enumerate(layer.weights) if weight is variable)

@@ -3,8 +3,7 @@
 import keras
 import numpy as np
 
-from rgp_keras.model_graph import is_rgp_wrapper
-from rgp_keras.prune import _leaves
+from rgp_keras.model_graph import is_rgp_wrapper, leaves
 
 
 class RegularGraphSummaries(keras.callbacks.Callback):
@@ -54,7 +53,7 @@ class RegularGraphSummaries(keras.callbacks.Callback):
             self._writer.close()
 
     def _wrappers(self):
-        return [layer for layer in _leaves(self.model) if is_rgp_wrapper(layer)]
+        return [layer for layer in leaves(self.model) if is_rgp_wrapper(layer)]
 
 
 __all__ = ["RegularGraphSummaries"]

@@ -37,7 +37,8 @@ import numpy as np
 from rgp_keras._checks import check_int
 from rgp_keras._files import normal_file_mode
 from rgp_keras.masks import PRUNABLE, channel_groups, prunable_kernel
-from rgp_keras.prune import _clone_layer, _clone_model, _leaves, _paired_leaves, _reject_other_keras, strip_pruning
+from rgp_keras.model_graph import leaves
+from rgp_keras.prune import _clone_layer, _clone_model, _paired_leaves, _reject_other_keras, strip_pruning
 from rgp_keras.summary import pruning_summary
 from rgp_keras.wrapper import RegularGraphPruning
 
@@ -160,7 +161,7 @@ def export_tflite(
     samples = _calibration_samples(model, quantize, representative_data)
     path = _writable_path(path)
 
-    stripped = strip_pruning(model) if any(isinstance(layer, RegularGraphPruning) for layer in _leaves(model)) else model
+    stripped = strip_pruning(model) if any(isinstance(layer, RegularGraphPruning) for layer in leaves(model)) else model
     exported, compacted, not_compacted = stripped, {}, {}
     if compact:
         exported, compacted, not_compacted = compact_model(
@@ -641,7 +642,7 @@ def _converter_options(model, quantize, samples):
 def _unsafe_sparse_dense_layers(model):
     return [
         layer.name
-        for layer in _leaves(model)
+        for layer in leaves(model)
         if _class_name(layer) == "Dense" and layer.kernel.shape[0] % 4 and _has_zeros(layer)
     ]
 

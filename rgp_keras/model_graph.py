@@ -124,6 +124,24 @@ def class_names(layer):
     return {cls.__name__ for cls in type(layer).__mro__}
 
 
+def leaves(model):
+    """Layers in model order, descending into nested models; wrappers count as leaves.
+
+    Nested models are recognised by their `layers` list, so Keras 3 and
+    tf_keras models are walked alike.
+    """
+    for layer in model.layers:
+        if isinstance(getattr(layer, "layers", None), list):
+            yield from leaves(layer)
+        else:
+            yield layer
+
+
+def variable_index(layer, variable):
+    """Position of `variable` in `layer.weights` (the order of `get_weights`/`set_weights`)."""
+    return next(i for i, weight in enumerate(layer.weights) if weight is variable)
+
+
 def is_rgp_wrapper(layer):
     """Whether `layer` is an RGP wrapper: Keras 3 `RegularGraphPruning` or the tf_keras `PruneRegularGraph`."""
     return hasattr(layer, "masked_kernel") and hasattr(layer, "graph")

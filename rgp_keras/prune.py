@@ -10,6 +10,7 @@ from rgp_keras import data_aware
 from rgp_keras._checks import check_int
 from rgp_keras.graph import RegularGraph, degree_for_sparsity, optimize
 from rgp_keras.masks import kernel_channels, prunable_kernel
+from rgp_keras.model_graph import leaves, variable_index
 from rgp_keras.wrapper import INITIALIZER_OF, RegularGraphPruning
 
 
@@ -168,7 +169,7 @@ def strip_pruning(model):
     for original, new in _paired_leaves(model, stripped):
         if isinstance(original, RegularGraphPruning):
             weights = original.layer.get_weights()
-            weights[_variable_index(original.layer, original.kernel)] = keras.ops.convert_to_numpy(
+            weights[variable_index(original.layer, original.kernel)] = keras.ops.convert_to_numpy(
                 original.masked_kernel()
             )
         else:
@@ -187,7 +188,7 @@ def reinitialize(model, seed=None):
     """
     _reject_other_keras(model, "reinitialize")
     seed = None if seed is None else check_int("seed", seed, minimum=0)
-    wrappers = [layer for layer in _leaves(model) if isinstance(layer, RegularGraphPruning)]
+    wrappers = [layer for layer in leaves(model) if isinstance(layer, RegularGraphPruning)]
     if not wrappers:
         raise ValueError("`model` has no RegularGraphPruning layers to re-initialise; prune it first.")
     for index, wrapper in enumerate(wrappers):
@@ -262,25 +263,12 @@ def _check_model(model, pruned_ok=False):
                     "degree=8)`."
                 )
             _check_model(layer, pruned_ok=True)
-    wrapped = [layer.name for layer in _leaves(model) if isinstance(layer, RegularGraphPruning)]
+    wrapped = [layer.name for layer in leaves(model) if isinstance(layer, RegularGraphPruning)]
     if wrapped and not pruned_ok:
         raise ValueError(
             f"Model {model.name!r} is already pruned by rgp_keras (layers {wrapped[:3]}); "
             "prune the original model, or strip this one first with rgp_keras.strip_pruning."
         )
-
-
-def _leaves(model):
-    """Layers in model order, descending into nested models; wrappers count as leaves.
-
-    Nested models are recognised by their `layers` list, so Keras 3 and
-    tf_keras models are walked alike.
-    """
-    for layer in model.layers:
-        if isinstance(getattr(layer, "layers", None), list):
-            yield from _leaves(layer)
-        else:
-            yield layer
 
 
 def _matches(layer, selectors):
@@ -314,9 +302,9 @@ def _select(model, graph, layers, skip_first, skip_last, reason_of=skip_reason):
 
     `reason_of(layer, graph)` says why a layer cannot be masked (None: it can).
     """
-    leaves = list(_leaves(model))
+    walked = list(leaves(model))
     if layers is None:
-        candidates = [layer for layer in leaves if reason_of(layer, None) is None]
+        candidates = [layer for layer in walked if reason_of(layer, None) is None]
         skipped = set()
         if candidates and skip_first:
             skipped.add(id(candidates[0]))
@@ -325,12 +313,12 @@ def _select(model, graph, layers, skip_first, skip_last, reason_of=skip_reason):
         chosen = [layer for layer in candidates if id(layer) not in skipped and reason_of(layer, graph) is None]
     else:
         selectors = layers if isinstance(layers, (list, tuple, set)) else [layers]
-        names = {layer.name for layer in leaves}
+        names = {layer.name for layer in walked}
         unknown = [s for s in selectors if isinstance(s, str) and s not in names]
         if unknown:
             raise ValueError(f"No layer named {unknown} in model {model.name!r}; its layers are {sorted(names)}.")
         chosen = []
-        for layer in leaves:
+        for layer in walked:
             if not _matches(layer, selectors):
                 continue
             reason = reason_of(layer, graph)
@@ -340,7 +328,7 @@ def _select(model, graph, layers, skip_first, skip_last, reason_of=skip_reason):
                 raise ValueError(f"Layer {layer.name!r} cannot be pruned by RGP: {reason}.")
     if not chosen:
         widest = max(
-            (min(kernel_channels(getattr(l, a).shape, lay)) for l in leaves for a, lay in [prunable_kernel(l)] if a),
+            (min(kernel_channels(getattr(l, a).shape, lay)) for l in walked for a, lay in [prunable_kernel(l)] if a),
             default=0,
         )
         raise ValueError(
@@ -369,10 +357,6 @@ def _clone_model(model, clone_function):
 
 
 def _paired_leaves(original, clone):
-    originals, clones = list(_leaves(original)), list(_leaves(clone))
+    originals, clones = list(leaves(original)), list(leaves(clone))
     assert len(originals) == len(clones), "clone_model changed the layer structure"
     return zip(originals, clones)
-
-
-def _variable_index(layer, variable):
-    return next(i for i, weight in enumerate(layer.weights) if weight is variable)

@@ -21,7 +21,7 @@ import numpy as np
 import scipy.linalg
 
 from rgp_keras.masks import prunable_kernel
-from rgp_keras.model_graph import class_names, consumers, is_rgp_wrapper, model_graph, run_call, to_numpy
+from rgp_keras.model_graph import class_names, consumers, is_rgp_wrapper, leaves, model_graph, run_call, to_numpy
 
 # Rows x features per chunk of the X^T X accumulation (~64 MB of float32 features).
 _CHUNK_ELEMENTS = 1 << 24
@@ -99,7 +99,7 @@ def reconstruct(reference, pruned, arrays, *, progress=False):
         elif changed and prunable_kernel(layer)[0] == "kernel" and not unsupported_reason(layer):
             refit(layer, layer, None, *inputs)  # a dense layer downstream of masked ones
         elif hasattr(layer, "layers"):
-            for inner in _all_layers(layer):
+            for inner in leaves(layer):
                 if is_rgp_wrapper(inner):
                     report[id(inner)] = {"reconstruction": f"not refit: inside nested model {layer.name!r}"}
         elif changed and "BatchNormalization" in class_names(layer):
@@ -124,8 +124,9 @@ def _walk(graph, reference_graph, arrays, visit):
     `visit(call, values, reference_call, reference_inputs, changed)` sees the
     values of `graph`'s tensors and, with a reference, the paired call, its
     inputs and whether this call's inputs differ from them; it may change the
-    call's layer, which then runs. Calls whose inputs equal the reference's and
-    whose layer has not been changed reuse the reference's outputs.
+    call's layer, which then runs. `visit` changes layers only where inputs
+    differ, so a call whose inputs equal the reference's reuses the reference's
+    outputs unless it is a wrapper (or a nested model, which may hold some).
     """
     values = dict(zip(graph.inputs, arrays))
     reference_values = dict(zip(reference_graph.inputs, arrays)) if reference_graph else None
@@ -142,7 +143,8 @@ def _walk(graph, reference_graph, arrays, visit):
             reference_outputs = run_call(reference_call, reference_values)
             for key, value in zip(reference_call.outputs, reference_outputs):
                 reference_values[key] = value
-            unchanged = all(key in same for key in call.inputs) and _same_weights(call.layer, reference_call.layer)
+            unchanged = all(key in same for key in call.inputs) and not (
+                is_rgp_wrapper(call.layer) or hasattr(call.layer, "layers"))
             outputs = reference_outputs if unchanged else run_call(call, values)
             if unchanged:
                 same.update(call.outputs)
@@ -151,25 +153,11 @@ def _walk(graph, reference_graph, arrays, visit):
         _release(values, call.inputs, remaining)
 
 
-def _same_weights(layer, reference):
-    if is_rgp_wrapper(layer) or hasattr(layer, "layers"):
-        return False
-    mine, theirs = layer.get_weights(), reference.get_weights()
-    return len(mine) == len(theirs) and all(np.array_equal(a, b) for a, b in zip(mine, theirs))
-
-
 def _release(values, keys, remaining):
     for key in keys:
         remaining[key] -= 1
         if remaining[key] == 0:
             values.pop(key, None)
-
-
-def _all_layers(model):
-    for layer in model.layers:
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from _all_layers(layer)
 
 
 def channel_moments(x, chunk=1 << 16):
@@ -317,12 +305,11 @@ def _ridge_path(sums, inputs, columns, ridges, start):
     block = sums.gram[np.ix_(inputs, inputs)]
     values, vectors = scipy.linalg.eigh(block)
     values = np.maximum(values, 0.0)
-    scale = max(float(np.trace(block)) / len(inputs), 1e-12)
     cross = vectors.T @ sums.cross[np.ix_(inputs, columns)]
     start_rotated = vectors.T @ start
     path = []
     for ridge in ridges:
-        strength = ridge * scale
+        strength = _strength(block, ridge)
         path.append((ridge, vectors @ ((cross + strength * start_rotated) / (values + strength)[:, None])))
     return path
 
@@ -330,13 +317,18 @@ def _ridge_path(sums, inputs, columns, ridges, start):
 def _ridge_solve(sums, inputs, columns, ridge, start):
     """The solution of `_ridge_path` for one ridge strength, by Cholesky."""
     block = sums.gram[np.ix_(inputs, inputs)]
-    strength = ridge * max(float(np.trace(block)) / len(inputs), 1e-12)
+    strength = _strength(block, ridge)
     right = sums.cross[np.ix_(inputs, columns)] + strength * start
     block = block + strength * np.eye(len(inputs))
     try:
         return scipy.linalg.cho_solve(scipy.linalg.cho_factor(block), right)
     except scipy.linalg.LinAlgError:
         return scipy.linalg.lstsq(block, right)[0]
+
+
+def _strength(block, ridge):
+    """lambda: `ridge` times the mean diagonal of X^T X."""
+    return ridge * max(float(np.trace(block)) / len(block), 1e-12)
 
 
 def _current_bias(layer, outputs):

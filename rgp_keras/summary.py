@@ -5,8 +5,8 @@ import math
 from keras import ops
 
 from rgp_keras.masks import prunable_kernel
-from rgp_keras.model_graph import is_rgp_wrapper
-from rgp_keras.prune import _leaves, skip_reason
+from rgp_keras.model_graph import is_rgp_wrapper, leaves
+from rgp_keras.prune import skip_reason
 
 
 class PruningSummary(list):
@@ -74,12 +74,12 @@ def pruning_summary(model):
     >>> summary[1]["graph"], summary[1]["kept_params"]
     ('16/4', 1088)
     """
-    leaves = [layer for layer in _leaves(model) if layer.count_params() > 0]
-    wrappers = [layer for layer in leaves if is_rgp_wrapper(layer)]
+    counted = [layer for layer in leaves(model) if layer.count_params() > 0]
+    wrappers = [layer for layer in counted if is_rgp_wrapper(layer)]
     graph = wrappers[0].graph if wrappers else None
-    prunable = [layer for layer in leaves if is_rgp_wrapper(layer) or prunable_kernel(layer)[0]]
+    prunable = [layer for layer in counted if is_rgp_wrapper(layer) or prunable_kernel(layer)[0]]
     rows = PruningSummary()
-    for layer in leaves:
+    for layer in counted:
         inner = layer.layer if is_rgp_wrapper(layer) else layer
         params = inner.count_params()
         macs, kernel_macs = _macs(layer, inner)

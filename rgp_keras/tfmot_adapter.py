@@ -18,7 +18,8 @@ import numpy as np
 
 from rgp_keras import data_aware
 from rgp_keras.masks import kernel_mask, prunable_kernel
-from rgp_keras.prune import _leaves, _paired_leaves, _select, skip_reason
+from rgp_keras.model_graph import leaves
+from rgp_keras.prune import _paired_leaves, _select, skip_reason
 
 _INSTALL = "pip install 'tensorflow-model-optimization==0.8.1' 'tf_keras~=2.21.0'"
 
@@ -148,8 +149,8 @@ def prune_regular_graph(
             raise ValueError(f"Layer {to_prune.name!r} cannot be pruned by RGP: {reason}.")
         return PruneRegularGraph(to_prune, graph, self_loops=self_loops)
     _check_model(to_prune, tf_keras)
-    leaves = list(_leaves(to_prune))
-    if layers is None and not any(_reason(layer, None) is None for layer in leaves) and any(map(_is_tfmot_wrapper, leaves)):
+    walked = list(leaves(to_prune))
+    if layers is None and not any(_reason(layer, None) is None for layer in walked) and any(map(_is_tfmot_wrapper, walked)):
         raise ValueError(
             f"Model {to_prune.name!r} is already pruned by TF-MOT's prune_low_magnitude on every prunable "
             "layer; apply RGP to the original model, or strip it first (tfmot.sparsity.keras.strip_pruning)."

@@ -7,23 +7,17 @@ import pytest
 from rgp_keras import prune_regular_graph
 from rgp_keras.assign import assign_channels
 from rgp_keras.graph import RegularGraph
+from rgp_keras.model_graph import leaves
 from rgp_keras.prune import _select, with_weights
 
 
 def randomise_batchnorm(model, seed=0):
     """Distinct BatchNorm parameters and statistics, so that a wrong permutation of them shows."""
     rng = np.random.default_rng(seed)
-    for layer in _all_layers(model):
+    for layer in leaves(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32") if i in (0, 3)
                                else rng.normal(size=w.shape).astype("float32") for i, w in enumerate(layer.get_weights())])
-
-
-def _all_layers(model):
-    for layer in model.layers:
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from _all_layers(layer)
 
 
 def assigned(model, graph):
