@@ -5,7 +5,8 @@ stays light and never imports TensorFlow, tf_keras or TF-MOT by itself.
 """
 
 import importlib
-import sys
+
+from rgp_keras import _registration
 
 __version__ = "0.1.0"
 
@@ -35,10 +36,8 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
-if "keras" in sys.modules:
-    # Register RegularGraphPruning so that `keras.saving.load_model` finds it; the
-    # graph-only path (Keras not loaded) stays free of TensorFlow.
-    importlib.import_module("rgp_keras.wrapper")
+# Saved pruned models load whatever the import order; the graph-only path stays free of TensorFlow.
+_registration.register()
 
 
 def __getattr__(name):

@@ -1,23 +1,15 @@
-"""RGP for tf_keras (Keras 2) models through TF-MOT: wrappers that TF-MOT's own tools treat as theirs.
+"""RGP for tf_keras (Keras 2) models through TF-MOT: pruning and stripping whole tf_keras models.
 
-`PruneRegularGraph` subclasses TF-MOT's `PruneLowMagnitude` with the RGP mask
-preset at build time and a schedule (`RegularGraphSchedule`) that never asks
-for a mask update, so TF-MOT's machinery (`UpdatePruningStep`,
-`PruningSummaries`, `strip_pruning`, `prune_scope`, PQAT) runs unchanged and
-the masks are never recomputed by magnitude. Selection of layers and the
-graph -> mask mapping are the Keras 3 path's (`rgp_keras.prune`,
-`rgp_keras.masks`).
-
-This module imports tf_keras and TF-MOT; `rgp_keras` loads it only when a
-tf_keras model is passed.
+The layer classes (`PruneRegularGraph`, a TF-MOT `PruneLowMagnitude`) live in
+`rgp_keras.tfmot_layers`. Selection of layers and the graph -> mask mapping
+are the Keras 3 path's (`rgp_keras.prune`, `rgp_keras.masks`). `rgp_keras`
+loads this module only when a tf_keras model is passed.
 """
 
 import functools
 
-import numpy as np
-
 from rgp_keras import data_aware
-from rgp_keras.masks import kernel_mask, prunable_kernel
+from rgp_keras.masks import prunable_kernel
 from rgp_keras.model_graph import leaves
 from rgp_keras.prune import _paired_leaves, _select, skip_reason
 
@@ -26,95 +18,14 @@ _INSTALL = "pip install 'tensorflow-model-optimization==0.8.1' 'tf_keras~=2.21.0
 
 @functools.cache
 def _api():
-    """(tf_keras, tfmot, PruneRegularGraph, RegularGraphSchedule), imported and defined on first use."""
+    """(tf_keras, PruneRegularGraph), imported on first use with a hint when the packages are missing."""
     try:
         import tf_keras
-        import tensorflow_model_optimization as tfmot
-        from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
+
+        from rgp_keras.tfmot_layers import PruneRegularGraph
     except ImportError as error:
         raise ImportError(f"The tf_keras path needs tf_keras and TF-MOT ({error}); install them: {_INSTALL}") from None
-    import tensorflow as tf
-
-    from rgp_keras.wrapper import graph_from_config, graph_to_config
-
-    @tf_keras.utils.register_keras_serializable(package="rgp_keras")
-    class RegularGraphSchedule(tfmot.sparsity.keras.PruningSchedule):
-        """A TF-MOT pruning schedule that never updates masks: RGP masks are fixed at build time.
-
-        `sparsity` is reported to TF-MOT (and its summaries) as the target.
-        """
-
-        def __init__(self, sparsity):
-            self.sparsity = float(sparsity)
-
-        def __call__(self, step):
-            return tf.constant(False), tf.constant(self.sparsity, tf.float32)
-
-        def get_config(self):
-            return {"class_name": "RegularGraphSchedule", "config": {"sparsity": self.sparsity}}
-
-    @tf_keras.utils.register_keras_serializable(package="rgp_keras")
-    class PruneRegularGraph(PruneLowMagnitude):
-        """TF-MOT's pruning wrapper with a fixed regular-graph mask on each prunable weight.
-
-        Args:
-            layer: a tf_keras Dense/Conv layer (or separable conv: pointwise
-                kernel), or a custom layer implementing TF-MOT's
-                `PrunableLayer.get_prunable_weights` (weights laid out
-                `(..., in, out)`).
-            graph: the `RegularGraph` that decides the masks.
-            self_loops: also keep group i -> group i.
-        """
-
-        def __init__(self, layer, graph, self_loops=False, **kwargs):
-            for key in ("pruning_schedule", "block_size", "block_pooling_type", "sparsity_m_by_n"):
-                kwargs.pop(key, None)
-            self.graph = graph_from_config(graph) if isinstance(graph, dict) else graph
-            self.self_loops = bool(self_loops)
-            density = (self.graph.degree + self.self_loops) / self.graph.nodes
-            super().__init__(layer, pruning_schedule=RegularGraphSchedule(1 - density), **kwargs)
-
-        def build(self, input_shape):
-            super().build(input_shape)
-            for weight, mask, _ in self.pruning_vars:
-                layout = _layout(self.layer, weight)
-                mask.assign(kernel_mask(self.graph, weight.shape, layout, self.self_loops).astype(mask.dtype.name))
-                weight.assign(weight * mask)
-
-        @property
-        def kernel(self):
-            return self.pruning_vars[0][0]
-
-        @property
-        def mask(self):
-            return self.pruning_vars[0][1]
-
-        @property
-        def density(self):
-            return float(np.mean(self.mask.numpy()))
-
-        def masked_kernel(self):
-            return self.kernel * self.mask
-
-        def get_config(self):
-            config = super().get_config()
-            config.update(graph=graph_to_config(self.graph), self_loops=self.self_loops)
-            return config
-
-        @classmethod
-        def from_config(cls, config):
-            config = dict(config)
-            layer = tf_keras.layers.deserialize(config.pop("layer"))
-            return cls(layer, **config)
-
-    return tf_keras, tfmot, PruneRegularGraph, RegularGraphSchedule
-
-
-def _layout(layer, weight):
-    attribute, layout = prunable_kernel(layer)
-    if attribute and getattr(layer, attribute) is weight:
-        return layout
-    return "dense" if len(weight.shape) == 2 else "conv"
+    return tf_keras, PruneRegularGraph
 
 
 def _is_tfmot_wrapper(layer):
@@ -140,7 +51,7 @@ def prune_regular_graph(
     to_prune, graph, *, self_loops, skip_first, skip_last, layers, calibration_data, calibration_samples, assign_channels
 ):
     """The tf_keras side of `rgp_keras.prune_regular_graph` (same arguments, graph resolved)."""
-    tf_keras, _, PruneRegularGraph, _ = _api()
+    tf_keras, PruneRegularGraph = _api()
     if not isinstance(to_prune, tf_keras.Model):
         if _is_tfmot_wrapper(to_prune):
             raise ValueError(f"Layer {to_prune.name!r} is already pruned: {_reason(to_prune, graph)}.")
@@ -186,7 +97,7 @@ def prune_regular_graph(
 
 def strip_pruning(model):
     """tf_keras side of `rgp_keras.strip_pruning`: RGP and TF-MOT wrappers removed, weights * masks."""
-    tf_keras, _, _, _ = _api()
+    tf_keras, _ = _api()
     _check_model(model, tf_keras)
 
     def unwrap(layer):

@@ -1,7 +1,5 @@
 """`RegularGraphPruning`: the Keras 3 wrapper that applies a fixed RGP mask to a layer's kernel."""
 
-import base64
-
 import keras
 import numpy as np
 from keras import ops
@@ -11,19 +9,6 @@ from rgp_keras.masks import kernel_mask, prunable_kernel
 
 # Name of the initializer attribute that belongs to each maskable kernel attribute.
 INITIALIZER_OF = {"kernel": "kernel_initializer", "pointwise_kernel": "pointwise_initializer"}
-
-
-def graph_to_config(graph):
-    """A JSON-serialisable dict of a graph: node count and bit-packed adjacency."""
-    packed = np.packbits(graph.adjacency).tobytes()
-    return {"nodes": graph.nodes, "adjacency": base64.b64encode(packed).decode("ascii")}
-
-
-def graph_from_config(config):
-    """The `RegularGraph` written by `graph_to_config` (validated again)."""
-    nodes = config["nodes"]
-    packed = np.frombuffer(base64.b64decode(config["adjacency"]), dtype=np.uint8)
-    return RegularGraph(np.unpackbits(packed, count=nodes * nodes).reshape(nodes, nodes))
 
 
 @keras.saving.register_keras_serializable(package="rgp_keras")
@@ -56,7 +41,7 @@ class RegularGraphPruning(keras.layers.Wrapper):
         if attribute is None:
             raise ValueError(f"Layer {layer.name!r} cannot be pruned by RGP: {layout}.")
         if isinstance(graph, dict):
-            graph = graph_from_config(graph)
+            graph = RegularGraph.from_config(graph)
         if not isinstance(graph, RegularGraph):
             raise TypeError(f"`graph` must be a RegularGraph, got {type(graph).__name__}.")
         kwargs.setdefault("name", f"rgp_{layer.name}")
@@ -116,4 +101,4 @@ class RegularGraphPruning(keras.layers.Wrapper):
         return self.layer.compute_output_shape(input_shape)
 
     def get_config(self):
-        return {**super().get_config(), "graph": graph_to_config(self.graph), "self_loops": self.self_loops}
+        return {**super().get_config(), "graph": self.graph.get_config(), "self_loops": self.self_loops}

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -49,14 +51,40 @@ def run_example(*argv, cwd=None):
     return out.stdout
 
 
-def test_readme_quickstart_runs_as_written(tmp_path):
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Quickstart"):]
-    code = section[section.index("```python") + len("```python"): section.index("```\n", section.index("```python"))]
-    script = tmp_path / "quickstart.py"
-    script.write_text(code)
-    stdout = run_example(script, cwd=tmp_path)
-    assert "compacted" in stdout and (tmp_path / "model.tflite").is_file() and (tmp_path / "pruned.keras").is_file()
+def readme_blocks(language):
+    return re.findall(rf"```{language}\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+
+
+def test_every_readme_python_snippet_runs_as_written(tmp_path):
+    blocks = readme_blocks("python")
+    assert len(blocks) >= 2  # the Keras 3 quickstart and the tf_keras / TF-MOT snippet
+    for number, code in enumerate(blocks):
+        script = tmp_path / f"snippet{number}.py"
+        script.write_text(code)
+        run_example(script, cwd=tmp_path)
+    assert (tmp_path / "model.tflite").is_file() and (tmp_path / "pruned.keras").is_file()
+    assert (tmp_path / "pruned.h5").is_file()
+
+
+def test_every_readme_cli_line_runs_as_written(tmp_path, monkeypatch, capsys):
+    import keras
+
+    from rgp_keras.cli import main
+
+    keras.utils.set_random_seed(0)
+    keras.Sequential([
+        keras.Input((8, 8, 3)), keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.Conv2D(64, 3),
+        keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.Flatten(), keras.layers.Dense(10),
+    ]).save(tmp_path / "model.keras")
+    np.save(tmp_path / "samples.npy", np.random.default_rng(0).random((64, 8, 8, 3), dtype="float32"))
+    monkeypatch.chdir(tmp_path)
+    commands = [line.split(" #")[0].split() for block in readme_blocks("bash") for line in block.splitlines()
+                if line.startswith("rgp ")]
+    assert len(commands) >= 10
+    for argv in commands:
+        assert main(argv[1:]) == 0, (argv, capsys.readouterr())
+    for name in ("graph.npz", "sym.npz", "aspl.png", "pruned.keras", "model.tflite", "adjacency.png", "layers.png"):
+        assert (tmp_path / name).stat().st_size > 0
 
 
 def test_quickstart_example(tmp_path):

@@ -15,6 +15,7 @@ import rgp_keras  # noqa: E402
 from rgp_keras import tfmot_adapter  # noqa: E402
 from rgp_keras.graph import RegularGraph  # noqa: E402
 from rgp_keras.masks import kernel_mask  # noqa: E402
+from rgp_keras.tfmot_layers import PruneRegularGraph  # noqa: E402
 
 layers = tf_keras.layers
 
@@ -52,7 +53,7 @@ def fit(model, callbacks=(), epochs=2):
 
 
 def rgp_layers(model):
-    return [layer for layer in model.layers if isinstance(layer, tfmot_adapter._api()[2])]
+    return [layer for layer in model.layers if isinstance(layer, PruneRegularGraph)]
 
 
 def test_wrappers_are_tfmot_prune_low_magnitude_with_graph_masks(graph16):
@@ -176,6 +177,7 @@ def test_keras_3_and_tf_keras_helpers_name_both_paths(graph16, tmp_path):
 def test_missing_tfmot_says_how_to_install(graph16, monkeypatch):
     tfmot_adapter._api.cache_clear()
     monkeypatch.setitem(sys.modules, "tensorflow_model_optimization", None)
+    monkeypatch.delitem(sys.modules, "rgp_keras.tfmot_layers")
     try:
         with pytest.raises(ImportError, match="pip install 'tensorflow-model-optimization"):
             rgp_keras.prune_regular_graph(cnn(), graph=graph16)

@@ -1,5 +1,6 @@
 """`RegularGraph`: an immutable connected simple k-regular graph, and its file format."""
 
+import base64
 import io
 import json
 import os
@@ -287,6 +288,18 @@ class RegularGraph:
         except BaseException:
             os.unlink(temporary)
             raise
+
+    def get_config(self):
+        """A JSON-serialisable dict (node count, base64 bit-packed adjacency), as stored in layer configs."""
+        packed = np.packbits(self._adjacency).tobytes()
+        return {"nodes": self.nodes, "adjacency": base64.b64encode(packed).decode("ascii")}
+
+    @classmethod
+    def from_config(cls, config):
+        """The graph written by `get_config` (validated again)."""
+        nodes = config["nodes"]
+        packed = np.frombuffer(base64.b64decode(config["adjacency"]), dtype=np.uint8)
+        return cls(np.unpackbits(packed, count=nodes * nodes).reshape(nodes, nodes))
 
     @property
     def nodes(self):

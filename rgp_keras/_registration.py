@@ -1,0 +1,63 @@
+"""Register rgp_keras's layer classes with Keras / tf_keras whatever the import order.
+
+Loading a saved pruned model needs the classes registered, but `import
+rgp_keras` must stay light (no TensorFlow) for the graph tools. So the layer
+modules are imported as soon as their framework is: at once if it is already
+imported, otherwise right after its own import finishes (a post-import hook on
+`sys.meta_path`, as `wrapt`'s import hooks do).
+"""
+
+import importlib
+import importlib.abc
+import sys
+
+# framework module -> the rgp_keras module that registers our classes with it.
+LAYER_MODULES = {"keras": "rgp_keras.wrapper", "tensorflow_model_optimization": "rgp_keras.tfmot_layers"}
+
+
+class _Loader(importlib.abc.Loader):
+    """Runs the framework's own loader, then imports our layer module."""
+
+    def __init__(self, loader, layer_module):
+        self.loader = loader
+        self.layer_module = layer_module
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        importlib.import_module(self.layer_module)
+
+
+class _Hook(importlib.abc.MetaPathFinder):
+    def __init__(self, pending):
+        self.pending = pending
+
+    def find_spec(self, name, path, target=None):
+        if name not in self.pending:
+            return None
+        layer_module = self.pending.pop(name)
+        if not self.pending:
+            sys.meta_path.remove(self)
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _Loader(spec.loader, layer_module)
+                return spec
+        return None
+
+
+def register():
+    """Import the layer modules of frameworks already imported; hook the others' imports."""
+    pending = {}
+    for framework, layer_module in LAYER_MODULES.items():
+        if framework in sys.modules:
+            importlib.import_module(layer_module)
+        else:
+            pending[framework] = layer_module
+    if pending and not any(isinstance(finder, _Hook) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _Hook(pending))
