@@ -11,6 +11,8 @@ import numbers
 
 import numpy as np
 
+from rgp_keras.errors import InputTypeError, InputValueError
+
 # Datasets and generators are read until exhausted or this many samples, so that an
 # endless generator (the usual Keras training stream) does not hang the pruning.
 STREAM_SAMPLES = 2048
@@ -33,7 +35,7 @@ def calibration_arrays(data, input_shapes, input_names, samples=None):
     """
     if samples is not None:
         if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
-            raise ValueError(f"`calibration_samples` must be an integer >= 1, got {samples!r}.")
+            raise InputValueError(f"`calibration_samples` must be an integer >= 1, got {samples!r}.")
     if _is_stream(data):
         arrays = _read_stream(data, len(input_shapes), input_names, samples or STREAM_SAMPLES)
     else:
@@ -41,9 +43,9 @@ def calibration_arrays(data, input_shapes, input_names, samples=None):
         arrays = [_as_array(array, name) for array, name in zip(arrays, input_names)]
     counts = {len(array) for array in arrays}
     if len(counts) != 1:
-        raise ValueError(f"Calibration inputs {list(input_names)} have different sample counts: {[len(a) for a in arrays]}.")
+        raise InputValueError(f"Calibration inputs {list(input_names)} have different sample counts: {[len(a) for a in arrays]}.")
     if counts == {0}:
-        raise ValueError("`calibration_data` holds no samples; pass at least one (a few hundred are typical).")
+        raise InputValueError("`calibration_data` holds no samples; pass at least one (a few hundred are typical).")
     if samples is not None:
         arrays = [array[:samples] for array in arrays]
     return [_check(array, shape, name) for array, shape, name in zip(arrays, input_shapes, input_names)]
@@ -66,7 +68,7 @@ def _read_stream(data, inputs, names, limit):
         if count >= limit:
             break
     if not parts:
-        raise ValueError(
+        raise InputValueError(
             "`calibration_data` yielded nothing: the dataset or generator is empty (or already exhausted); "
             "pass a numpy array, a tf.data.Dataset or a generator of input batches."
         )
@@ -81,17 +83,17 @@ def _split_inputs(data, inputs, names, what):
     if isinstance(data, dict):
         missing = [name for name in names if name not in data]
         if missing:
-            raise ValueError(f"{what} is a dict without the model's inputs {missing}; its keys are {sorted(data)}.")
+            raise InputValueError(f"{what} is a dict without the model's inputs {missing}; its keys are {sorted(data)}.")
         return [data[name] for name in names]
     if isinstance(data, (list, tuple)):
         if len(data) != inputs:
-            raise ValueError(
+            raise InputValueError(
                 f"{what} holds {len(data)} arrays but the model has {inputs} input(s) {list(names)}; "
                 "pass one array per input (a list in input order, or a dict by input name)."
             )
         return list(data)
     if inputs != 1:
-        raise ValueError(
+        raise InputValueError(
             f"The model has {inputs} inputs {list(names)} but {what} is a single array; pass a list of "
             f"{inputs} arrays in input order or a dict keyed by input name."
         )
@@ -104,9 +106,9 @@ def _as_array(value, name):
     try:
         array = np.asarray(value)
     except (TypeError, ValueError) as error:
-        raise TypeError(f"Calibration data for input {name!r} is not an array ({error}).") from None
+        raise InputTypeError(f"Calibration data for input {name!r} is not an array ({error}).") from None
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
-        raise TypeError(
+        raise InputTypeError(
             f"Calibration data for input {name!r} has dtype {array.dtype}; numeric arrays (float or int) are accepted."
         )
     return array
@@ -115,12 +117,12 @@ def _as_array(value, name):
 def _check(array, shape, name):
     expected = tuple(shape[1:])
     if array.ndim != len(shape) or any(e is not None and e != got for e, got in zip(expected, array.shape[1:])):
-        raise ValueError(
+        raise InputValueError(
             f"Calibration data for input {name!r} has shape {array.shape}, but the model takes "
             f"(samples, {', '.join('any' if d is None else str(d) for d in expected)})."
         )
     array = array.astype("float32")
     if not np.all(np.isfinite(array)):
         bad = int(np.sum(~np.isfinite(array)))
-        raise ValueError(f"Calibration data for input {name!r} holds {bad} NaN or infinite values; pass finite inputs.")
+        raise InputValueError(f"Calibration data for input {name!r} holds {bad} NaN or infinite values; pass finite inputs.")
     return array

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 
+from rgp_keras.errors import InputValueError
 from rgp_keras.model_graph import is_rgp_wrapper, leaves
 
 
@@ -31,7 +32,7 @@ class RegularGraphSummaries(keras.callbacks.Callback):
 
         wrappers = self._wrappers()
         if not wrappers:
-            raise ValueError("RegularGraphSummaries needs a model pruned by rgp_keras.prune_regular_graph.")
+            raise InputValueError("RegularGraphSummaries needs a model pruned by rgp_keras.prune_regular_graph.")
         self._writer = tf.summary.create_file_writer(f"{self.log_dir}/sparsity")
         graph = wrappers[0].graph
         with self._writer.as_default():

@@ -1,10 +1,12 @@
 """The `rgp` command line tool."""
 
 import argparse
+import contextlib
 import os
 import sys
 
 import rgp_keras
+from rgp_keras.errors import InputError, InputValueError
 
 _EXAMPLES = {
     "graph": "example: rgp graph --nodes 64 --sparsity 0.875 --seed 0 --time-limit 10 --out graph.npz",
@@ -15,6 +17,15 @@ _EXAMPLES = {
     "plot": "examples: rgp plot aspl graph.npz -o aspl.png; rgp plot layers pruned.keras -o layers.png",
 }
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def _nodes(text):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 3 or 'auto', got {text!r}") from None
 
 
 def _objective(text):
@@ -29,6 +40,8 @@ def _objective(text):
 def _graph(args):
     from rgp_keras.graph import RegularGraph, degree_for_sparsity, optimize
 
+    if not args.out.endswith(".npz"):
+        raise InputValueError(f"--out must end in .npz (a graph file is a NumPy archive), got {args.out}")
     degree = args.degree if args.degree is not None else degree_for_sparsity(args.nodes, args.sparsity)
     start = RegularGraph.random(args.nodes, degree, seed=args.seed, symmetry=args.symmetry)
     result = optimize(
@@ -69,12 +82,13 @@ def _load_keras_model(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No such model file: {path}")
     if not str(path).endswith(".keras"):
-        raise ValueError(f"{path} is not a .keras file; save the model with model.save('model.keras').")
+        raise InputValueError(f"{path} is not a .keras file; save the model with model.save('model.keras').")
     import keras
 
-    import rgp_keras.wrapper  # noqa: F401  (registers RegularGraphPruning for loading)
-
-    return keras.saving.load_model(path)
+    try:
+        return keras.saving.load_model(path)
+    except (ValueError, TypeError, OSError) as error:  # a corrupt file or a model of unknown classes
+        raise InputValueError(f"Keras cannot load {path}: {error}") from None
 
 
 def _prune(args):
@@ -82,13 +96,16 @@ def _prune(args):
     from rgp_keras.summary import pruning_summary
 
     if not args.output.endswith(".keras"):
-        raise ValueError(f"-o/--output must end in .keras, got {args.output}")
+        raise InputValueError(f"-o/--output must end in .keras, got {args.output}")
     model = _load_keras_model(args.model)
     if args.calibration_samples is not None and not args.calibration:
-        raise ValueError("--calibration-samples needs --calibration")
+        raise InputValueError("--calibration-samples needs --calibration")
+    if args.graph and args.nodes is not None:
+        raise InputValueError("--nodes conflicts with --graph: the graph file has its own node count; pass one of them")
     samples = _calibration(args.calibration, model.inputs[0].shape, args.calibration_samples) if args.calibration else None
     pruned = prune_regular_graph(
-        model, sparsity=args.sparsity, degree=args.degree, graph=args.graph, nodes=args.nodes, seed=args.seed,
+        model, sparsity=args.sparsity, degree=args.degree, graph=args.graph,
+        nodes="auto" if args.nodes is None else args.nodes, seed=args.seed,
         calibration_data=samples, calibration_samples=args.calibration_samples,
         assign_channels=not args.keep_channel_order,
     )
@@ -118,7 +135,11 @@ def _export(args):
 
     model = _load_keras_model(args.model)
     if args.calibration and args.quantize != "int8":
-        raise ValueError("--calibration is only used with --quantize int8")
+        raise InputValueError("--calibration is only used with --quantize int8")
+    if args.threads < 1:
+        raise InputValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.quantize == "int8" and not args.calibration:
+        raise InputValueError("--quantize int8 needs --calibration samples.npy|DIR (a few hundred model inputs)")
     samples = _calibration(args.calibration, model.inputs[0].shape, 500) if args.calibration else None
     report = export_tflite(
         model, args.output, compact=not args.sparse, quantize=args.quantize, representative_data=samples,
@@ -140,7 +161,7 @@ def _calibration(path, input_shape, samples=None):
 
         files = sorted(f for f in os.listdir(path) if f.lower().endswith(_IMAGE_SUFFIXES))
         if not files:
-            raise ValueError(f"--calibration folder {path} has no images ({', '.join(_IMAGE_SUFFIXES)})")
+            raise InputValueError(f"--calibration folder {path} has no images ({', '.join(_IMAGE_SUFFIXES)})")
         height, width, channels = input_shape[1:]
         mode = {1: "grayscale", 3: "rgb", 4: "rgba"}[channels]
         return np.stack([
@@ -151,7 +172,7 @@ def _calibration(path, input_shape, samples=None):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No such calibration file or folder: {path}")
     if not path.endswith(".npy"):
-        raise ValueError(f"--calibration must be a .npy file of input samples or a folder of images, got {path}")
+        raise InputValueError(f"--calibration must be a .npy file of input samples or a folder of images, got {path}")
     return np.load(path, allow_pickle=False)[:samples]
 
 
@@ -159,7 +180,9 @@ def _bench(args):
     from rgp_keras.litert import benchmark_tflite
 
     if not args.model.endswith(".tflite"):
-        raise ValueError(f"{args.model} is not a .tflite file")
+        raise InputValueError(f"{args.model} is not a .tflite file")
+    if args.threads < 1 or args.runs < 1:
+        raise InputValueError(f"--threads and --runs must be >= 1, got --threads {args.threads} --runs {args.runs}")
     result = benchmark_tflite(args.model, threads=args.threads, runs=args.runs)
     if args.json:
         return _print_json(model=args.model, **result)
@@ -173,7 +196,7 @@ def _plot(args):
     from rgp_keras import plots
 
     if not args.output.endswith(".png"):
-        raise ValueError(f"-o/--output must end in .png, got {args.output}")
+        raise InputValueError(f"-o/--output must end in .png, got {args.output}")
     if args.kind in ("adjacency", "aspl"):
         import numpy as np
 
@@ -186,7 +209,7 @@ def _plot(args):
         if args.kind == "adjacency":
             plots.plot_adjacency(graph, args.output)
         elif "history" not in graph.metadata:
-            raise ValueError(f"{args.source} has no optimisation history (made by {graph.metadata.get('method')!r}); "
+            raise InputValueError(f"{args.source} has no optimisation history (made by {graph.metadata.get('method')!r}); "
                              "graphs written by `rgp graph` have one.")
         else:
             history = np.array([tuple(row) for row in graph.metadata["history"]], dtype=HISTORY_DTYPE)
@@ -205,6 +228,7 @@ def _parser():
         prog="rgp", description="Regular Graph Pruning for Keras: graphs, pruning, export."
     )
     parser.add_argument("--version", action="version", version=f"rgp_keras {rgp_keras.__version__}")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines (hidden by default)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     graph = commands.add_parser(
@@ -217,7 +241,8 @@ def _parser():
     size = graph.add_mutually_exclusive_group(required=True)
     size.add_argument("--degree", type=int, help="degree k: each layer keeps k/n of its weights")
     size.add_argument("--sparsity", type=float, help="fraction to prune; the nearest valid degree is used")
-    graph.add_argument("--seed", type=int, help="random seed (reproducible graphs)")
+    graph.add_argument("--seed", type=int, help="random seed: with --attempts (or the default budget) the same seed "
+                       "gives the same graph; a --time-limit run stops wherever the clock says, so it may not")
     graph.add_argument("--objective", type=_objective, default="min", help="'min' (default), 'max' or a target ASPL")
     budget = graph.add_mutually_exclusive_group()
     budget.add_argument("--attempts", type=int, help="swap attempts (default: scaled to the graph size)")
@@ -243,7 +268,9 @@ def _parser():
     how.add_argument("--sparsity", type=float, help="fraction of weights to prune")
     how.add_argument("--degree", type=int, help="graph degree k (keep k/n)")
     how.add_argument("--graph", help="graph file from `rgp graph`")
-    prune.add_argument("--nodes", type=int, default=64, help="graph nodes n with --sparsity/--degree (default 64)")
+    prune.add_argument("--nodes", type=_nodes, help="graph nodes n with --sparsity/--degree, or 'auto' (default: "
+                       "the largest n giving the sparsity exactly with groups as wide as the layers allow; "
+                       "64 with --degree)")
     prune.add_argument("--seed", type=int, help="random seed of the graph")
     prune.add_argument("-o", "--output", required=True, help="pruned .keras model to write")
     prune.add_argument("--calibration", help="unlabelled inputs for data-aware pruning (reconstruction): a .npy "
@@ -308,12 +335,37 @@ def _parser():
     return parser
 
 
+@contextlib.contextmanager
+def _native_logs_hidden():
+    """Send what TensorFlow / LiteRT's C++ code writes to stderr (CUDA probing, oneDNN and XNNPACK notes) to
+    /dev/null, while Python's own messages (warnings, errors) still reach the terminal.
+
+    TensorFlow writes most of these before it reads TF_CPP_MIN_LOG_LEVEL, so
+    the file descriptor itself is redirected.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    terminal, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    python_stderr = sys.stderr
+    sys.stderr = open(terminal, "w", closefd=False)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr = python_stderr
+        os.dup2(terminal, 2)
+        os.close(terminal)
+
+
 def main(argv=None):
-    """Run the `rgp` tool; user errors print one line and exit with status 2."""
+    """Run the `rgp` tool; input errors print one line and exit with status 2, bugs their traceback."""
     args = _parser().parse_args(argv)
     try:
-        args.run(args)
-    except (ValueError, TypeError, OSError, ImportError) as error:
+        with contextlib.nullcontext() if args.verbose else _native_logs_hidden():
+            args.run(args)
+    except (InputError, OSError) as error:
         print(f"rgp {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

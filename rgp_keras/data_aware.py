@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 from rgp_keras import assign
 from rgp_keras.calibration import calibration_arrays
+from rgp_keras.errors import InputTypeError, InputValueError
 from rgp_keras.reconstruct import input_channel_energy, reconstruct
 
 # Show a progress bar over layer calls when this many layers or more are masked.
@@ -28,14 +29,14 @@ class Plan(NamedTuple):
 def plan(model, graph, selected, self_loops, calibration_data, calibration_samples, assign_channels):
     """Check the calibration data and choose channel permutations, before anything is built."""
     if not isinstance(assign_channels, bool):
-        raise TypeError(f"`assign_channels` must be True or False, got {assign_channels!r}.")
+        raise InputTypeError(f"`assign_channels` must be True or False, got {assign_channels!r}.")
     arrays = None
     if calibration_data is not None:
         names = [tensor.name.split(":")[0] for tensor in model.inputs]
         shapes = [tuple(tensor.shape) for tensor in model.inputs]
         arrays = calibration_arrays(calibration_data, shapes, names, calibration_samples)
     elif calibration_samples is not None:
-        raise ValueError("`calibration_samples` needs `calibration_data`.")
+        raise InputValueError("`calibration_samples` needs `calibration_data`.")
     weights, report = {}, {}
     if assign_channels:
         # channel energies are means over samples and positions: a few hundred samples estimate them well

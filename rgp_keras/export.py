@@ -33,12 +33,15 @@ from pathlib import Path
 
 import keras
 import numpy as np
+from keras.src.models.functional import Functional
 
 from rgp_keras._checks import check_int
 from rgp_keras._files import normal_file_mode
-from rgp_keras.masks import PRUNABLE, channel_groups, prunable_kernel
-from rgp_keras.model_graph import leaves
-from rgp_keras.prune import _clone_layer, _clone_model, _paired_leaves, _reject_other_keras, strip_pruning
+from rgp_keras.errors import InputTypeError, InputValueError
+from rgp_keras.masks import PRUNABLE, channel_blocks, channel_groups, kept_pairs, prunable_kernel
+from rgp_keras.model_graph import leaves, paired_leaves
+from rgp_keras.prune import _clone_layer, _clone_model, _reject_other_keras, strip_pruning
+from rgp_keras.selection import layer_macs
 from rgp_keras.summary import pruning_summary
 from rgp_keras.wrapper import RegularGraphPruning
 
@@ -148,20 +151,29 @@ def export_tflite(
     """
     _reject_other_keras(model, "export_tflite")
     if not isinstance(model, keras.Model):
-        raise TypeError(f"`model` must be a Keras 3 model, got {type(model).__name__}.")
+        raise InputTypeError(f"`model` must be a Keras 3 model, got {type(model).__name__}.")
     if quantize not in QUANTIZE:
-        raise ValueError(f"`quantize` must be one of {QUANTIZE}, got {quantize!r}.")
+        raise InputValueError(f"`quantize` must be one of {QUANTIZE}, got {quantize!r}.")
     if layout not in LAYOUTS:
-        raise ValueError(f"`layout` must be one of {LAYOUTS}, got {layout!r}.")
+        raise InputValueError(f"`layout` must be one of {LAYOUTS}, got {layout!r}.")
     if layout != "auto" and not compact:
-        raise ValueError(f"`layout` chooses compact kernels; it needs compact=True, got layout={layout!r}.")
+        raise InputValueError(f"`layout` chooses compact kernels; it needs compact=True, got layout={layout!r}.")
     threads = check_int("threads", threads, minimum=1)
     if threads != 1 and not compact:
-        raise ValueError(f"`threads` chooses compact layouts; it needs compact=True, got threads={threads}.")
+        raise InputValueError(f"`threads` chooses compact layouts; it needs compact=True, got threads={threads}.")
+    subclassed = not isinstance(model, (keras.Sequential, Functional))
+    if subclassed and compact:
+        raise InputTypeError(
+            f"Compact kernels rewrite a model layer by layer, which the subclassed model {model.name!r} "
+            f"({type(model).__name__}) does not allow. Export it with compact=False (its RGP wrappers compute with "
+            "exact zeros, stored sparsely; no speed-up), or build the architecture as a Sequential or functional "
+            "model for the compact speed-up."
+        )
     samples = _calibration_samples(model, quantize, representative_data)
     path = _writable_path(path)
 
-    stripped = strip_pruning(model) if any(isinstance(layer, RegularGraphPruning) for layer in leaves(model)) else model
+    wrapped = any(isinstance(layer, RegularGraphPruning) for layer in leaves(model))
+    stripped = strip_pruning(model) if wrapped and not subclassed else model
     exported, compacted, not_compacted = stripped, {}, {}
     if compact:
         exported, compacted, not_compacted = compact_model(
@@ -179,14 +191,20 @@ def export_tflite(
         size_bytes=len(data),
         gzip_bytes=len(gzip.compress(data, compresslevel=9)),
         dense_params=dense["params"],
-        params=exported.count_params(),
-        nonzero_params=sum(int(np.count_nonzero(keras.ops.convert_to_numpy(w))) for w in exported.weights),
+        params=after["params"],
+        nonzero_params=sum(int(np.count_nonzero(keras.ops.convert_to_numpy(w))) for w in _layer_weights(exported)),
         dense_macs=dense["macs"],
         macs=after["macs"],
         compacted=dict(compacted),
         not_compacted=dict(not_compacted),
         notes=tuple(notes),
     )
+
+
+def _layer_weights(model):
+    """The model's weights without RGP masks (a subclassed model is exported with its wrappers)."""
+    for layer in leaves(model):
+        yield from (layer.layer.weights if isinstance(layer, RegularGraphPruning) else layer.weights)
 
 
 def compact_model(model, layout="auto", *, int8=False, threads=1):
@@ -212,7 +230,7 @@ def compact_model(model, layout="auto", *, int8=False, threads=1):
     layers slower than int8 dense ones (benchmarks/export_bench.py).
     """
     if layout not in LAYOUTS:
-        raise ValueError(f"`layout` must be one of {LAYOUTS}, got {layout!r}.")
+        raise InputValueError(f"`layout` must be one of {LAYOUTS}, got {layout!r}.")
     threads = check_int("threads", threads, minimum=1)
     compacted, not_compacted, folded = {}, {}, set()
     tapped = _output_ids(model)
@@ -238,14 +256,24 @@ def compact_model(model, layout="auto", *, int8=False, threads=1):
                     return CompactKernel(_fold_batch_norm(layer, norm), blocks, chosen)
                 reason = _too_slow(layer, blocks, ratios, chosen, threads)
             if reason or _has_zeros(layer):
-                not_compacted[layer.name] = reason or "kernel zeros have no channel-group block structure"
+                not_compacted[layer.name] = (reason or "kernel zeros have no channel-group block structure") + (
+                    _dense_cost(layer))
         return _clone_layer(layer)
 
     clone = _clone_model(model, rewrite)
-    for original, new in _paired_leaves(model, clone):
+    for original, new in paired_leaves(model, clone):
         if not isinstance(new, CompactKernel) and new.weights:
             new.set_weights(original.get_weights())
     return clone, compacted, not_compacted
+
+
+def _dense_cost(layer):
+    """What leaving a masked layer dense-shaped costs, for the report."""
+    _, kernel_macs = layer_macs(layer, layer)
+    zeros = 1 - float(kept_pairs(keras.ops.convert_to_numpy(layer.kernel)).mean())
+    if not kernel_macs or not zeros:
+        return ""
+    return f"; so its {kernel_macs:,} kernel MACs per sample all run, {100 * zeros:.0f}% of them on zero weights"
 
 
 def _too_slow(layer, blocks, ratios, chosen, threads):
@@ -314,31 +342,6 @@ def _fold_batch_norm(layer, norm):
     return folded
 
 
-def channel_blocks(kernel):
-    """The coarsest channel-group blocks explaining a kernel's zeros, or None.
-
-    For a kernel `(..., in, out)` returns a boolean `(n, n)` array `blocks`
-    (input group, output group) with contiguous groups as in
-    `channel_groups`, for the node count n giving the lowest block density
-    (max kept blocks per output group / n); None when no n gives density < 1.
-    """
-    pairs = np.any(kernel.reshape(-1, *kernel.shape[-2:]) != 0, axis=0)
-    channels_in, channels_out = pairs.shape
-    row_changes = np.flatnonzero(np.any(pairs[1:] != pairs[:-1], axis=1)) + 1
-    col_changes = np.flatnonzero(np.any(pairs[:, 1:] != pairs[:, :-1], axis=0)) + 1
-    best, best_density = None, 1.0
-    for nodes in range(2, min(channels_in, channels_out) + 1):
-        if not (_are_group_starts(row_changes, channels_in, nodes) and _are_group_starts(col_changes, channels_out, nodes)):
-            continue
-        starts_in = np.unique(channel_groups(channels_in, nodes), return_index=True)[1]
-        starts_out = np.unique(channel_groups(channels_out, nodes), return_index=True)[1]
-        blocks = pairs[starts_in][:, starts_out]
-        density = blocks.sum(axis=0).max() / nodes
-        if 0 < density < best_density:
-            best, best_density = blocks, density
-    return best
-
-
 def estimated_latency_ratios(layer, blocks, threads=1):
     """`{layout: estimated latency / dense latency}` of a masked layer's compact layouts.
 
@@ -374,10 +377,6 @@ def _scatter_applies(channels_in, blocks):
     return channels_in % len(blocks) == 0 and bool(np.all(fan_in == fan_in[0]))
 
 
-def _are_group_starts(positions, channels, nodes):
-    return bool(np.all(positions * nodes // channels != (positions - 1) * nodes // channels))
-
-
 class CompactKernel(keras.layers.Layer):
     """A masked Dense/ConvND computed over its kept channel blocks only.
 
@@ -397,12 +396,12 @@ class CompactKernel(keras.layers.Layer):
     def __init__(self, layer, blocks, layout="gather", **kwargs):
         super().__init__(name=layer.name, dtype=layer.dtype_policy, **kwargs)
         if layout not in LAYOUTS[1:]:
-            raise ValueError(f"`layout` must be one of {LAYOUTS[1:]}, got {layout!r}.")
+            raise InputValueError(f"`layout` must be one of {LAYOUTS[1:]}, got {layout!r}.")
         kernel = keras.ops.convert_to_numpy(layer.kernel)
         nodes = blocks.shape[0]
         channels_in, channels_out = kernel.shape[-2:]
         if layout == "scatter" and not _scatter_applies(channels_in, blocks):
-            raise ValueError(
+            raise InputValueError(
                 f"The scatter layout needs input channels divisible by the {nodes} groups and every output group "
                 f"reading equally many input groups; {layer.name!r} has {channels_in} input channels and reads "
                 f"{sorted(set(blocks.sum(axis=0).tolist()))} groups per output group. Use layout='gather'."
@@ -579,31 +578,31 @@ def _has_zeros(layer):
 def _calibration_samples(model, quantize, representative_data):
     if quantize != "int8":
         if representative_data is not None:
-            raise ValueError(f"`representative_data` is only used with quantize='int8', got quantize={quantize!r}.")
+            raise InputValueError(f"`representative_data` is only used with quantize='int8', got quantize={quantize!r}.")
         return None
     if representative_data is None:
-        raise ValueError(
+        raise InputValueError(
             "quantize='int8' needs `representative_data`: an array of real input samples shaped "
             f"(N, {', '.join(str(d) for d in model.inputs[0].shape[1:])}) to calibrate activation ranges."
         )
     if len(model.inputs) != 1:
-        raise ValueError(f"int8 calibration supports single-input models, this one has {len(model.inputs)} inputs.")
+        raise InputValueError(f"int8 calibration supports single-input models, this one has {len(model.inputs)} inputs.")
     samples = np.asarray(representative_data, dtype="float32")
     expected = tuple(model.inputs[0].shape[1:])
     if samples.ndim != len(expected) + 1 or any(e is not None and e != s for e, s in zip(expected, samples.shape[1:])):
-        raise ValueError(
+        raise InputValueError(
             f"`representative_data` must be shaped (N, {', '.join(map(str, expected))}) like the model input, "
             f"got {samples.shape}."
         )
     if len(samples) == 0:
-        raise ValueError("`representative_data` is empty: give at least one input sample (a few hundred is typical).")
+        raise InputValueError("`representative_data` is empty: give at least one input sample (a few hundred is typical).")
     return samples[:_CALIBRATION_SAMPLES]
 
 
 def _writable_path(path):
     path = Path(path)
     if path.suffix != ".tflite":
-        raise ValueError(f"The export path must end with .tflite, got {str(path)!r}.")
+        raise InputValueError(f"The export path must end with .tflite, got {str(path)!r}.")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"Cannot write {path}: folder {path.parent} does not exist.")
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):

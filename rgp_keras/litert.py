@@ -6,18 +6,23 @@ from pathlib import Path
 
 import numpy as np
 
+from rgp_keras._checks import check_int
+from rgp_keras.errors import InputValueError
+
 
 def load_interpreter(path, threads=None):
     """A LiteRT `Interpreter` for `path` (XNNPACK, `threads` CPU threads), tensors allocated."""
     from ai_edge_litert.interpreter import Interpreter
 
     path = Path(path)
+    if threads is not None:
+        check_int("threads", threads, minimum=1)
     if not path.is_file():
         raise FileNotFoundError(f"No .tflite file at {path}.")
     try:
         interpreter = Interpreter(model_path=str(path), num_threads=threads)
     except ValueError as error:
-        raise ValueError(f"{path} is not a LiteRT model: {error}") from None
+        raise InputValueError(f"{path} is not a LiteRT model: {error}") from None
     interpreter.allocate_tensors()
     return interpreter
 
@@ -51,7 +56,7 @@ def benchmark_tflite(path, *, threads=1, runs=30, warmup=5):
     random data of the model's input shape (latency does not depend on values).
     """
     if runs < 1 or warmup < 0:
-        raise ValueError(f"`runs` must be >= 1 and `warmup` >= 0, got runs={runs}, warmup={warmup}.")
+        raise InputValueError(f"`runs` must be >= 1 and `warmup` >= 0, got runs={runs}, warmup={warmup}.")
     interpreter = load_interpreter(path, threads)
     source = interpreter.get_input_details()[0]
     sample = np.random.default_rng(0).normal(size=[max(1, d) for d in source["shape"]])

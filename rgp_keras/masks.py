@@ -9,6 +9,7 @@ a kept (in, out) channel pair is kept.
 import numpy as np
 
 from rgp_keras._checks import check_int
+from rgp_keras.errors import InputValueError
 
 LAYOUTS = ("dense", "conv", "conv_transpose")
 
@@ -46,7 +47,7 @@ def channel_groups(channels, nodes, seed=None):
     channels = check_int("channels", channels, minimum=1)
     nodes = check_int("nodes", nodes, minimum=1)
     if channels < nodes:
-        raise ValueError(
+        raise InputValueError(
             f"Cannot split {channels} channels into {nodes} groups: RGP needs at least as many "
             f"channels as graph nodes (use fewer nodes, or leave this layer dense)."
         )
@@ -87,11 +88,11 @@ def kernel_mask(graph, kernel_shape, layout, self_loops=False):
     0.25
     """
     if layout not in LAYOUTS:
-        raise ValueError(f"`layout` must be one of {LAYOUTS}, got {layout!r}.")
+        raise InputValueError(f"`layout` must be one of {LAYOUTS}, got {layout!r}.")
     kernel_shape = tuple(int(d) for d in kernel_shape)
     wanted_rank = 2 if layout == "dense" else 3
     if len(kernel_shape) < wanted_rank or (layout == "dense" and len(kernel_shape) != 2):
-        raise ValueError(f"A {layout!r} kernel has rank {'2' if layout == 'dense' else '>= 3'}, got shape {kernel_shape}.")
+        raise InputValueError(f"A {layout!r} kernel has rank {'2' if layout == 'dense' else '>= 3'}, got shape {kernel_shape}.")
     in_axis, out_axis = (-1, -2) if layout == "conv_transpose" else (-2, -1)
     in_groups = channel_groups(kernel_shape[in_axis], graph.nodes)
     out_groups = channel_groups(kernel_shape[out_axis], graph.nodes)
@@ -123,3 +124,39 @@ def kernel_channels(kernel_shape, layout):
     if layout == "conv_transpose":
         return kernel_shape[-1], kernel_shape[-2]
     return kernel_shape[-2], kernel_shape[-1]
+
+
+def kept_pairs(kernel):
+    """`(in, out)` boolean of a kernel `(..., in, out)`: which channel pairs have a non-zero weight."""
+    return np.any(kernel.reshape(-1, *kernel.shape[-2:]) != 0, axis=0)
+
+
+def channel_blocks(kernel):
+    """The coarsest channel-group blocks explaining a kernel's zeros, or None.
+
+    For a kernel `(..., in, out)` returns a boolean `(n, n)` array `blocks`
+    (input group, output group) with contiguous groups as in
+    `channel_groups`, for the node count n giving the lowest block density
+    (max kept blocks per output group / n); None when no n gives density < 1.
+    """
+    pairs = kept_pairs(kernel)
+    if pairs.all():
+        return None
+    channels_in, channels_out = pairs.shape
+    row_changes = np.flatnonzero(np.any(pairs[1:] != pairs[:-1], axis=1)) + 1
+    col_changes = np.flatnonzero(np.any(pairs[:, 1:] != pairs[:, :-1], axis=0)) + 1
+    best, best_density = None, 1.0
+    for nodes in range(2, min(channels_in, channels_out) + 1):
+        if not (_are_group_starts(row_changes, channels_in, nodes) and _are_group_starts(col_changes, channels_out, nodes)):
+            continue
+        starts_in = np.unique(channel_groups(channels_in, nodes), return_index=True)[1]
+        starts_out = np.unique(channel_groups(channels_out, nodes), return_index=True)[1]
+        blocks = pairs[starts_in][:, starts_out]
+        density = blocks.sum(axis=0).max() / nodes
+        if 0 < density < best_density:
+            best, best_density = blocks, density
+    return best
+
+
+def _are_group_starts(positions, channels, nodes):
+    return bool(np.all(positions * nodes // channels != (positions - 1) * nodes // channels))

@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from rgp_keras.errors import InputTypeError
+
 
 class LayerCall(NamedTuple):
     """One call of a layer in a model's graph: its layer and the ids of the tensors it reads and writes."""
@@ -40,7 +42,7 @@ def model_graph(model):
     network = getattr(model, "_functional", None) or model  # Keras 3 Sequential keeps its graph there
     nodes_by_depth = getattr(network, "_nodes_by_depth", None)
     if not nodes_by_depth:
-        raise TypeError(
+        raise InputTypeError(
             f"Model {model.name!r} ({type(model).__name__}) has no layer graph to walk: data-aware pruning "
             "needs a Sequential model built with an Input, or a functional model."
         )
@@ -156,3 +158,9 @@ def consumers(graph):
     for key in graph.outputs:
         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def paired_leaves(original, clone):
+    originals, clones = list(leaves(original)), list(leaves(clone))
+    assert len(originals) == len(clones), "clone_model changed the layer structure"
+    return zip(originals, clones)

@@ -1,12 +1,14 @@
 """PNG figures (matplotlib, the `plot` extra): ASPL history, per-layer kept weights, graph adjacency."""
 
+from rgp_keras.errors import MissingDependencyError
+
 
 def new_figure(**kwargs):
     """A matplotlib `Figure` drawn off screen, without pyplot: the process's matplotlib backend is left alone."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise ImportError(
+        raise MissingDependencyError(
             "Plotting needs matplotlib: pip install 'rgp_keras[plot]' (or pip install matplotlib)."
         ) from None
     return Figure(**kwargs)

@@ -7,10 +7,12 @@ import numpy as np
 from keras.src.models.functional import Functional
 
 from rgp_keras import data_aware
-from rgp_keras._checks import check_int
+from rgp_keras._checks import check_fraction, check_int
+from rgp_keras.errors import InputTypeError, InputValueError
 from rgp_keras.graph import RegularGraph, degree_for_sparsity, optimize
-from rgp_keras.masks import kernel_channels, prunable_kernel
-from rgp_keras.model_graph import leaves, variable_index
+from rgp_keras.model_graph import leaves, paired_leaves, variable_index
+from rgp_keras.selection import auto_nodes, select, wanted
+from rgp_keras.summary import warn_if_short
 from rgp_keras.wrapper import INITIALIZER_OF, RegularGraphPruning
 
 
@@ -20,7 +22,7 @@ def prune_regular_graph(
     sparsity=None,
     degree=None,
     graph=None,
-    nodes=64,
+    nodes="auto",
     self_loops=False,
     skip_first=True,
     skip_last=True,
@@ -51,11 +53,20 @@ def prune_regular_graph(
             tf_keras models and layers are accepted too: they get TF-MOT
             `PruneLowMagnitude` subclasses with the same masks (see
             `rgp_keras.tfmot_adapter`).
-        sparsity: fraction of weights to prune; the nearest valid degree on
-            `nodes` nodes is used (read `graph.sparsity` for the one achieved).
+        sparsity: fraction of each masked layer's weights to prune; with an
+            explicit `nodes`, the nearest valid degree on that many nodes is
+            used (read `graph.sparsity` for the one achieved).
         degree: graph degree k; each masked layer keeps k / `nodes` of its weights.
-        graph: a `RegularGraph` or the path of a graph file from `rgp graph`.
-        nodes: graph nodes n (channel groups per layer) with sparsity/degree.
+        graph: a `RegularGraph` or the path of a graph file from `rgp graph`
+            (then `nodes` must stay "auto": the graph has its own).
+        nodes: graph nodes n (channel groups per layer), or "auto" (default).
+            With `sparsity`, "auto" picks the largest n <= 64 that gives the
+            density 1 - sparsity exactly and splits the layers holding 90 % of
+            the selected MACs into groups at least 16 channels wide (fast
+            grouped kernels in LiteRT), else 8, 4, 2 or 1 channel wide; with
+            `degree`, "auto" means 64. When layers narrower than the graph stay
+            dense and so the model is pruned much less than asked, a warning
+            names them and the `nodes` that would prune them.
         self_loops: also keep group i -> group i (density (k + 1) / n).
         skip_first, skip_last: keep the first / last prunable layer dense, as in
             the paper (ignored when `layers` selects explicitly).
@@ -86,11 +97,13 @@ def prune_regular_graph(
     ['RegularGraphPruning', 'RegularGraphPruning', 'Dense']
     """
     if calibration_data is not None and not isinstance(getattr(to_prune, "layers", None), list):
-        raise ValueError(
+        raise InputValueError(
             f"`calibration_data` needs a model, got the layer {getattr(to_prune, 'name', to_prune)!r}: reconstruction "
             "refits masked layers to reproduce the dense model's outputs. Prune the model that holds the layer "
             "(select it with `layers=`), or wrap the layer without calibration data."
         )
+    if graph is None and nodes == "auto" and sparsity is not None:
+        nodes = _auto_nodes(to_prune, sparsity, self_loops, layers, skip_first, skip_last)
     graph = resolve_graph(sparsity=sparsity, degree=degree, graph=graph, nodes=nodes, seed=seed)
     if is_tf_keras(to_prune):
         from rgp_keras import tfmot_adapter
@@ -102,15 +115,15 @@ def prune_regular_graph(
         )
     if not isinstance(to_prune, keras.Model):
         if not isinstance(to_prune, keras.layers.Layer):
-            raise TypeError(
+            raise InputTypeError(
                 f"`to_prune` must be a Keras 3 Sequential or functional Model, or a layer; "
                 f"got {type(to_prune).__name__}."
             )
         if isinstance(to_prune, RegularGraphPruning):
-            raise ValueError(f"Layer {to_prune.name!r} is already pruned by rgp_keras.")
+            raise InputValueError(f"Layer {to_prune.name!r} is already pruned by rgp_keras.")
         return RegularGraphPruning(to_prune, graph, self_loops=self_loops)
     _check_model(to_prune)
-    selected = _select(to_prune, graph, layers, skip_first, skip_last)
+    selected = select(to_prune, graph, layers, skip_first, skip_last)
     plan = data_aware.plan(to_prune, graph, selected, self_loops, calibration_data, calibration_samples, assign_channels)
 
     def wrap(layer):
@@ -120,7 +133,7 @@ def prune_regular_graph(
         return clone
 
     pruned = _clone_model(to_prune, wrap)
-    pairs = list(_paired_leaves(to_prune, pruned))
+    pairs = list(paired_leaves(to_prune, pruned))
     for original, new in pairs:
         target = new.layer if isinstance(new, RegularGraphPruning) else new
         target.set_weights(plan.weights.get(id(original)) or original.get_weights())
@@ -128,13 +141,14 @@ def prune_regular_graph(
             new.kernel.assign(new.masked_kernel())
     reference = with_weights(to_prune, plan.weights) if plan.arrays is not None and plan.weights else to_prune
     data_aware.finish(plan, reference, pruned, pairs)
+    warn_if_short(pruned)
     return pruned
 
 
 def with_weights(model, weights):
     """A clone of Keras 3 `model` whose layers take `weights[id(layer)]` (new weight lists) where given."""
     clone = _clone_model(model, _clone_layer)
-    for original, new in _paired_leaves(model, clone):
+    for original, new in paired_leaves(model, clone):
         new.set_weights(weights.get(id(original)) or original.get_weights())
     return clone
 
@@ -157,16 +171,26 @@ def strip_pruning(model):
 
         return tfmot_adapter.strip_pruning(model)
     if isinstance(model, RegularGraphPruning):
-        raise TypeError("strip_pruning takes a model; for a single wrapper use `wrapper.layer` and `wrapper.masked_kernel()`.")
+        raise InputTypeError("strip_pruning takes a model; for a single wrapper use `wrapper.layer` and `wrapper.masked_kernel()`.")
     if not isinstance(model, keras.Model):
-        raise TypeError(f"`model` must be a Keras 3 model, got {type(model).__name__}.")
+        raise InputTypeError(f"`model` must be a Keras 3 model, got {type(model).__name__}.")
+    if not isinstance(model, (keras.Sequential, Functional)) and any(
+        isinstance(layer, RegularGraphPruning) for layer in leaves(model)
+    ):
+        raise InputTypeError(
+            f"strip_pruning rebuilds a model layer by layer, which the subclassed model {model.name!r} "
+            f"({type(model).__name__}) does not allow, so its RGP wrappers cannot be swapped for plain layers. Its "
+            "masked weights are already exactly zero: export it as it is with "
+            "`rgp_keras.export_tflite(model, path, compact=False)`, or build the architecture as a Sequential or "
+            "functional model to strip it and get compact kernels."
+        )
     _check_model(model, pruned_ok=True)
 
     def unwrap(layer):
         return _clone_layer(layer.layer if isinstance(layer, RegularGraphPruning) else layer)
 
     stripped = _clone_model(model, unwrap)
-    for original, new in _paired_leaves(model, stripped):
+    for original, new in paired_leaves(model, stripped):
         if isinstance(original, RegularGraphPruning):
             weights = original.layer.get_weights()
             weights[variable_index(original.layer, original.kernel)] = keras.ops.convert_to_numpy(
@@ -190,7 +214,7 @@ def reinitialize(model, seed=None):
     seed = None if seed is None else check_int("seed", seed, minimum=0)
     wrappers = [layer for layer in leaves(model) if isinstance(layer, RegularGraphPruning)]
     if not wrappers:
-        raise ValueError("`model` has no RegularGraphPruning layers to re-initialise; prune it first.")
+        raise InputValueError("`model` has no RegularGraphPruning layers to re-initialise; prune it first.")
     for index, wrapper in enumerate(wrappers):
         initializer = getattr(wrapper.layer, INITIALIZER_OF[wrapper.kernel_attribute])
         config = keras.initializers.serialize(initializer)
@@ -203,25 +227,44 @@ def reinitialize(model, seed=None):
 
 
 def resolve_graph(*, sparsity, degree, graph, nodes, seed):
-    """The `RegularGraph` asked for by exactly one of sparsity / degree / graph."""
+    """The `RegularGraph` asked for by exactly one of sparsity / degree / graph (nodes "auto" means 64 here)."""
     given = {name: value for name, value in (("sparsity", sparsity), ("degree", degree), ("graph", graph)) if value is not None}
     if len(given) != 1:
-        raise ValueError(
+        raise InputValueError(
             "Pass exactly one of `sparsity`, `degree` or `graph`; got "
             + (", ".join(f"{name}={value!r}" for name, value in given.items()) or "none")
             + "."
         )
+    if isinstance(nodes, str) and nodes != "auto":
+        raise InputValueError(f"`nodes` must be an integer >= 3 or 'auto', got {nodes!r}.")
     if graph is not None:
+        if nodes != "auto":
+            raise InputValueError(
+                f"`nodes`={nodes!r} conflicts with `graph`, which has its own node count; pass one of them."
+            )
         if isinstance(graph, (str, os.PathLike)):
             return RegularGraph.load(graph)
         if not isinstance(graph, RegularGraph):
-            raise TypeError(f"`graph` must be a RegularGraph or a graph file path, got {type(graph).__name__}.")
+            raise InputTypeError(f"`graph` must be a RegularGraph or a graph file path, got {type(graph).__name__}.")
         return graph
-    nodes = check_int("nodes", nodes, minimum=3)
+    nodes = 64 if nodes == "auto" else check_int("nodes", nodes, minimum=3)
     if sparsity is not None:
         degree = degree_for_sparsity(nodes, sparsity)
     start = RegularGraph.random(nodes, degree, seed=seed)
     return optimize(start, seed=start.metadata["seed"]).graph
+
+
+def _auto_nodes(to_prune, sparsity, self_loops, layers, skip_first, skip_last):
+    """nodes="auto" for a model (its selected layers) or a single layer."""
+    check_fraction("sparsity", sparsity)
+    if isinstance(getattr(to_prune, "layers", None), list) and getattr(to_prune, "built", False):
+        if is_tf_keras(to_prune):
+            from rgp_keras.tfmot_adapter import tf_keras_skip_reason as reason_of
+        else:
+            from rgp_keras.selection import skip_reason as reason_of
+        candidates = [layer for layer, _ in wanted(to_prune, layers, skip_first, skip_last, reason_of)]
+        return auto_nodes([layer for layer in candidates if reason_of(layer, None) is None], sparsity, self_loops)[0]
+    return auto_nodes([to_prune] if getattr(to_prune, "built", False) else [], sparsity, self_loops)[0]
 
 
 def is_tf_keras(obj):
@@ -231,7 +274,7 @@ def is_tf_keras(obj):
 
 def _reject_other_keras(obj, helper):
     if is_tf_keras(obj):
-        raise TypeError(
+        raise InputTypeError(
             f"{type(obj).__name__} is a tf_keras (Keras 2) object, but `{helper}` takes Keras 3 models only. "
             "tf_keras models go through the TF-MOT path: rgp_keras.prune_regular_graph, strip_pruning and "
             "pruning_summary accept them, then TF-MOT's own tools (see examples/tfmot_workflow.py)."
@@ -240,13 +283,13 @@ def _reject_other_keras(obj, helper):
 
 def _check_model(model, pruned_ok=False):
     if not isinstance(model, (keras.Sequential, Functional)):
-        raise TypeError(
+        raise InputTypeError(
             f"{type(model).__name__} is a subclassed model, which cannot be cloned layer by layer. "
             "Wrap its layers instead, in its __init__: "
             "`self.conv = rgp_keras.prune_regular_graph(keras.layers.Conv2D(...), degree=8)`."
         )
     if not model.built or not model.inputs:
-        raise ValueError(
+        raise InputValueError(
             f"Model {model.name!r} is not built: give it a `keras.Input(shape)` or call "
             "`model.build(input_shape)` before pruning, so that kernel shapes are known."
         )
@@ -255,7 +298,7 @@ def _check_model(model, pruned_ok=False):
             # clone_model re-creates nested Sequential/functional models layer by layer, but a subclassed one
             # only through its config: its weights and masks would be lost without a word.
             if not isinstance(layer, (keras.Sequential, Functional)):
-                raise TypeError(
+                raise InputTypeError(
                     f"Model {model.name!r} contains the subclassed model {layer.name!r} "
                     f"({type(layer).__name__}), which cannot be cloned layer by layer, so its layers cannot be "
                     "pruned or copied safely. Rebuild that block as a Sequential or functional model, or wrap its "
@@ -265,78 +308,10 @@ def _check_model(model, pruned_ok=False):
             _check_model(layer, pruned_ok=True)
     wrapped = [layer.name for layer in leaves(model) if isinstance(layer, RegularGraphPruning)]
     if wrapped and not pruned_ok:
-        raise ValueError(
+        raise InputValueError(
             f"Model {model.name!r} is already pruned by rgp_keras (layers {wrapped[:3]}); "
             "prune the original model, or strip this one first with rgp_keras.strip_pruning."
         )
-
-
-def _matches(layer, selectors):
-    for selector in selectors:
-        if isinstance(selector, str) and layer.name == selector:
-            return True
-        if isinstance(selector, type) and isinstance(layer, selector):
-            return True
-        if callable(selector) and not isinstance(selector, (str, type)) and selector(layer):
-            return True
-    return False
-
-
-def skip_reason(layer, graph):
-    """Why `layer` cannot carry `graph`'s mask (`graph=None`: judge the layer type only), or None when it can."""
-    attribute, reason = prunable_kernel(layer)
-    if attribute is None:
-        return reason
-    if graph is None:
-        return None
-    channels = kernel_channels(getattr(layer, attribute).shape, reason)
-    if min(channels) < graph.nodes:
-        too_few = [f"{count} {side} channel{'' if count == 1 else 's'}"
-                   for side, count in zip(("input", "output"), channels) if count < graph.nodes]
-        return f"{' and '.join(too_few)}: fewer than the graph's {graph.nodes} nodes"
-    return None
-
-
-def _select(model, graph, layers, skip_first, skip_last, reason_of=skip_reason):
-    """ids of the layers to wrap; raises when a layer named explicitly cannot be masked.
-
-    `reason_of(layer, graph)` says why a layer cannot be masked (None: it can).
-    """
-    walked = list(leaves(model))
-    if layers is None:
-        candidates = [layer for layer in walked if reason_of(layer, None) is None]
-        skipped = set()
-        if candidates and skip_first:
-            skipped.add(id(candidates[0]))
-        if candidates and skip_last:
-            skipped.add(id(candidates[-1]))
-        chosen = [layer for layer in candidates if id(layer) not in skipped and reason_of(layer, graph) is None]
-    else:
-        selectors = layers if isinstance(layers, (list, tuple, set)) else [layers]
-        names = {layer.name for layer in walked}
-        unknown = [s for s in selectors if isinstance(s, str) and s not in names]
-        if unknown:
-            raise ValueError(f"No layer named {unknown} in model {model.name!r}; its layers are {sorted(names)}.")
-        chosen = []
-        for layer in walked:
-            if not _matches(layer, selectors):
-                continue
-            reason = reason_of(layer, graph)
-            if reason is None:
-                chosen.append(layer)
-            elif layer.name in selectors:
-                raise ValueError(f"Layer {layer.name!r} cannot be pruned by RGP: {reason}.")
-    if not chosen:
-        widest = max(
-            (min(kernel_channels(getattr(l, a).shape, lay)) for l in walked for a, lay in [prunable_kernel(l)] if a),
-            default=0,
-        )
-        raise ValueError(
-            f"No layer of model {model.name!r} can carry a {graph.nodes}-node graph: selected layers "
-            f"have at most {widest} channels on their narrower side (each side needs >= {graph.nodes}), "
-            "or none is prunable. Use fewer `nodes`, or select other `layers`."
-        )
-    return {id(layer) for layer in chosen}
 
 
 def _clone_layer(layer):
@@ -354,9 +329,3 @@ def _clone_model(model, clone_function):
             model.input,
         )
     return keras.models.clone_model(model, input_tensors=inputs, clone_function=clone_function, recursive=True)
-
-
-def _paired_leaves(original, clone):
-    originals, clones = list(leaves(original)), list(leaves(clone))
-    assert len(originals) == len(clones), "clone_model changed the layer structure"
-    return zip(originals, clones)

@@ -1,26 +1,38 @@
 """`pruning_summary`: per-layer parameters and MACs, dense -> kept, for a (pruned) Keras 3 or tf_keras model."""
 
 import math
+import warnings
 
 from keras import ops
 
-from rgp_keras.masks import prunable_kernel
-from rgp_keras.model_graph import is_rgp_wrapper, leaves
-from rgp_keras.prune import skip_reason
+from rgp_keras.masks import channel_blocks, kept_pairs, prunable_kernel
+from rgp_keras.model_graph import is_rgp_wrapper, leaves, to_numpy
+from rgp_keras.selection import exact_nodes, layer_macs, narrow_side, skip_reason
 
 
 class PruningSummary(list):
     """A list of per-layer dicts that prints as a table; `totals` sums the model.
 
+    `graph` is the masks' `RegularGraph` (None when nothing is masked) and
+    `kernel_sparsity` the share of each masked kernel it prunes
+    (1 - (k + self_loops) / n); `totals` is what the whole model delivers.
     Each row: name, type, graph ("n/k" or ""), params, kept_params, macs,
     kept_macs (per sample, for the model's input shape; None when unknown),
     sparsity (of the layer's parameters), skipped (why it is dense, or ""),
+    channels (the narrower side of a maskable kernel, or None),
     data_aware (what data-aware pruning did to the layer, or {}: the shares of
     weight importance kept by the mask before/after channel assignment,
     "importance_before"/"importance_after", why a side kept its channel order,
     "kept_order", and the relative output error before/after reconstruction,
     "error_before"/"error_after", or why it was not refit, "reconstruction").
     """
+
+    graph = None
+    self_loops = False
+
+    @property
+    def kernel_sparsity(self):
+        return None if self.graph is None else 1 - (self.graph.degree + self.self_loops) / self.graph.nodes
 
     @property
     def totals(self):
@@ -59,7 +71,14 @@ class PruningSummary(list):
         )
         widths = [max(len(str(line[i])) for line in [header, *lines]) for i in range(len(header))]
         render = lambda line: "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip()
-        return "\n".join([render(header), render(["-" * w for w in widths]), *map(render, lines)])
+        table = [render(header), render(["-" * w for w in widths]), *map(render, lines)]
+        if self.graph is not None:
+            table.append(
+                f"graph {self.graph.nodes}/{self.graph.degree}: {100 * self.kernel_sparsity:.1f}% of each masked kernel "
+                f"pruned; model: {100 * totals['sparsity']:.1f}% of parameters, "
+                f"{100 * totals['mac_reduction']:.1f}% of MACs"
+            )
+        return "\n".join(table)
 
 
 def pruning_summary(model):
@@ -79,16 +98,25 @@ def pruning_summary(model):
     graph = wrappers[0].graph if wrappers else None
     prunable = [layer for layer in counted if is_rgp_wrapper(layer) or prunable_kernel(layer)[0]]
     rows = PruningSummary()
+    rows.graph = graph
+    rows.self_loops = bool(wrappers and wrappers[0].self_loops)
     for layer in counted:
         inner = layer.layer if is_rgp_wrapper(layer) else layer
         params = inner.count_params()
-        macs, kernel_macs = _macs(layer, inner)
+        macs, kernel_macs = layer_macs(layer, inner)
         if is_rgp_wrapper(layer):
             density = float(ops.convert_to_numpy(layer.density))
             kernel_size = math.prod(layer.kernel.shape)
             kept = params - kernel_size + int(round(density * kernel_size))
             kept_macs = None if macs is None else macs - int(round(kernel_macs * (1 - density)))
             row_graph, skipped = f"{layer.graph.nodes}/{layer.graph.degree}", ""
+        elif (stripped := _stripped_blocks(inner)) is not None:
+            blocks, kernel = stripped
+            density = kept_pairs(kernel).mean()
+            kept = params - kernel.size + int(round(density * kernel.size))
+            kept_macs = None if macs is None else macs - int(round(kernel_macs * (1 - density)))
+            row_graph = f"{len(blocks)}/{int(blocks.sum(axis=0).max())}"
+            skipped = "stripped: zeros in channel-group blocks"
         else:
             kept, kept_macs, row_graph = params, macs, ""
             skipped = _why_dense(layer, graph, prunable)
@@ -103,10 +131,55 @@ def pruning_summary(model):
                 "kept_macs": kept_macs,
                 "sparsity": 1 - kept / params,
                 "skipped": skipped,
+                "channels": narrow_side(inner),
                 "data_aware": dict(getattr(layer, "data_aware", None) or {}),
             }
         )
     return rows
+
+
+def warn_if_short(model, share=0.1):
+    """Warn when layers too narrow for the graph stay dense and hold >= `share` of the model's MACs.
+
+    The warning gives the sparsity asked for and delivered, names those layers
+    and the `nodes` that would prune them at the same density.
+    """
+    summary = pruning_summary(model)
+    graph = summary.graph
+    if graph is None:
+        return
+    density = 1 - summary.kernel_sparsity
+    # Layers narrower than the graph that a smaller graph of the same density could prune.
+    narrow = [row for row in summary if not row["graph"] and row["channels"] and row["channels"] < graph.nodes
+              and exact_nodes(density, row["channels"], summary.self_loops)]
+    weight = "macs" if all(row["macs"] is not None for row in summary) else "params"
+    total = sum(row[weight] for row in summary)
+    held = sum(row[weight] for row in narrow)
+    if not total or held < share * total:
+        return
+    totals = summary.totals
+    layers = ", ".join(f"{row['name']} ({row['channels']} channels)" for row in narrow[:6]) + (
+        ", ..." if len(narrow) > 6 else "")
+    nodes = exact_nodes(density, min(row["channels"] for row in narrow), summary.self_loops)
+    warnings.warn(
+        f"Asked for {100 * summary.kernel_sparsity:.1f}% sparsity (graph {graph.nodes}/{graph.degree}), delivered "
+        f"{100 * totals['sparsity']:.1f}% of the parameters and {100 * totals['mac_reduction']:.1f}% of the MACs: "
+        f"{len(narrow)} layer(s) holding {100 * held / total:.0f}% of the {'MACs' if weight == 'macs' else 'parameters'}"
+        f" have fewer channels on a side than the graph's {graph.nodes} nodes and stay dense: {layers}. "
+        f"nodes={nodes} would prune them at the same density; nodes='auto' picks the node count from the layers' "
+        "widths.",
+        stacklevel=3,
+    )
+
+
+def _stripped_blocks(layer):
+    """(blocks, kernel) when a plain layer's kernel zeros form RGP's channel-group blocks (a stripped model)."""
+    attribute, layout = prunable_kernel(layer)
+    if attribute is None or layout == "conv_transpose" or getattr(layer, attribute, None) is None:
+        return None
+    kernel = to_numpy(getattr(layer, attribute))
+    blocks = channel_blocks(kernel)
+    return None if blocks is None else (blocks, kernel)
 
 
 def _describe(report):
@@ -134,35 +207,6 @@ def _why_dense(layer, graph, prunable):
     if layer is prunable[-1]:
         return "last prunable layer, kept dense"
     return "not selected"
-
-
-def _macs(outer, layer):
-    """(MACs per sample, the part done by the maskable kernel) or (None, None) when unknown."""
-    try:
-        output_shape = outer.output.shape
-        input_shape = outer.input.shape
-    except (AttributeError, ValueError):
-        return None, None
-    channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
-    positions = lambda shape: math.prod(shape[2:] if channels_first else shape[1:-1])
-    kernel_attribute, layout = prunable_kernel(layer)
-    total = kernel_part = 0
-    for weight in layer.trainable_weights:
-        # Keras 3 variables have a path, tf_keras ones a name like "conv2d/kernel:0"
-        name = getattr(weight, "path", weight.name).split("/")[-1].split(":")[0]
-        if name in ("bias", "gamma", "beta") or len(weight.shape) < 2:
-            continue
-        size = math.prod(weight.shape)
-        if layout == "conv_transpose":
-            count = size * positions(input_shape)
-        elif layout == "dense":
-            count = size * math.prod(output_shape[1:-1])
-        else:
-            count = size * positions(output_shape)
-        total += count
-        if kernel_attribute and name == kernel_attribute:
-            kernel_part = count
-    return int(total), int(kernel_part)
 
 
 def _count(value):

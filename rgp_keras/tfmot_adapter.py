@@ -9,9 +9,11 @@ loads this module only when a tf_keras model is passed.
 import functools
 
 from rgp_keras import data_aware
+from rgp_keras.errors import InputTypeError, InputValueError, MissingDependencyError
 from rgp_keras.masks import prunable_kernel
-from rgp_keras.model_graph import leaves
-from rgp_keras.prune import _paired_leaves, _select, skip_reason
+from rgp_keras.model_graph import leaves, paired_leaves
+from rgp_keras.selection import select, skip_reason
+from rgp_keras.summary import warn_if_short
 
 _INSTALL = "pip install 'tensorflow-model-optimization==0.8.1' 'tf_keras~=2.21.0'"
 
@@ -24,7 +26,7 @@ def _api():
 
         from rgp_keras.tfmot_layers import PruneRegularGraph
     except ImportError as error:
-        raise ImportError(f"The tf_keras path needs tf_keras and TF-MOT ({error}); install them: {_INSTALL}") from None
+        raise MissingDependencyError(f"The tf_keras path needs tf_keras and TF-MOT ({error}); install them: {_INSTALL}") from None
     return tf_keras, PruneRegularGraph
 
 
@@ -32,7 +34,7 @@ def _is_tfmot_wrapper(layer):
     return any(cls.__name__ == "PruneLowMagnitude" for cls in type(layer).__mro__)
 
 
-def _reason(layer, graph):
+def tf_keras_skip_reason(layer, graph):
     """`skip_reason` extended to TF-MOT wrappers and custom `PrunableLayer`s."""
     if _is_tfmot_wrapper(layer):
         return "already pruned (wrapped by TF-MOT's prune_low_magnitude); strip it first to apply RGP"
@@ -54,19 +56,19 @@ def prune_regular_graph(
     tf_keras, PruneRegularGraph = _api()
     if not isinstance(to_prune, tf_keras.Model):
         if _is_tfmot_wrapper(to_prune):
-            raise ValueError(f"Layer {to_prune.name!r} is already pruned: {_reason(to_prune, graph)}.")
-        reason = _reason(to_prune, None)
+            raise InputValueError(f"Layer {to_prune.name!r} is already pruned: {tf_keras_skip_reason(to_prune, graph)}.")
+        reason = tf_keras_skip_reason(to_prune, None)
         if reason:
-            raise ValueError(f"Layer {to_prune.name!r} cannot be pruned by RGP: {reason}.")
+            raise InputValueError(f"Layer {to_prune.name!r} cannot be pruned by RGP: {reason}.")
         return PruneRegularGraph(to_prune, graph, self_loops=self_loops)
     _check_model(to_prune, tf_keras)
     walked = list(leaves(to_prune))
-    if layers is None and not any(_reason(layer, None) is None for layer in walked) and any(map(_is_tfmot_wrapper, walked)):
-        raise ValueError(
+    if layers is None and not any(tf_keras_skip_reason(layer, None) is None for layer in walked) and any(map(_is_tfmot_wrapper, walked)):
+        raise InputValueError(
             f"Model {to_prune.name!r} is already pruned by TF-MOT's prune_low_magnitude on every prunable "
             "layer; apply RGP to the original model, or strip it first (tfmot.sparsity.keras.strip_pruning)."
         )
-    selected = _select(to_prune, graph, layers, skip_first, skip_last, reason_of=_reason)
+    selected = select(to_prune, graph, layers, skip_first, skip_last, reason_of=tf_keras_skip_reason)
     plan = data_aware.plan(to_prune, graph, selected, self_loops, calibration_data, calibration_samples, assign_channels)
 
     def wrap(layer):
@@ -76,7 +78,7 @@ def prune_regular_graph(
         return clone
 
     pruned = tf_keras.models.clone_model(to_prune, clone_function=wrap)
-    pairs = list(_paired_leaves(to_prune, pruned))
+    pairs = list(paired_leaves(to_prune, pruned))
     for original, new in pairs:
         target = new.layer if id(original) in selected else new
         if id(original) in plan.weights:
@@ -89,9 +91,10 @@ def prune_regular_graph(
     reference = to_prune
     if plan.arrays is not None and plan.weights:
         reference = tf_keras.models.clone_model(to_prune)
-        for original, new in _paired_leaves(to_prune, reference):
+        for original, new in paired_leaves(to_prune, reference):
             new.set_weights(plan.weights.get(id(original)) or original.get_weights())
     data_aware.finish(plan, reference, pruned, pairs)
+    warn_if_short(pruned)
     return pruned
 
 
@@ -106,7 +109,7 @@ def strip_pruning(model):
         return _clone(layer, unwrap, tf_keras)
 
     stripped = tf_keras.models.clone_model(model, clone_function=unwrap)
-    for original, new in _paired_leaves(model, stripped):
+    for original, new in paired_leaves(model, stripped):
         if _is_tfmot_wrapper(original):
             _copy_variables(original.layer, new)
             masks = {id(weight): mask for weight, mask, _ in original.pruning_vars}
@@ -133,15 +136,15 @@ def _copy_variables(source, target):
 
 def _check_model(model, tf_keras):
     if not isinstance(model, tf_keras.Model):
-        raise TypeError(
+        raise InputTypeError(
             f"`model` must be a tf_keras Model for the TF-MOT path, got {type(model).__name__}; "
             "Keras 3 models go through rgp_keras.prune_regular_graph / strip_pruning directly."
         )
     if not (isinstance(model, tf_keras.Sequential) or getattr(model, "_is_graph_network", False)):
-        raise TypeError(
+        raise InputTypeError(
             f"{type(model).__name__} is a subclassed tf_keras model, which cannot be cloned layer by layer; "
             "wrap its layers instead: `rgp_keras.prune_regular_graph(tf_keras.layers.Conv2D(...), degree=8)`."
         )
     if not model.built:
-        raise ValueError(f"Model {model.name!r} is not built: give it an Input so that kernel shapes are known.")
+        raise InputValueError(f"Model {model.name!r} is not built: give it an Input so that kernel shapes are known.")
 

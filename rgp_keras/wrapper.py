@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from rgp_keras.errors import InputTypeError, InputValueError
 from rgp_keras.graph import RegularGraph
 from rgp_keras.masks import kernel_mask, prunable_kernel
 
@@ -39,11 +40,11 @@ class RegularGraphPruning(keras.layers.Wrapper):
     def __init__(self, layer, graph, self_loops=False, **kwargs):
         attribute, layout = prunable_kernel(layer)
         if attribute is None:
-            raise ValueError(f"Layer {layer.name!r} cannot be pruned by RGP: {layout}.")
+            raise InputValueError(f"Layer {layer.name!r} cannot be pruned by RGP: {layout}.")
         if isinstance(graph, dict):
             graph = RegularGraph.from_config(graph)
         if not isinstance(graph, RegularGraph):
-            raise TypeError(f"`graph` must be a RegularGraph, got {type(graph).__name__}.")
+            raise InputTypeError(f"`graph` must be a RegularGraph, got {type(graph).__name__}.")
         kwargs.setdefault("name", f"rgp_{layer.name}")
         kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(layer, **kwargs)
@@ -53,7 +54,18 @@ class RegularGraphPruning(keras.layers.Wrapper):
         self.layout = layout
 
     def build(self, input_shape=None):
-        super().build(input_shape)
+        if not self.layer.built:
+            # Draw the kernel with its masked weights already zero: inside a symbolic build (a subclassed
+            # model's first call) the `assign` below is only recorded, never applied.
+            name = INITIALIZER_OF[self.kernel_attribute]
+            initializer = getattr(self.layer, name)
+            setattr(self.layer, name, _MaskedInitializer(initializer, self))
+            try:
+                super().build(input_shape)
+            finally:
+                setattr(self.layer, name, initializer)
+        else:
+            super().build(input_shape)
         kernel = self.kernel
         mask = kernel_mask(self.graph, kernel.shape, self.layout, self.self_loops)
         self.mask = self.add_weight(
@@ -102,3 +114,16 @@ class RegularGraphPruning(keras.layers.Wrapper):
 
     def get_config(self):
         return {**super().get_config(), "graph": self.graph.get_config(), "self_loops": self.self_loops}
+
+
+class _MaskedInitializer:
+    """The wrapped layer's kernel initializer times the wrapper's mask (used only while the kernel is created)."""
+
+    def __init__(self, initializer, wrapper):
+        self.initializer = keras.initializers.get(initializer)
+        self.wrapper = wrapper
+
+    def __call__(self, shape, dtype=None):
+        wrapper = self.wrapper
+        mask = kernel_mask(wrapper.graph, shape, wrapper.layout, wrapper.self_loops)
+        return ops.multiply(self.initializer(shape, dtype=dtype), ops.cast(mask, dtype or "float32"))

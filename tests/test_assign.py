@@ -8,7 +8,8 @@ from rgp_keras import prune_regular_graph
 from rgp_keras.assign import assign_channels
 from rgp_keras.graph import RegularGraph
 from rgp_keras.model_graph import leaves
-from rgp_keras.prune import _select, with_weights
+from rgp_keras.prune import with_weights
+from rgp_keras.selection import select
 
 
 def randomise_batchnorm(model, seed=0):
@@ -21,7 +22,7 @@ def randomise_batchnorm(model, seed=0):
 
 
 def assigned(model, graph):
-    selected = _select(model, graph, None, True, True)
+    selected = select(model, graph, None, True, True)
     weights, report = assign_channels(model, graph, selected)
     return with_weights(model, weights), weights, report
 
@@ -71,7 +72,7 @@ def test_assignment_keeps_the_function_of_a_model_with_adds_concatenate_and_batc
 def test_assignment_is_deterministic_and_leaves_the_model_untouched(vgg_model):
     graph = RegularGraph.random(16, 4, seed=0)
     before = [w.copy() for w in vgg_model.get_weights()]
-    first, second = (assign_channels(vgg_model, graph, _select(vgg_model, graph, None, True, True))[0] for _ in range(2))
+    first, second = (assign_channels(vgg_model, graph, select(vgg_model, graph, None, True, True))[0] for _ in range(2))
     assert first.keys() == second.keys()
     for key in first:
         assert all(np.array_equal(a, b) for a, b in zip(first[key], second[key]))

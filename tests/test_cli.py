@@ -1,5 +1,6 @@
 """Tests for the `rgp` command line tool."""
 
+import os
 import re
 import subprocess
 import sys
@@ -106,6 +107,9 @@ def test_prune_with_calibration_data(tmp_path, model_file, capsys):
         (["prune", "MODEL", "--degree", "4", "-o", "out.h5"], "must end in .keras"),
         (["prune", "MODEL", "--degree", "3", "--nodes", "15", "-o", "OUT"], "nodes * degree must be even"),
         (["prune", "MODEL", "--graph", "missing.npz", "-o", "OUT"], "missing.npz"),
+        (["prune", "MODEL", "--graph", "missing.npz", "--nodes", "64", "-o", "OUT"], "--nodes conflicts with --graph"),
+        (["graph", "--nodes", "16", "--degree", "4", "--out", "OUT.json"], "--out must end in .npz"),
+        (["bench", "x.tflite", "--threads", "0"], "--threads and --runs must be >= 1, got --threads 0"),
         (["summary", "notes.txt"], "No such model file"),
     ],
 )
@@ -115,12 +119,32 @@ def test_prune_bad_input_is_one_line_and_leaves_no_output(tmp_path, model_file, 
 
     bad = tmp_path / "bad.npy"
     np.save(bad, np.ones((5, 3), "float32"))
-    argv = [str(model_file) if a == "MODEL" else str(out) if a == "OUT" else str(bad) if a == "BADNPY" else a
-            for a in argv]
+    names = {"MODEL": model_file, "OUT": out, "BADNPY": bad, "OUT.json": tmp_path / "g.json"}
+    argv = [str(names.get(a, a)) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
-    assert not out.exists()
+    assert not out.exists() and not (tmp_path / "g.json").exists()
+
+
+def test_a_bug_is_not_passed_off_as_a_user_error(monkeypatch):
+    import rgp_keras.cli
+
+    def broken(args):
+        raise TypeError("unsupported operand type(s)")  # what a bug, not a validation, raises
+
+    monkeypatch.setattr(rgp_keras.cli, "_graph", broken)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        main(["graph", "--nodes", "16", "--degree", "4", "--out", "g.npz"])
+
+
+def test_commands_keep_tensorflow_quiet_unless_verbose(model_file):
+    command = [sys.executable, "-m", "rgp_keras.cli", "summary", str(model_file)]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    quiet = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    verbose = subprocess.run(command[:3] + ["--verbose"] + command[3:], capture_output=True, text=True, env=env)
+    assert verbose.returncode == 0 and verbose.stderr
 
 
 @pytest.fixture
@@ -158,11 +182,11 @@ def test_export_and_bench_commands(tmp_path, pruned_file, capsys):
     "argv, message",
     [
         (["export", "missing.keras", "-o", "OUT"], "No such model file"),
-        (["export", "MODEL", "-o", "OUT", "--quantize", "int8"], "needs `representative_data`"),
+        (["export", "MODEL", "-o", "OUT", "--quantize", "int8"], "--quantize int8 needs --calibration"),
         (["export", "MODEL", "-o", "OUT", "--quantize", "int8", "--calibration", "nope.npy"], "No such calibration"),
         (["export", "MODEL", "-o", "OUT", "--calibration", "x.npy"], "only used with --quantize int8"),
         (["export", "MODEL", "-o", "OUT", "--sparse", "--layout", "gather"], "needs compact=True"),
-        (["export", "MODEL", "-o", "OUT", "--threads", "0"], "`threads` must be an integer >= 1, got 0"),
+        (["export", "MODEL", "-o", "OUT", "--threads", "0"], "--threads must be >= 1, got 0"),
         (["export", "MODEL", "-o", "model.onnx"], "must end with .tflite"),
         (["bench", "MODEL"], "not a .tflite file"),
         (["bench", "missing.tflite"], "No .tflite file"),

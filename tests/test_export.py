@@ -318,3 +318,18 @@ def test_exported_files_get_the_umask_mode(graph16, tmp_path):
     finally:
         os.umask(previous)
     assert (tmp_path / "m.tflite").stat().st_mode & 0o777 == 0o644
+
+
+def test_stripped_summary_and_export_report_say_the_same_as_the_pruned_model(tmp_path, vgg_model):
+    from rgp_keras import pruning_summary
+
+    pruned = prune_regular_graph(vgg_model, degree=8, nodes=32, seed=0)
+    stripped = strip_pruning(pruned)
+    before, after = pruning_summary(pruned), pruning_summary(stripped)
+    assert after.totals == before.totals
+    assert [row["graph"] for row in after] == [row["graph"] for row in before]
+    assert sum("stripped: zeros in channel-group blocks" in row["skipped"] for row in after) == 3
+    report = export_tflite(pruned, tmp_path / "m.tflite")
+    for name, reason in report.not_compacted.items():
+        assert "kernel MACs per sample all run, 75% of them on zero weights" in reason
+    assert report.not_compacted  # 32 groups of 1-2 channels: estimated too slow, and the report says what it costs

@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from rgp_keras._checks import check_int, check_positive
+from rgp_keras.errors import InputTypeError, InputValueError
 from rgp_keras.graph._regular import RegularGraph, _moore_total, check_symmetry
 
 START_TEMPERATURE = 0.3
@@ -106,7 +107,7 @@ def optimize(
     True
     """
     if not isinstance(graph, RegularGraph):
-        raise TypeError(f"`graph` must be a RegularGraph, got {type(graph).__name__}.")
+        raise InputTypeError(f"`graph` must be a RegularGraph, got {type(graph).__name__}.")
     target = _check_objective(objective, graph)
     if attempts is not None:
         attempts = check_int("attempts", attempts, minimum=1)
@@ -119,13 +120,13 @@ def optimize(
     jobs = check_int("jobs", jobs, minimum=1)
     symmetry = check_symmetry(graph.nodes, symmetry)
     if not graph.is_symmetric(symmetry):
-        raise ValueError(
+        raise InputValueError(
             f"`symmetry`={symmetry} needs a start graph unchanged by the rotation v -> v + "
             f"{graph.nodes // symmetry} (mod {graph.nodes}); this one is not. Start from "
             f"RegularGraph.random({graph.nodes}, {graph.degree}, symmetry={symmetry})."
         )
     if callback is not None and jobs > 1:
-        raise ValueError("`callback` is only supported with jobs=1 (chains run in other processes).")
+        raise InputValueError("`callback` is only supported with jobs=1 (chains run in other processes).")
     seed = None if seed is None else check_int("seed", seed, minimum=0)
     seeds = np.random.SeedSequence(seed).spawn(jobs)
     period = graph.nodes // symmetry
@@ -164,9 +165,9 @@ def _check_objective(objective, graph):
     if objective in ("min", "max"):
         return objective
     if isinstance(objective, bool) or not isinstance(objective, numbers.Real) or not math.isfinite(objective):
-        raise ValueError(f"`objective` must be 'min', 'max' or a target ASPL (a number), got {objective!r}.")
+        raise InputValueError(f"`objective` must be 'min', 'max' or a target ASPL (a number), got {objective!r}.")
     if objective < graph.moore_bound:
-        raise ValueError(
+        raise InputValueError(
             f"Target ASPL {objective} is below the Moore bound {graph.moore_bound:.4f} of "
             f"{graph.degree}-regular graphs on {graph.nodes} nodes: no such graph exists."
         )

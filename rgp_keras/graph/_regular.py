@@ -15,6 +15,7 @@ import numpy as np
 
 from rgp_keras._checks import check_fraction, check_int
 from rgp_keras._files import normal_file_mode
+from rgp_keras.errors import InputValueError
 from rgp_keras.graph._bfs import distance_stats
 
 FORMAT_NAME = "rgp_keras.RegularGraph"
@@ -26,12 +27,12 @@ def check_size(nodes, degree):
     nodes = check_int("nodes", nodes, minimum=3)
     degree = check_int("degree", degree, minimum=2)
     if degree >= nodes:
-        raise ValueError(
+        raise InputValueError(
             f"`degree` must be smaller than `nodes` (a simple graph on {nodes} nodes has "
             f"degree at most {nodes - 1}), got degree={degree}."
         )
     if nodes * degree % 2:
-        raise ValueError(
+        raise InputValueError(
             f"No {degree}-regular graph on {nodes} nodes exists: nodes * degree must be even "
             f"(got {nodes} * {degree} = {nodes * degree}). Use an even degree or an even node count."
         )
@@ -42,7 +43,7 @@ def check_symmetry(nodes, symmetry):
     """Validate a rotational symmetry order for graphs on `nodes` nodes; return it as an int."""
     symmetry = check_int("symmetry", symmetry, minimum=1)
     if nodes % symmetry:
-        raise ValueError(
+        raise InputValueError(
             f"`symmetry` must divide the node count (got symmetry={symmetry}, nodes={nodes}); "
             f"symmetry=1 (no symmetry) is always accepted."
         )
@@ -102,7 +103,7 @@ def degree_for_sparsity(nodes, sparsity):
     valid = [k for k in range(2, nodes) if nodes * k % 2 == 0]
     best = min(valid, key=lambda k: (abs(k - wanted), k))
     if abs(best - wanted) > 1:
-        raise ValueError(
+        raise InputValueError(
             f"`sparsity`={sparsity} needs degree {wanted:.3g} on {nodes} nodes, but degrees "
             f"{valid[0]}..{valid[-1]} are possible: sparsity between {1 - valid[-1] / nodes:.4g} "
             f"and {1 - valid[0] / nodes:.4g} is accepted on {nodes} nodes."
@@ -140,7 +141,7 @@ class RegularGraph:
         self._metadata = dict(metadata or {})
         total, diameter = distance_stats(neighbors)
         if total < 0:
-            raise ValueError(
+            raise InputValueError(
                 "`adjacency` describes a disconnected graph; RGP needs a connected regular graph."
             )
         self._stats = (total, diameter)
@@ -212,7 +213,7 @@ class RegularGraph:
         """
         nodes, degree = check_size(nodes, degree)
         if degree % 2:
-            raise ValueError(
+            raise InputValueError(
                 f"`ring_lattice` supports even degrees only, got degree={degree}. For an odd degree "
                 "use RegularGraph.random(...) and optimize(graph, 'max') for a high-ASPL graph."
             )
@@ -227,7 +228,7 @@ class RegularGraph:
         except FileNotFoundError:
             raise
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-            raise ValueError(f"{path!s} is not a readable graph file ({error}).") from None
+            raise InputValueError(f"{path!s} is not a readable graph file ({error}).") from None
         return cls._from_archive(contents, path)
 
     @classmethod
@@ -235,29 +236,29 @@ class RegularGraph:
         if set(contents) != {"format", "version", "adjacency", "metadata"} or str(
             contents["format"]
         ) != FORMAT_NAME:
-            raise ValueError(
+            raise InputValueError(
                 f"{path!s} is not an rgp_keras graph file: expected the arrays format, version, "
                 f"adjacency and metadata written by RegularGraph.save, found {sorted(contents)}."
             )
         version = int(contents["version"])
         if version > FORMAT_VERSION:
-            raise ValueError(
+            raise InputValueError(
                 f"{path!s} has graph format version {version}, written by a newer rgp_keras; "
                 f"this version reads format versions up to {FORMAT_VERSION}. Upgrade rgp_keras."
             )
         metadata = json.loads(str(contents["metadata"]))
         nodes = metadata.get("nodes")
         if not isinstance(nodes, int) or nodes < 3:
-            raise ValueError(f"{path!s} is inconsistent: metadata has no valid node count.")
+            raise InputValueError(f"{path!s} is inconsistent: metadata has no valid node count.")
         packed = contents["adjacency"]
         if packed.dtype != np.uint8 or packed.size * 8 < nodes * nodes:
-            raise ValueError(f"{path!s} is inconsistent: the adjacency does not hold {nodes} nodes.")
+            raise InputValueError(f"{path!s} is inconsistent: the adjacency does not hold {nodes} nodes.")
         adjacency = np.unpackbits(packed, count=nodes * nodes).reshape(nodes, nodes)
         graph = cls(adjacency, metadata)
         if metadata.get("degree") != graph.degree or not np.isclose(
             metadata.get("aspl", np.nan), graph.aspl, rtol=0, atol=1e-9
         ):
-            raise ValueError(
+            raise InputValueError(
                 f"{path!s} is inconsistent: metadata says degree {metadata.get('degree')}, ASPL "
                 f"{metadata.get('aspl')}, the adjacency has degree {graph.degree}, ASPL {graph.aspl}."
             )
@@ -384,22 +385,22 @@ def _validated_adjacency(adjacency):
         return adjacency.adjacency.copy()
     array = np.asarray(adjacency)
     if array.ndim != 2 or array.shape[0] != array.shape[1]:
-        raise ValueError(f"`adjacency` must be a square 2-D array, got shape {array.shape}.")
+        raise InputValueError(f"`adjacency` must be a square 2-D array, got shape {array.shape}.")
     if array.dtype != bool:
         if not np.issubdtype(array.dtype, np.number) or not np.isin(array, (0, 1)).all():
-            raise ValueError("`adjacency` must hold only 0/1 (or False/True) entries.")
+            raise InputValueError("`adjacency` must hold only 0/1 (or False/True) entries.")
     array = array.astype(bool)
     nodes = array.shape[0]
     if nodes < 3:
-        raise ValueError(f"`adjacency` must have at least 3 nodes, got {nodes}.")
+        raise InputValueError(f"`adjacency` must have at least 3 nodes, got {nodes}.")
     if array.diagonal().any():
         loops = np.flatnonzero(array.diagonal())
-        raise ValueError(f"`adjacency` has self-loops at nodes {loops[:5].tolist()}; RGP graphs have none.")
+        raise InputValueError(f"`adjacency` has self-loops at nodes {loops[:5].tolist()}; RGP graphs have none.")
     if not np.array_equal(array, array.T):
-        raise ValueError("`adjacency` must be symmetric (an undirected graph).")
+        raise InputValueError("`adjacency` must be symmetric (an undirected graph).")
     degrees = array.sum(axis=1)
     if degrees.min() != degrees.max():
-        raise ValueError(
+        raise InputValueError(
             f"`adjacency` is not regular: node degrees range from {degrees.min()} to {degrees.max()}; "
             "every node must have the same degree."
         )
