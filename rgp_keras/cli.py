@@ -28,6 +28,10 @@ def _nodes(text):
         raise argparse.ArgumentTypeError(f"expected an integer >= 3 or 'auto', got {text!r}") from None
 
 
+def _symmetry(text):
+    return text if text == "auto" else int(text)
+
+
 def _objective(text):
     if text in ("min", "max"):
         return text
@@ -38,12 +42,13 @@ def _objective(text):
 
 
 def _graph(args):
-    from rgp_keras.graph import RegularGraph, degree_for_sparsity, optimize
+    from rgp_keras.graph import RegularGraph, auto_symmetry, degree_for_sparsity, optimize
 
     if not args.out.endswith(".npz"):
         raise InputValueError(f"--out must end in .npz (a graph file is a NumPy archive), got {args.out}")
     degree = args.degree if args.degree is not None else degree_for_sparsity(args.nodes, args.sparsity)
-    start = RegularGraph.random(args.nodes, degree, seed=args.seed, symmetry=args.symmetry)
+    symmetry = auto_symmetry(args.nodes, degree, args.objective) if args.symmetry == "auto" else args.symmetry
+    start = RegularGraph.random(args.nodes, degree, seed=args.seed, symmetry=symmetry)
     result = optimize(
         start,
         args.objective,
@@ -51,7 +56,7 @@ def _graph(args):
         time_limit=args.time_limit,
         seed=args.seed,
         jobs=args.jobs,
-        symmetry=args.symmetry,
+        symmetry=symmetry,
         progress=not (args.quiet or args.json),
     )
     graph = result.graph
@@ -68,10 +73,11 @@ def _graph(args):
         return _print_json(
             nodes=graph.nodes, degree=graph.degree, sparsity=graph.sparsity, aspl_before=start.aspl, aspl=graph.aspl,
             diameter=graph.diameter, moore_bound=graph.moore_bound, gap=graph.gap, attempts=result.attempts,
+            symmetry=result.symmetry,
             seconds=result.elapsed, path=args.out,
         )
     print(
-        f"nodes {graph.nodes}  degree {graph.degree}  sparsity {graph.sparsity:.4f}\n"
+        f"nodes {graph.nodes}  degree {graph.degree}  sparsity {graph.sparsity:.4f}  symmetry {result.symmetry}\n"
         f"ASPL {start.aspl:.4f} -> {graph.aspl:.4f}  diameter {start.diameter} -> {graph.diameter}\n"
         f"Moore bound {graph.moore_bound:.4f}  gap {100 * graph.gap:.2f}%\n"
         f"{result.attempts} attempts in {result.elapsed:.2f}s -> {args.out}"
@@ -248,9 +254,9 @@ def _parser():
     budget.add_argument("--attempts", type=int, help="swap attempts (default: scaled to the graph size)")
     budget.add_argument("--time-limit", type=float, help="seconds to optimise")
     graph.add_argument("--jobs", type=int, default=1, help="parallel chains; the best is kept")
-    graph.add_argument("--symmetry", type=int, default=1,
-                       help="search graphs unchanged by rotating node labels by n/G (G divides n); "
-                            "often better for degree >= 8 (default 1: no symmetry)")
+    graph.add_argument("--symmetry", type=_symmetry, default="auto",
+                       help="search graphs unchanged by rotating node labels by n/G (G divides n; 1: no symmetry); "
+                            "default auto: the largest G <= min(32, n/8) for degree >= 8, else 1")
     graph.add_argument("--out", required=True, help="graph file to write (.npz)")
     graph.add_argument("--plot", help="also save the ASPL history as a PNG")
     graph.add_argument("--quiet", action="store_true", help="no progress bar")

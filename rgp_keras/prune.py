@@ -103,7 +103,8 @@ def prune_regular_graph(
             "(select it with `layers=`), or wrap the layer without calibration data."
         )
     if graph is None and nodes == "auto" and sparsity is not None:
-        nodes = _auto_nodes(to_prune, sparsity, self_loops, layers, skip_first, skip_last)
+        nodes, degree = _auto_nodes(to_prune, sparsity, self_loops, layers, skip_first, skip_last)
+        sparsity = None
     graph = resolve_graph(sparsity=sparsity, degree=degree, graph=graph, nodes=nodes, seed=seed)
     if is_tf_keras(to_prune):
         from rgp_keras import tfmot_adapter
@@ -255,7 +256,7 @@ def resolve_graph(*, sparsity, degree, graph, nodes, seed):
 
 
 def _auto_nodes(to_prune, sparsity, self_loops, layers, skip_first, skip_last):
-    """nodes="auto" for a model (its selected layers) or a single layer."""
+    """(nodes, degree) for nodes="auto", for a model (its selected layers) or a single layer."""
     check_fraction("sparsity", sparsity)
     if isinstance(getattr(to_prune, "layers", None), list) and getattr(to_prune, "built", False):
         if is_tf_keras(to_prune):
@@ -263,8 +264,8 @@ def _auto_nodes(to_prune, sparsity, self_loops, layers, skip_first, skip_last):
         else:
             from rgp_keras.selection import skip_reason as reason_of
         candidates = [layer for layer, _ in wanted(to_prune, layers, skip_first, skip_last, reason_of)]
-        return auto_nodes([layer for layer in candidates if reason_of(layer, None) is None], sparsity, self_loops)[0]
-    return auto_nodes([to_prune] if getattr(to_prune, "built", False) else [], sparsity, self_loops)[0]
+        return auto_nodes([layer for layer in candidates if reason_of(layer, None) is None], sparsity, self_loops)
+    return auto_nodes([to_prune] if getattr(to_prune, "built", False) else [], sparsity, self_loops)
 
 
 def is_tf_keras(obj):

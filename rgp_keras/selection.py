@@ -106,8 +106,8 @@ def auto_nodes(layers, sparsity, self_loops=False):
     unknown) decide: the largest n <= `MAX_AUTO_NODES` whose (k + self_loops) / n
     equals 1 - sparsity exactly and whose groups are at least 16 channels wide
     in each of them; failing that 8, 4, 2, then 1 channel per group. When no n
-    up to 64 gives the density exactly, the nearest degree on the n chosen by
-    group width alone.
+    up to 64 gives the density exactly (or groups would be narrower than one
+    channel), the (n, k) giving the nearest density, the larger n on a tie.
     """
     costs = [(narrow_side(layer), _cost(layer)) for layer in layers]
     costs = sorted((c for c in costs if c[0]), key=lambda c: -c[1])
@@ -123,12 +123,11 @@ def auto_nodes(layers, sparsity, self_loops=False):
         nodes = exact_nodes(1 - sparsity, min(MAX_AUTO_NODES, narrowest // width), self_loops)
         if nodes:
             return nodes, round((1 - sparsity) * nodes) - self_loops
-    for width in GROUP_WIDTHS:
-        for nodes in range(min(MAX_AUTO_NODES, narrowest // width), 2, -1):
-            degree = _nearest_degree(nodes, sparsity, self_loops)
-            if degree is not None:
-                return nodes, degree
-    return 3, 2
+    # No n gives the density exactly: the nearest density, then the most nodes.
+    candidates = [(nodes, _nearest_degree(nodes, sparsity, self_loops))
+                  for nodes in range(3, max(3, min(MAX_AUTO_NODES, narrowest)) + 1)]
+    return min(((n, k) for n, k in candidates if k is not None),
+               key=lambda c: (abs((c[1] + self_loops) / c[0] - (1 - sparsity)), -c[0]))
 
 
 def exact_nodes(density, limit, self_loops=False):

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zipfile
 from fractions import Fraction
 
@@ -246,11 +247,15 @@ def test_symmetric_search_keeps_the_rotation_and_improves(nodes, degree, symmetr
     assert not RegularGraph.random(64, 8, seed=1).is_symmetric(8)
 
 
-def test_symmetric_search_reaches_below_1_96_for_64_nodes_degree_8():
-    # The plain chain stalls near 1.97 here; the issue asks for <= 1.96 (about 20 s; a budget in
-    # attempts, not seconds, so the result does not depend on the machine's speed).
-    start = RegularGraph.random(64, 8, seed=0, symmetry=8)
-    assert optimize(start, attempts=10_000_000, seed=0, symmetry=8).graph.aspl <= 1.96
+def test_default_search_picks_the_symmetry_and_reaches_below_1_96_for_64_nodes_degree_8():
+    # The plain chain stalls near 1.97 here; symmetry 8 gets <= 1.96, and the default must get what the best
+    # option gets (about 20 s; a budget in attempts, not seconds, so the result does not depend on the machine).
+    result = optimize(RegularGraph.random(64, 8, seed=0), attempts=10_000_000, seed=0)
+    assert result.symmetry == 8 and result.graph.metadata["symmetry"] == 8 and result.graph.is_symmetric(8)
+    assert result.graph.aspl <= 1.96
+    assert optimize(RegularGraph.random(64, 4, seed=0), attempts=1000, seed=0).symmetry == 1  # no gain at k < 8
+    start = RegularGraph.random(64, 8, seed=0)
+    assert optimize(start, attempts=1000, seed=0, symmetry=1).graph.metadata["start"] == start.metadata
 
 
 def test_time_limit_bounds_the_run():
@@ -452,3 +457,15 @@ def test_saved_graph_files_get_the_umask_mode(tmp_path):
     finally:
         os.umask(previous)
     assert (tmp_path / "g.npz").stat().st_mode & 0o777 == 0o644
+
+
+def test_first_compile_is_announced_once_and_a_second_process_loads_the_cache(tmp_path):
+    code = ("from rgp_keras.graph import RegularGraph, optimize\n"
+            "optimize(RegularGraph.random(16, 8, seed=0, symmetry=2), attempts=100, seed=0)\n"
+            "optimize(RegularGraph.random(16, 4, seed=0), attempts=100, seed=0)\n")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert first.stderr.count("compiling the graph optimiser (one time") == 1
+    started = time.perf_counter()
+    second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert "compiling" not in second.stderr and time.perf_counter() - started < 8  # compiling takes ~10 s

@@ -3,10 +3,11 @@
 Pure numpy + igraph: importing this package never imports TensorFlow.
 """
 
-from rgp_keras.graph._optimize import OptimizeResult, default_attempts, optimize
+from rgp_keras.graph._optimize import OptimizeResult, auto_symmetry, default_attempts, optimize
 from rgp_keras.graph._regular import RegularGraph, degree_for_sparsity, moore_bound
 
 __all__ = [
+    "auto_symmetry",
     "OptimizeResult",
     "RegularGraph",
     "default_attempts",

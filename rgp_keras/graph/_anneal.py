@@ -14,6 +14,8 @@ Distance sums here are over ordered pairs (twice the unordered sum). numba
 compiles the module on first use and caches the machine code on disk.
 """
 
+import sys
+
 import numba
 import numpy as np
 
@@ -320,3 +322,23 @@ def typical_change(neighbors, adjacency, period, samples):
                 changes[found] = abs(total - start) * copies
                 found += 1
     return np.median(changes[:found]) if found else 0.0
+
+
+_ENTRY_POINTS = (seed, typical_change, anneal, scramble)
+_announced = False
+
+
+def announce_compilation():
+    """Say once per process, on stderr, when numba has no valid machine code cached for the optimiser:
+    the first call then stalls ~10 s compiling (later processes load it from disk in well under a second)."""
+    global _announced
+    if _announced:
+        return
+    _announced = True
+    try:  # numba's cache index, as numba itself reads it: empty when missing or stale (source changed)
+        cached = all(function._cache._cache_file._load_index() for function in _ENTRY_POINTS)
+    except AttributeError:  # another numba layout: stay quiet rather than guess
+        cached = True
+    if not cached:
+        print("rgp_keras: compiling the graph optimiser (one time, ~10 s; cached on disk afterwards)",
+              file=sys.stderr, flush=True)

@@ -190,6 +190,7 @@ class RegularGraph:
         # numba is imported here, not with the package.
         from rgp_keras.graph import _anneal
 
+        _anneal.announce_compilation()
         adjacency = _circulant(nodes, degree)
         neighbors = np.nonzero(adjacency)[1].reshape(nodes, degree).astype(np.int64)
         _anneal.seed(seed)

@@ -1,0 +1,439 @@
+"""Accuracy per on-device latency: RGP against the structured alternatives users already have.
+
+Full Fashion-MNIST (60k / 10k, the profile may take fewer training images). Per
+model and seed a dense model is trained (budget D epochs), then at each sparsity
+every method gets the same training budget after it, F epochs (from-scratch
+methods train D + F epochs):
+
+  RGP plain + FT        the paper's mask on the trained weights (channel order kept), F epochs
+  RGP data-aware        prune_regular_graph's default with 512 calibration images: channel assignment +
+                        least-squares reconstruction, no training ("one-shot")
+  RGP data-aware + FT   the same, F epochs
+  RGP scratch           the paper's flow: masked from the start, density-aware init, D + F epochs
+  TF-MOT magnitude      prune_low_magnitude on the tf_keras twin, polynomial decay 0 -> sparsity over 70 %
+                        of F epochs (unstructured; exported with the converter's sparsity encoding)
+  thin dense            every hidden layer's channels scaled by r so that MACs match RGP's compact model,
+                        trained from scratch D + F epochs
+  L1 filters + FT       the dense model with the lowest-L1 output filters of every hidden layer removed
+                        (same r: same architecture as thin dense; BatchNorm entries and the next layer's
+                        inputs follow), then F epochs (Li et al. 2017; Sequential models only: no maintained
+                        Keras 3 library does it, so it is implemented here)
+  RGP wide              2x channels, masked from scratch at 1/4 of the density, so that its compact MACs
+                        match (D + F epochs)
+
+Every RGP model uses `nodes="auto"` (the sparsity exactly, the widest channel
+groups the layers allow). Every row is exported to its own .tflite (RGP:
+compact kernels) and timed against the dense file in alternating rounds
+(LiteRT, 1 thread, median of ROUNDS ratios of medians); size and MACs ratios
+are taken from the same files.
+
+Models: CNN (VGG-BN, 32-128 channels, ~15 M MACs), MLP 784-512x3-10, IRN (a
+MobileNetV2-style inverted-residual net for 28x28, ~5 M MACs).
+
+Resumable: each finished row is appended to results/tradeoff.csv and rows
+already there are skipped; dense models are cached in --work.
+
+    python benchmarks/tradeoff.py --profile quick   # <= 30 min
+    python benchmarks/tradeoff.py --profile full    # 3 seeds, all data; several runs if need be
+    python benchmarks/tradeoff.py --report          # tables and plot from the CSV only
+"""
+
+import argparse
+import csv
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras
+import numpy as np
+
+import rgp_keras
+from rgp_keras.plots import new_figure
+
+RESULTS = Path(__file__).parent / "results"
+CSV = RESULTS / "tradeoff.csv"
+FIELDS = ["profile", "model", "method", "sparsity", "seed", "graph", "accuracy", "macs_ratio", "size_ratio",
+          "latency_ratio", "epochs", "seconds"]
+SPARSITIES = (0.75, 0.875, 0.9375)
+METHODS = ("RGP plain + FT", "RGP data-aware", "RGP data-aware + FT", "RGP scratch", "TF-MOT magnitude",
+           "thin dense", "L1 filters + FT", "RGP wide")
+PROFILES = {
+    "quick": dict(train=15000, seeds=1, models=("CNN", "MLP", "IRN"), sparsities=(0.875,)),
+    "full": dict(train=60000, seeds=3, models=("CNN", "MLP", "IRN"), sparsities=SPARSITIES),
+    "smoke": dict(train=1000, seeds=1, models=("CNN", "MLP", "IRN"), sparsities=(0.875,),
+                  budget=dict(dense_epochs=1, epochs=1)),  # checks that every method runs; not reported
+}
+MODELS = {  # D: dense epochs, F: epochs after it; rates for Adam with cosine decay
+    "CNN": dict(dense_epochs=6, epochs=1, rate=2e-3),
+    "MLP": dict(dense_epochs=10, epochs=2, rate=1e-3),
+    "IRN": dict(dense_epochs=8, epochs=1, rate=2e-3),
+}
+FINE_TUNE_RATE = 5e-4
+CALIBRATION = 512
+BATCH = 128
+ROUNDS = 5
+
+
+# --- models, built alike in Keras 3 and tf_keras ---------------------------------------------------------
+
+def build(K, name, width=1.0):
+    """The `name` model for 28x28x1 inputs, every hidden layer's channels times `width`."""
+    c = lambda channels: max(2, int(round(channels * width)))
+    inputs = K.Input((28, 28, 1))
+    if name == "MLP":
+        x = K.layers.Flatten()(inputs)
+        for _ in range(3):
+            x = K.layers.Dense(c(512), activation="relu")(x)
+        return K.Model(inputs, K.layers.Dense(10)(x), name="MLP")
+    if name == "CNN":
+        x = inputs
+        for item in (32, "pool", 64, "pool", 128, 128):
+            if item == "pool":
+                x = K.layers.MaxPooling2D()(x)
+            else:
+                x = K.layers.Conv2D(c(item), 3, padding="same", use_bias=False)(x)
+                x = K.layers.ReLU()(K.layers.BatchNormalization(momentum=0.9)(x))
+        x = K.layers.GlobalAveragePooling2D()(x)
+        return K.Model(inputs, K.layers.Dense(10)(x), name="CNN")
+    if name == "IRN":
+        def conv(x, channels, size=1, strides=1, relu=True):
+            x = K.layers.Conv2D(channels, size, strides=strides, padding="same", use_bias=False)(x)
+            x = K.layers.BatchNormalization(momentum=0.9)(x)
+            return K.layers.ReLU(6.0)(x) if relu else x
+
+        def block(x, expand, out, strides):
+            y = conv(x, c(expand))
+            y = K.layers.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False)(y)
+            y = K.layers.ReLU(6.0)(K.layers.BatchNormalization(momentum=0.9)(y))
+            y = conv(y, c(out), relu=False)
+            return K.layers.Add()([x, y]) if strides == 1 and x.shape[-1] == c(out) else y
+
+        x = conv(inputs, c(16), 3)
+        for expand, out, strides in ((64, 16, 2), (96, 24, 1), (96, 24, 1), (144, 32, 2), (192, 32, 1)):
+            x = block(x, expand, out, strides)
+        x = K.layers.GlobalAveragePooling2D()(conv(x, c(128)))
+        return K.Model(inputs, K.layers.Dense(10)(x), name="IRN")
+    raise ValueError(f"unknown model {name!r}")
+
+
+def trained(model, train, epochs, rate, callbacks=()):
+    steps = epochs * int(np.ceil(len(train[0]) / BATCH))
+    model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(rate, steps)),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(*train, epochs=epochs, batch_size=BATCH, verbose=0, callbacks=list(callbacks))
+    return model
+
+
+def accuracy(model, test):
+    return float(np.mean(np.argmax(model.predict(test[0], batch_size=1000, verbose=0), axis=-1) == test[1]))
+
+
+def macs(model):
+    return rgp_keras.pruning_summary(model).totals
+
+
+# --- the methods ----------------------------------------------------------------------------------------
+
+def rgp(dense, sparsity, seed, **options):
+    return rgp_keras.prune_regular_graph(dense, sparsity=sparsity, seed=seed, **options)
+
+
+def width_matching(name, target_macs):
+    """The width multiplier r whose dense model's MACs are nearest `target_macs` (bisection)."""
+    low, high = 0.02, 1.0
+    for _ in range(30):
+        middle = (low + high) / 2
+        if macs(build(keras, name, middle))["macs"] < target_macs:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
+
+
+def wide_rgp(name, target_macs, seed):
+    """The 2x-wide model RGP-masked at the density whose compact MACs are nearest `target_macs`.
+
+    Kept MACs = the MACs of layers left dense + density x those of the masked
+    ones; when the layers left dense by default (first and last) already
+    exceed the target (the MLP's 784-input layer), the first is masked too.
+    """
+    wide = build(keras, name, 2.0)
+    rows = [row for row in rgp_keras.pruning_summary(wide) if row["channels"] is not None]
+    total = macs(wide)["macs"]
+    for skip_first in (True, False):
+        masked = sum(row["macs"] for row in rows[1 if skip_first else 0:-1])
+        density = (target_macs - (total - masked)) / masked
+        if density > 0.01:
+            # k / 64 nearest the density: even groups (nodes="auto" would pick an exotic n for such a density)
+            narrowest = min(row["channels"] for row in rows[1 if skip_first else 0:-1])
+            nodes = max(n for n in (16, 32, 64) if n <= narrowest)
+            degree = max(2, round(density * nodes))
+            return rgp_keras.prune_regular_graph(wide, degree=degree + degree * nodes % 2, nodes=nodes, seed=seed,
+                                                 skip_first=skip_first, assign_channels=False)
+    return None  # the layers left dense alone exceed the target
+
+
+def l1_filters(dense, name, width):
+    """The thin architecture holding the dense model's highest-L1 filters of every hidden layer."""
+    thin = build(keras, name, width)
+    kept = None  # output channels kept by the previous kernel layer
+    for old, new in zip(dense.layers, thin.layers):
+        weights = old.get_weights()
+        if isinstance(old, (keras.layers.Conv2D, keras.layers.Dense)):
+            kernel = weights[0]
+            if kept is not None:
+                kernel = kernel[..., kept, :]
+            channels = new.get_weights()[0].shape[-1]
+            norms = np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
+            kept = np.sort(np.argsort(-norms)[:channels]) if channels < kernel.shape[-1] else np.arange(channels)
+            new.set_weights([kernel[..., kept], *[w[kept] for w in weights[1:]]])
+        elif isinstance(old, keras.layers.BatchNormalization):
+            new.set_weights([w[kept] for w in weights])
+        elif weights:
+            raise ValueError(f"L1 filter pruning does not handle {type(old).__name__}")
+    return thin
+
+
+def tfmot_magnitude(name, dense, sparsity, seed, train, test, epochs, path):
+    """TF-MOT's magnitude pruning of the tf_keras twin during fine-tuning; exported with sparsity encoding."""
+    import tensorflow as tf
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(seed)
+    twin = build(tf_keras, name)
+    twin.set_weights(dense.get_weights())
+    prunable = [layer for layer in twin.layers if isinstance(layer, (tf_keras.layers.Dense, tf_keras.layers.Conv2D))
+                and not isinstance(layer, tf_keras.layers.DepthwiseConv2D)]
+    chosen = {id(layer) for layer in prunable[1:-1]}
+    steps = epochs * int(np.ceil(len(train[0]) / BATCH))
+    frequency = max(1, int(0.7 * steps) // 10)
+    schedule = tfmot.sparsity.keras.PolynomialDecay(0.0, sparsity, begin_step=0, frequency=frequency,
+                                                    end_step=frequency * max(1, int(0.7 * steps) // frequency))
+    pruned = tf_keras.models.clone_model(twin, clone_function=lambda layer: tfmot.sparsity.keras.prune_low_magnitude(
+        layer, pruning_schedule=schedule) if id(layer) in chosen else layer)
+    pruned.compile(tf_keras.optimizers.Adam(tf_keras.optimizers.schedules.CosineDecay(FINE_TUNE_RATE, steps)),
+                   tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.fit(*train, epochs=epochs, batch_size=BATCH, verbose=0,
+               callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    stripped = tfmot.sparsity.keras.strip_pruning(pruned)
+    converter = tf.lite.TFLiteConverter.from_keras_model(stripped)
+    converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    path.write_bytes(converter.convert())
+    names = {layer.name for layer in prunable[1:-1]}
+    kernels = [layer.kernel.numpy() for layer in stripped.layers if layer.name in names]
+    reached = sum(int((k == 0).sum()) for k in kernels) / sum(k.size for k in kernels)
+    if reached < sparsity - 0.01:
+        raise RuntimeError(f"TF-MOT reached sparsity {reached:.3f}, not {sparsity}")
+    return accuracy(stripped, test)
+
+
+# --- measuring ------------------------------------------------------------------------------------------
+
+def latency_ratio(path, dense_path):
+    ratios = []
+    for _ in range(ROUNDS):
+        base = rgp_keras.benchmark_tflite(dense_path, threads=1)["median_ms"]
+        ratios.append(rgp_keras.benchmark_tflite(path, threads=1)["median_ms"] / base)
+    return statistics.median(ratios)
+
+
+def done_rows():
+    if not CSV.exists():
+        return []
+    with CSV.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def append(row):
+    new = not CSV.exists()
+    with CSV.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def run(profile, work):
+    settings = PROFILES[profile]
+    (x_train, y_train), (x_test, y_test) = rgp_keras.load_fashion_mnist()
+    prepare = lambda x: (x.astype("float32") / 255.0)[..., None]
+    train = (prepare(x_train[: settings["train"]]), y_train[: settings["train"]].astype("int64"))
+    test = (prepare(x_test), y_test.astype("int64"))
+    done = {(r["profile"], r["model"], r["method"], r["sparsity"], r["seed"]) for r in done_rows()}
+    work.mkdir(parents=True, exist_ok=True)
+    for name in settings["models"]:
+        budget = {**MODELS[name], **settings.get("budget", {})}
+        for seed in range(settings["seeds"]):
+            def record(method, sparsity, accuracy_, path, graph="", epochs=0, seconds=0.0, kept_macs=None):
+                row = dict(profile=profile, model=name, method=method, sparsity=sparsity, seed=seed, graph=graph,
+                           accuracy=round(accuracy_, 4),
+                           macs_ratio=round(kept_macs / dense_macs, 4) if kept_macs is not None else "",
+                           size_ratio=round(path.stat().st_size / dense_file.stat().st_size, 4),
+                           latency_ratio=round(latency_ratio(path, dense_file), 4) if method != "dense" else 1.0,
+                           epochs=epochs, seconds=round(seconds, 1))
+                append(row)
+                done.add((profile, name, method, str(sparsity), str(seed)))
+                print(f"{name} seed {seed} {sparsity} {method:22s} acc {row['accuracy']:.4f}  MACs {row['macs_ratio']}"
+                      f"  latency {row['latency_ratio']}  size {row['size_ratio']}", flush=True)
+
+            dense_keras = work / f"{profile}-{name}-{seed}-dense.keras"
+            dense_file = dense_keras.with_suffix(".tflite")
+            if not dense_keras.exists():
+                keras.utils.set_random_seed(seed)
+                started = time.perf_counter()
+                model = trained(build(keras, name), train, budget["dense_epochs"], budget["rate"])
+                model.save(dense_keras)
+                rgp_keras.export_tflite(model, dense_file)
+                print(f"{name} seed {seed}: dense trained in {time.perf_counter() - started:.0f} s", flush=True)
+            dense = keras.saving.load_model(dense_keras)
+            dense_macs = macs(dense)["macs"]
+            if (profile, name, "dense", "0.0", str(seed)) not in done:
+                record("dense", 0.0, accuracy(dense, test), dense_file, epochs=budget["dense_epochs"],
+                       kept_macs=dense_macs)
+            calibration = train[0][np.random.default_rng(seed).choice(len(train[0]), CALIBRATION, replace=False)]
+            for sparsity in settings["sparsities"]:
+                todo = [m for m in METHODS if (profile, name, m, str(sparsity), str(seed)) not in done]
+                if name != "CNN" and name != "MLP":
+                    todo = [m for m in todo if m != "L1 filters + FT"]  # residual Adds tie channels: not handled
+                for method in todo:
+                    keras.utils.set_random_seed(seed)
+                    started = time.perf_counter()
+                    stem = work / f"{profile}-{name}-{seed}-{sparsity}-{method.replace(' ', '_')}"
+                    path = stem.with_suffix(".tflite")
+                    epochs, graph = budget["epochs"], ""
+                    if method == "TF-MOT magnitude":
+                        result = tfmot_magnitude(name, dense, sparsity, seed, train, test, epochs, path)
+                        # unstructured: LiteRT computes every MAC (no MACs ratio)
+                        record(method, sparsity, result, path, epochs=epochs, seconds=time.perf_counter() - started)
+                        continue
+                    if method.startswith("RGP plain"):
+                        model = trained(rgp(dense, sparsity, seed, assign_channels=False), train, epochs,
+                                        FINE_TUNE_RATE)
+                    elif method.startswith("RGP data-aware"):
+                        model = rgp(dense, sparsity, seed, calibration_data=calibration)
+                        if method.endswith("FT"):
+                            model = trained(model, train, epochs, FINE_TUNE_RATE)
+                        else:
+                            epochs = 0
+                    elif method == "RGP scratch":
+                        model = rgp(build(keras, name), sparsity, seed, assign_channels=False)
+                        rgp_keras.reinitialize(model, seed=seed)
+                        epochs = budget["dense_epochs"] + budget["epochs"]
+                        model = trained(model, train, epochs, budget["rate"])
+                    elif method == "RGP wide":
+                        target = macs(rgp(dense, sparsity, seed, assign_channels=False))["kept_macs"]
+                        model = wide_rgp(name, target, seed)
+                        if model is None:
+                            print(f"{name} seed {seed} {sparsity} RGP wide: its dense layers alone exceed the "
+                                  "target MACs; no row", flush=True)
+                            continue
+                        rgp_keras.reinitialize(model, seed=seed)
+                        epochs = budget["dense_epochs"] + budget["epochs"]
+                        model = trained(model, train, epochs, budget["rate"])
+                    else:  # thin dense, L1 filters: the width whose MACs match RGP's compact model
+                        reference = rgp(dense, sparsity, seed, assign_channels=False)
+                        width = width_matching(name, macs(reference)["kept_macs"])
+                        graph = f"width {width:.3f}"
+                        if method == "thin dense":
+                            epochs = budget["dense_epochs"] + budget["epochs"]
+                            model = trained(build(keras, name, width), train, epochs, budget["rate"])
+                        else:
+                            model = trained(l1_filters(dense, name, width), train, epochs, FINE_TUNE_RATE)
+                    summary = rgp_keras.pruning_summary(model)
+                    if summary.graph is not None:
+                        graph = f"{summary.graph.nodes}/{summary.graph.degree}"
+                    result = accuracy(model, test)
+                    rgp_keras.export_tflite(model, path)
+                    record(method, sparsity, result, path, graph, epochs, time.perf_counter() - started,
+                           summary.totals["kept_macs"])
+
+
+# --- report ---------------------------------------------------------------------------------------------
+
+def report():
+    rows = done_rows()
+    groups = {}
+    for row in rows:
+        key = (row["profile"], row["model"], float(row["sparsity"]), row["method"])
+        groups.setdefault(key, []).append(row)
+    stat = lambda values: (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+    lines = [
+        "# Accuracy per LiteRT latency (Fashion-MNIST)",
+        "",
+        "`python benchmarks/tradeoff.py --profile PROFILE` (see its docstring for every method and budget). "
+        "Accuracy on the 10k test images, mean +- std over seeds; latency = 1-thread LiteRT median of this "
+        f"row's own .tflite / the dense file's, median of {ROUNDS} alternating rounds; MACs and size from the "
+        "same files. D / F = dense / fine-tuning epochs: " + ", ".join(
+            f"{name} D={b['dense_epochs']} F={b['epochs']}" for name, b in MODELS.items()) + ".",
+        "",
+    ]
+    for profile in sorted({key[0] for key in groups}):
+        lines += [f"## Profile `{profile}` (train images: {PROFILES[profile]['train']})", "",
+                  "| model | sparsity | method | graph / width | seeds | accuracy (%) | latency | MACs | size |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for key in sorted(k for k in groups if k[0] == profile):
+            members = groups[key]
+            mean, std = stat([100 * float(r["accuracy"]) for r in members])
+            median = lambda field: statistics.median(float(r[field]) for r in members if r[field] != "")
+            macs_values = [float(r["macs_ratio"]) for r in members if r["macs_ratio"] != ""]
+            lines.append(
+                f"| {key[1]} | {key[2]:g} | {key[3]} | {members[0]['graph']} | {len(members)} | {mean:.2f} +- {std:.2f} "
+                f"| {median('latency_ratio'):.3f} | {statistics.median(macs_values):.3f} | "
+                f"{median('size_ratio'):.3f} |" if macs_values else
+                f"| {key[1]} | {key[2]:g} | {key[3]} | {members[0]['graph']} | {len(members)} | {mean:.2f} +- {std:.2f} "
+                f"| {median('latency_ratio'):.3f} | - | {median('size_ratio'):.3f} |"
+            )
+        lines.append("")
+    (RESULTS / "tradeoff.md").write_text("\n".join(lines) + "\n")
+    plot(groups)
+    print("\n".join(lines))
+
+
+def plot(groups):
+    profile = "full" if any(key[0] == "full" for key in groups) else "quick"
+    models = sorted({key[1] for key in groups if key[0] == profile})
+    if not models:
+        return
+    figure = new_figure(figsize=(5 * len(models), 4.5))
+    markers = dict(zip(("dense", *METHODS), "*osD^vxPh"))
+    for axes, name in zip(np.atleast_1d(figure.subplots(1, len(models))), models):
+        points = []
+        for key, members in groups.items():
+            if key[0] != profile or key[1] != name:
+                continue
+            latency = statistics.median(float(r["latency_ratio"]) for r in members)
+            acc = 100 * statistics.mean(float(r["accuracy"]) for r in members)
+            points.append((latency, acc))
+            axes.scatter(latency, acc, marker=markers[key[3]], s=40,
+                         label=key[3] if key[3] not in axes.get_legend_handles_labels()[1] else None)
+        front, best = [], -1.0
+        for latency, acc in sorted(points):
+            if acc > best:
+                front.append((latency, acc))
+                best = acc
+        axes.plot(*zip(*front), color="gray", linestyle="--", linewidth=1, label="Pareto front")
+        axes.set_title(f"{name} ({profile} profile)")
+        axes.set_xlabel("LiteRT latency / dense (1 thread)")
+        axes.set_ylabel("test accuracy (%)")
+        axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(RESULTS / "tradeoff.png", dpi=110)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/rgp-tradeoff"), help="dense models and .tflite files")
+    parser.add_argument("--report", action="store_true", help="only write the tables and plot from the CSV")
+    args = parser.parse_args()
+    if not args.report:
+        run(args.profile, args.work)
+    report()
+
+
+if __name__ == "__main__":
+    main()
