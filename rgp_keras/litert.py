@@ -28,12 +28,57 @@ def load_interpreter(path, threads=None):
 
 
 def run_tflite(path, inputs, *, batch_size=256, threads=None):
-    """Outputs of the .tflite model at `path` for `inputs` (one array, first axis = samples).
+    """Outputs of the .tflite model at `path` for `inputs` (first axis = samples), in batches.
 
-    Quantized inputs/outputs are converted with the file's own scale and zero
-    point, so a float array goes in and a float array comes out either way.
+    `inputs`: one array for a single-input model; for several inputs a list in
+    the model's input order or a dict by input name. Returns one array for a
+    single-output model, else a list in the model's output order. Quantized
+    inputs/outputs are converted with the file's own scale and zero point, so
+    float arrays go in and come out either way.
     """
     interpreter = load_interpreter(path, threads)
+    signatures = interpreter.get_signature_list()
+    if not signatures:
+        return _run_without_signature(interpreter, path, inputs, batch_size)
+    key = next(iter(signatures))
+    runner = interpreter.get_signature_runner(key)
+    names, output_names = signatures[key]["inputs"], signatures[key]["outputs"]
+    arrays = _named_inputs(inputs, names, path)
+    details, output_details = runner.get_input_details(), runner.get_output_details()
+    count = len(next(iter(arrays.values())))
+    results = [[] for _ in output_names]
+    for start in range(0, count, batch_size):
+        feed = {name: _quantize(array[start : start + batch_size], details[name]) for name, array in arrays.items()}
+        produced = runner(**feed)
+        for result, name in zip(results, output_names):
+            result.append(_dequantize(produced[name], output_details[name]))
+    outputs = [np.concatenate(result) for result in results]
+    return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _named_inputs(inputs, names, path):
+    if isinstance(inputs, dict):
+        if set(inputs) != set(names):
+            raise InputValueError(f"{path} takes the inputs {names}; got a dict with keys {sorted(inputs)}.")
+        arrays = {name: np.asarray(inputs[name]) for name in names}
+    elif isinstance(inputs, (list, tuple)) and len(names) > 1:
+        if len(inputs) != len(names):
+            raise InputValueError(f"{path} takes {len(names)} inputs {names}; got a list of {len(inputs)} arrays.")
+        arrays = {name: np.asarray(array) for name, array in zip(names, inputs)}
+    elif len(names) == 1:
+        arrays = {names[0]: np.asarray(inputs)}
+    else:
+        raise InputValueError(f"{path} takes {len(names)} inputs {names}: pass a list in that order or a dict by name.")
+    counts = {name: len(array) for name, array in arrays.items()}
+    if len(set(counts.values())) > 1:
+        raise InputValueError(f"Every input needs the same number of samples; got {counts}.")
+    return arrays
+
+
+def _run_without_signature(interpreter, path, inputs, batch_size):
+    """A file without signatures (not written by `export_tflite`): one input and one output only."""
+    if len(interpreter.get_input_details()) != 1 or len(interpreter.get_output_details()) != 1:
+        raise InputValueError(f"{path} has no signature and several inputs or outputs: their order is unknown.")
     source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     inputs = np.asarray(inputs)
     outputs = []

@@ -10,7 +10,7 @@ from rgp_keras import data_aware
 from rgp_keras._checks import check_fraction, check_int
 from rgp_keras.errors import InputTypeError, InputValueError
 from rgp_keras.graph import RegularGraph, degree_for_sparsity, optimize
-from rgp_keras.model_graph import leaves, paired_leaves, variable_index
+from rgp_keras.model_graph import leaves, paired_leaves, to_numpy, variable_index
 from rgp_keras.selection import auto_nodes, select, wanted
 from rgp_keras.summary import warn_if_short
 from rgp_keras.wrapper import INITIALIZER_OF, RegularGraphPruning
@@ -194,7 +194,7 @@ def strip_pruning(model):
     for original, new in paired_leaves(model, stripped):
         if isinstance(original, RegularGraphPruning):
             weights = original.layer.get_weights()
-            weights[variable_index(original.layer, original.kernel)] = keras.ops.convert_to_numpy(
+            weights[variable_index(original.layer, original.kernel)] = to_numpy(
                 original.masked_kernel()
             )
         else:

@@ -181,8 +181,8 @@ def _io_shapes(layer):
 def layer_macs(outer, layer):
     """(MACs per sample, the part done by the maskable kernel) or (None, None) when unknown."""
     shapes = _io_shapes(outer)
-    if shapes is None:
-        return None, None
+    if shapes is None or any(dim is None for shape in shapes for dim in shape[1:]):
+        return None, None  # unknown, or variable (a sequence of any length): no per-sample count
     input_shape, output_shape = shapes
     channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
     positions = lambda shape: math.prod(shape[2:] if channels_first else shape[1:-1])

@@ -3,8 +3,6 @@
 import math
 import warnings
 
-from keras import ops
-
 from rgp_keras.masks import channel_blocks, kept_pairs, prunable_kernel
 from rgp_keras.model_graph import is_rgp_wrapper, leaves, to_numpy
 from rgp_keras.selection import exact_nodes, layer_macs, narrow_side, skip_reason
@@ -105,7 +103,7 @@ def pruning_summary(model):
         params = inner.count_params()
         macs, kernel_macs = layer_macs(layer, inner)
         if is_rgp_wrapper(layer):
-            density = float(ops.convert_to_numpy(layer.density))
+            density = float(to_numpy(layer.density))
             kernel_size = math.prod(layer.kernel.shape)
             kept = params - kernel_size + int(round(density * kernel_size))
             kept_macs = None if macs is None else macs - int(round(kernel_macs * (1 - density)))

@@ -48,6 +48,17 @@ class RegularGraphPruning(keras.layers.Wrapper):
         kwargs.setdefault("name", f"rgp_{layer.name}")
         kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(layer, **kwargs)
+        if self.dtype_policy.name != layer.dtype_policy.name:
+            # The wrapped layer computes: it must follow the wrapper's policy (e.g. "mixed_float16").
+            if layer.built and layer.variable_dtype != self.dtype_policy.variable_dtype:
+                raise InputValueError(
+                    f"The dtype policy {self.dtype_policy.name!r} stores variables as "
+                    f"{self.dtype_policy.variable_dtype!r}, but layer {layer.name!r} is built with "
+                    f"{layer.variable_dtype!r} variables; give the wrapper a policy with "
+                    f"{layer.variable_dtype!r} variables (float32 or mixed_float16 for float32), or wrap an "
+                    "unbuilt layer."
+                )
+            layer.dtype_policy = self.dtype_policy
         self.graph = graph
         self.self_loops = bool(self_loops)
         self.kernel_attribute = attribute

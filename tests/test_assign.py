@@ -7,7 +7,7 @@ import pytest
 from rgp_keras import prune_regular_graph
 from rgp_keras.assign import assign_channels
 from rgp_keras.graph import RegularGraph
-from rgp_keras.model_graph import leaves
+from rgp_keras.model_graph import leaves, to_numpy
 from rgp_keras.prune import with_weights
 from rgp_keras.selection import select
 
@@ -30,7 +30,7 @@ def assigned(model, graph):
 def assert_same_function(model, other, shape, tolerance=1e-5):
     x = np.random.default_rng(1).normal(size=(2, *shape)).astype("float32")
     for got, want in zip(keras.tree.flatten(other(x)), keras.tree.flatten(model(x))):
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(want), atol=tolerance)
+        np.testing.assert_allclose(to_numpy(got), to_numpy(want), atol=tolerance)
 
 
 def branchy_model():
@@ -114,7 +114,7 @@ def test_assignment_keeps_the_function_of_keras_applications(name):
 
 def _output_scale(model):
     x = np.random.default_rng(1).normal(size=(2, 64, 64, 3)).astype("float32")
-    return max(1.0, float(np.max(np.abs(keras.ops.convert_to_numpy(model(x))))))
+    return max(1.0, float(np.max(np.abs(to_numpy(model(x))))))
 
 
 def test_a_backend_op_with_a_per_channel_constant_keeps_channel_order():

@@ -12,6 +12,7 @@ from rgp_keras.datasets import load_fashion_mnist
 from rgp_keras.export import CompactKernel, FoldedAway, channel_blocks, compact_model, estimated_latency_ratios
 from rgp_keras.graph import RegularGraph
 from rgp_keras.masks import kernel_mask
+from rgp_keras.model_graph import to_numpy
 
 layers = keras.layers
 
@@ -78,7 +79,7 @@ def test_compact_kernel_equals_the_masked_layer(layer, shape, layout, graph16):
     assert compacted == {layer.name: expected_layout} and not not_compacted
     assert isinstance(compact.layers[0], CompactKernel) and compact.layers[0].nodes == 16
     x = np.random.default_rng(1).normal(size=(3, *shape)).astype("float32")
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(compact(x)), keras.ops.convert_to_numpy(pruned(x)),
+    np.testing.assert_allclose(to_numpy(compact(x)), to_numpy(pruned(x)),
                                atol=1e-5, rtol=1e-5)
     kernel_size = np.prod(stripped.layers[0].kernel.shape)
     held = np.prod(compact.layers[0].conv.kernel.shape)
@@ -97,7 +98,7 @@ def test_channel_blocks_recovers_the_graph_from_the_zeros():
 def test_compact_and_sparse_litert_outputs_equal_keras_on_real_images(graph16, real_images, tmp_path):
     pruned = prune_regular_graph(vgg(), graph=graph16)
     randomize_kernels(pruned)
-    expected = keras.ops.convert_to_numpy(pruned(real_images))
+    expected = to_numpy(pruned(real_images))
     compact = export_tflite(pruned, tmp_path / "compact.tflite")
     sparse = export_tflite(pruned, tmp_path / "sparse.tflite", compact=False)
     for report in (compact, sparse):
@@ -118,7 +119,7 @@ def test_each_layout_runs_in_litert_like_keras(layout, graph16, real_images, tmp
     report = export_tflite(pruned, tmp_path / f"{layout}.tflite", layout=layout)
     assert set(report.compacted.values()) == {layout} and f"{len(report.compacted)} {layout})" in str(report)
     np.testing.assert_allclose(run_tflite(report.path, real_images[:8]),
-                               keras.ops.convert_to_numpy(pruned(real_images[:8])), atol=1e-4, rtol=0)
+                               to_numpy(pruned(real_images[:8])), atol=1e-4, rtol=0)
 
 
 def test_scatter_layout_says_what_it_needs(graph16):
@@ -195,7 +196,7 @@ def test_batch_norm_after_a_compact_kernel_is_folded_into_it(layout, graph16):
     folded = [new for old, new in zip(stripped.layers, compact.layers) if isinstance(old, layers.BatchNormalization)]
     assert len(compacted) == 4 and len(folded) == 3 and all(isinstance(f, FoldedAway) for f in folded)
     x = np.random.default_rng(1).normal(size=(4, 32, 32, 3)).astype("float32")
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(compact(x)), keras.ops.convert_to_numpy(pruned(x)),
+    np.testing.assert_allclose(to_numpy(compact(x)), to_numpy(pruned(x)),
                                atol=1e-4, rtol=1e-4)
 
 
@@ -215,7 +216,7 @@ def test_batch_norm_is_not_folded_into_a_kernel_whose_output_is_also_a_model_out
     assert not any(isinstance(layer, FoldedAway) for layer in compact.layers)
     x = np.random.default_rng(1).normal(size=(2, 8, 8, 32)).astype("float32")
     for got, want in zip(compact(x), pruned(x)):
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(want), atol=1e-4)
+        np.testing.assert_allclose(to_numpy(got), to_numpy(want), atol=1e-4)
 
 
 def test_compact_model_rejects_an_unknown_layout(graph16):
@@ -227,7 +228,7 @@ def test_compact_model_rejects_an_unknown_layout(graph16):
 def test_mobilenet_v2_compact_export_matches_keras(real_images, tmp_path):
     model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), weights=None, classes=10)
     pruned = prune_regular_graph(model, degree=2, nodes=16, seed=0)
-    expected = keras.ops.convert_to_numpy(pruned(real_images[:16]))
+    expected = to_numpy(pruned(real_images[:16]))
     report = export_tflite(strip_pruning(pruned), tmp_path / "mobilenet.tflite")
     assert len(report.compacted) > 10 and report.macs < 0.6 * report.dense_macs
     np.testing.assert_allclose(run_tflite(report.path, real_images[:16]), expected, atol=1e-4, rtol=0)
@@ -259,7 +260,7 @@ def test_layers_that_cannot_be_compacted_stay_and_the_report_says_why(tmp_path):
     assert "Conv2DTranspose" in report.not_compacted[model.layers[1].name]
     assert "too small" in report.not_compacted[model.layers[0].name]
     x = np.random.default_rng(0).normal(size=(2, 8, 8, 64)).astype("float32")
-    np.testing.assert_allclose(run_tflite(report.path, x), keras.ops.convert_to_numpy(pruned(x)), atol=1e-4)
+    np.testing.assert_allclose(run_tflite(report.path, x), to_numpy(pruned(x)), atol=1e-4)
 
 
 def test_int8_needs_representative_data_of_the_input_shape(graph16, tmp_path):
@@ -333,3 +334,46 @@ def test_stripped_summary_and_export_report_say_the_same_as_the_pruned_model(tmp
     for name, reason in report.not_compacted.items():
         assert "kernel MACs per sample all run, 75% of them on zero weights" in reason
     assert report.not_compacted  # 32 groups of 1-2 channels: estimated too slow, and the report says what it costs
+
+
+def two_in_two_out():
+    keras.utils.set_random_seed(0)
+    left, right = keras.Input((16,), name="left"), keras.Input((16,), name="right")
+    x = keras.layers.Concatenate()([keras.layers.Dense(32)(left), keras.layers.Dense(32)(right)])
+    for _ in range(2):
+        x = keras.layers.Dense(64, activation="relu")(x)
+    return keras.Model([left, right], [keras.layers.Dense(4, name="first")(x), keras.layers.Dense(3, name="second")(x)])
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_multi_input_multi_output_parity_in_keras_order(tmp_path, compact):
+    pruned = prune_regular_graph(two_in_two_out(), degree=4, nodes=16, seed=0)
+    path = tmp_path / "m.tflite"
+    export_tflite(pruned, path, compact=compact, **({"layout": "gather"} if compact else {}))
+    rng = np.random.default_rng(0)
+    x = [rng.normal(size=(5, 16)).astype("float32") for _ in range(2)]
+    want = [to_numpy(y) for y in pruned(x)]
+    for inputs in (x, {"left": x[0], "right": x[1]}):
+        got = run_tflite(path, inputs, batch_size=2)  # batches of 2 exercise the resizing
+        assert [g.shape for g in got] == [(5, 4), (5, 3)]
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, atol=1e-4)
+    with pytest.raises(ValueError, match=r"takes the inputs \['left', 'right'\]; got a dict with keys \['left'\]"):
+        run_tflite(path, {"left": x[0]})
+    with pytest.raises(ValueError, match="takes 2 inputs .* pass a list in that order or a dict by name"):
+        run_tflite(path, x[0])
+
+
+@pytest.mark.parametrize("layout", ["gather", "scatter"])
+def test_variable_length_inputs_export_compact(tmp_path, layout):
+    inputs = keras.Input((None, 32))
+    x = inputs
+    for _ in range(3):
+        x = keras.layers.Dense(64, activation="relu")(x)
+    model = keras.Model(inputs, keras.layers.Dense(8)(x))
+    pruned = prune_regular_graph(model, degree=4, nodes=16, seed=0)
+    report = export_tflite(pruned, tmp_path / "v.tflite", layout=layout)
+    assert set(report.compacted.values()) == {layout} and len(report.compacted) == 2
+    for length in (5, 9):
+        x = np.random.default_rng(length).normal(size=(2, length, 32)).astype("float32")
+        np.testing.assert_allclose(run_tflite(tmp_path / "v.tflite", x), to_numpy(pruned(x)), atol=1e-4)

@@ -13,6 +13,8 @@ import pytest
 import rgp_keras
 from rgp_keras import RegularGraphPruning, prune_regular_graph, pruning_summary, reinitialize, strip_pruning
 from rgp_keras.graph import RegularGraph
+from rgp_keras.masks import channel_blocks
+from rgp_keras.model_graph import leaves, to_numpy
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +23,8 @@ def graph16():
 
 
 def wrappers(model):
-    return [layer for layer in model.layers if isinstance(layer, RegularGraphPruning)]
+    """Every RGP wrapper of `model`, nested models included."""
+    return [layer for layer in leaves(model) if isinstance(layer, RegularGraphPruning)]
 
 
 def weights_of(model):
@@ -30,18 +33,25 @@ def weights_of(model):
 
 def masked_entries_are_zero(model):
     for wrapper in wrappers(model):
-        kernel = keras.ops.convert_to_numpy(wrapper.kernel)
-        mask = keras.ops.convert_to_numpy(wrapper.mask)
+        kernel = to_numpy(wrapper.kernel)
+        mask = to_numpy(wrapper.mask)
         if np.any(kernel[mask == 0] != 0):
             return False
     return True
 
 
 def stripped_masked_entries_are_zero(pruned, stripped):
+    """The stripped kernels are zero exactly where the masks are, and those zeros are the graph's blocks."""
+    found = {layer.name: layer for layer in leaves(stripped)}
+    assert wrappers(pruned)
     for wrapper in wrappers(pruned):
-        kernel = stripped.get_layer(wrapper.layer.name).get_weights()[0]
-        assert np.all(kernel[keras.ops.convert_to_numpy(wrapper.mask) == 0] == 0.0)
-        assert np.any(kernel != 0)
+        kernel = found[wrapper.layer.name].get_weights()[0]
+        mask = to_numpy(wrapper.mask)
+        assert np.all(kernel[mask == 0] == 0.0) and np.all(kernel[mask == 1] != 0)
+        blocks = channel_blocks(kernel)  # contiguous channel groups, one block per kept graph edge
+        assert blocks is not None and blocks.shape == (wrapper.graph.nodes,) * 2
+        np.testing.assert_array_equal(blocks, wrapper.graph.adjacency | (np.eye(wrapper.graph.nodes, dtype=bool)
+                                                                         if wrapper.self_loops else False))
 
 
 def test_prune_wraps_middle_layers_copies_weights_and_leaves_the_original_alone(mlp_model, graph16):
@@ -51,7 +61,7 @@ def test_prune_wraps_middle_layers_copies_weights_and_leaves_the_original_alone(
     assert all(np.array_equal(a, b) for a, b in zip(before, weights_of(mlp_model)))
     for wrapper in wrappers(pruned):
         original = mlp_model.get_layer(wrapper.layer.name).get_weights()
-        mask = keras.ops.convert_to_numpy(wrapper.mask)
+        mask = to_numpy(wrapper.mask)
         assert float(mask.mean()) == 4 / 16
         np.testing.assert_array_equal(wrapper.layer.get_weights()[0], original[0] * mask)
         np.testing.assert_array_equal(wrapper.layer.get_weights()[1], original[1])
@@ -85,7 +95,7 @@ def test_keras_file_round_trip_keeps_masks_without_custom_objects(vgg_model, gra
     loaded = keras.saving.load_model(path)
     assert len(wrappers(loaded)) == len(wrappers(pruned))
     for a, b in zip(wrappers(loaded), wrappers(pruned)):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a.mask), keras.ops.convert_to_numpy(b.mask))
+        np.testing.assert_array_equal(to_numpy(a.mask), to_numpy(b.mask))
         assert a.graph == b.graph
     x = np.random.default_rng(2).normal(size=(2, 16, 16, 3)).astype("float32")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-6)
@@ -114,10 +124,10 @@ def test_masked_weights_stay_exactly_zero_under_training(vgg_model, graph16, opt
     pruned.compile(optimizer(), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(64, 16, 16, 3)).astype("float32"), rng.integers(10, size=64)
-    before = [keras.ops.convert_to_numpy(w.kernel).copy() for w in wrappers(pruned)]
+    before = [to_numpy(w.kernel).copy() for w in wrappers(pruned)]
     pruned.fit(x, y, batch_size=16, epochs=2, verbose=0)
     assert masked_entries_are_zero(pruned)
-    assert any(not np.array_equal(b, keras.ops.convert_to_numpy(w.kernel)) for b, w in zip(before, wrappers(pruned)))
+    assert any(not np.array_equal(b, to_numpy(w.kernel)) for b, w in zip(before, wrappers(pruned)))
     stripped_masked_entries_are_zero(pruned, strip_pruning(pruned))
 
 
@@ -245,7 +255,7 @@ def test_reinitialize_scales_by_density_and_keeps_zeros(graph16):
                               keras.layers.Dense(512)])
     pruned = reinitialize(prune_regular_graph(model, graph=graph16), seed=0)
     wrapper = wrappers(pruned)[0]
-    kernel, mask = keras.ops.convert_to_numpy(wrapper.kernel), keras.ops.convert_to_numpy(wrapper.mask)
+    kernel, mask = to_numpy(wrapper.kernel), to_numpy(wrapper.mask)
     assert np.all(kernel[mask == 0] == 0)
     kept_std = kernel[mask == 1].std()
     dense_std = model.layers[1].get_weights()[0].std()

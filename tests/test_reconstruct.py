@@ -8,6 +8,7 @@ import pytest
 
 from rgp_keras import prune_regular_graph, pruning_summary
 from rgp_keras.graph import RegularGraph
+from rgp_keras.model_graph import to_numpy
 from rgp_keras.reconstruct import _features
 
 
@@ -23,7 +24,7 @@ from rgp_keras.reconstruct import _features
 )
 def test_features_times_the_kernel_equal_the_layer_output(layer, shape):
     x = np.random.default_rng(0).normal(size=shape).astype("float32")
-    y = keras.ops.convert_to_numpy(layer(x))
+    y = to_numpy(layer(x))
     kernel, bias = layer.get_weights()
     got = _features(layer, x) @ kernel.reshape(-1, kernel.shape[-1]) + bias
     np.testing.assert_allclose(got, y.reshape(-1, y.shape[-1]), atol=1e-5)
@@ -49,8 +50,8 @@ def teacher(seed=0):
 
 
 def output_error(model, pruned, x):
-    want = keras.ops.convert_to_numpy(model(x))
-    return float(np.mean((keras.ops.convert_to_numpy(pruned(x)) - want) ** 2) / np.mean(want**2))
+    want = to_numpy(model(x))
+    return float(np.mean((to_numpy(pruned(x)) - want) ** 2) / np.mean(want**2))
 
 
 def test_reconstruction_brings_the_pruned_outputs_close_to_the_dense_ones():
@@ -76,7 +77,7 @@ def test_batchnorm_downstream_maps_the_pruned_statistics_onto_the_dense_ones():
     model = teacher()
     calibration = np.random.default_rng(0).normal(size=(128, 8, 8, 4)).astype("float32")
     bn_index = next(i for i, layer in enumerate(model.layers) if isinstance(layer, keras.layers.BatchNormalization))
-    tap = lambda m, x: keras.ops.convert_to_numpy(keras.Model(m.inputs[0], m.layers[bn_index].output)(x))
+    tap = lambda m, x: to_numpy(keras.Model(m.inputs[0], m.layers[bn_index].output)(x))
     # untrained: moving statistics unlike the data; the pruned BatchNorm output keeps the dense one's distribution
     pruned = prune_regular_graph(model, degree=4, nodes=16, seed=0, calibration_data=calibration, assign_channels=False)
     dense_out, pruned_out = tap(model, calibration), tap(pruned, calibration)
@@ -84,11 +85,11 @@ def test_batchnorm_downstream_maps_the_pruned_statistics_onto_the_dense_ones():
     np.testing.assert_allclose(pruned_out.std(axis=(0, 1, 2)), dense_out.std(axis=(0, 1, 2)), rtol=1e-3)
     # trained-like: moving statistics equal to the data's; the pruned model gets its own calibration statistics
     bn = model.layers[bn_index]
-    inputs = keras.ops.convert_to_numpy(keras.Model(model.inputs[0], bn.input)(calibration))
+    inputs = to_numpy(keras.Model(model.inputs[0], bn.input)(calibration))
     bn.moving_mean.assign(inputs.mean(axis=(0, 1, 2)))
     bn.moving_variance.assign(inputs.var(axis=(0, 1, 2)))
     pruned = prune_regular_graph(model, degree=4, nodes=16, seed=0, calibration_data=calibration)
-    inputs = keras.ops.convert_to_numpy(keras.Model(pruned.inputs[0], pruned.layers[bn_index].input)(calibration))
+    inputs = to_numpy(keras.Model(pruned.inputs[0], pruned.layers[bn_index].input)(calibration))
     np.testing.assert_allclose(pruned.layers[bn_index].moving_mean.numpy(), inputs.mean(axis=(0, 1, 2)), atol=1e-4)
     np.testing.assert_allclose(pruned.layers[bn_index].moving_variance.numpy(), inputs.var(axis=(0, 1, 2)),
                                rtol=1e-4, atol=bn.epsilon)  # equal up to BatchNorm's epsilon
