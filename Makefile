@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test data bench-graph bench-export bench-oneshot clean
+.PHONY: demo test test-fast data bench-graph bench-export bench-oneshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: $(STAMP) data
 
 test: $(STAMP) data
 	$(BIN)/python -m pytest
+
+# the inner loop: everything but the tests marked slow (examples, real architectures, fresh processes)
+test-fast: $(STAMP) data
+	$(BIN)/python -m pytest -m "not slow"
 
 bench-graph: $(STAMP)
 	$(BIN)/python benchmarks/graph_bench.py

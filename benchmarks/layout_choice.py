@@ -44,8 +44,8 @@ from export_bench import MODELS, ROUNDS, ratio  # noqa: E402
 from rgp_keras import prune_regular_graph, strip_pruning  # noqa: E402
 from rgp_keras.export import channel_blocks, compact_model, estimated_latency_ratios  # noqa: E402
 from rgp_keras.masks import prunable_kernel  # noqa: E402
-from rgp_keras.model_graph import to_numpy  # noqa: E402
-from rgp_keras.prune import _clone_layer  # noqa: E402
+from rgp_keras.model_graph import clone_layer, to_numpy  # noqa: E402
+
 
 RESULTS = Path(__file__).parent / "results"
 CASES = ((16, 4), (16, 2), (64, 16), (64, 8), (64, 4))
@@ -69,7 +69,7 @@ def masked_layers(model):
 
 
 def alone(layer, shape):
-    clone = _clone_layer(layer)
+    clone = clone_layer(layer)
     single = keras.Sequential([keras.Input(shape, batch_size=1), clone])
     clone.set_weights(layer.get_weights())
     return single

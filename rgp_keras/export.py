@@ -39,8 +39,8 @@ from rgp_keras._checks import check_int
 from rgp_keras._files import normal_file_mode
 from rgp_keras.errors import InputTypeError, InputValueError
 from rgp_keras.masks import PRUNABLE, channel_blocks, channel_groups, kept_pairs, prunable_kernel
-from rgp_keras.model_graph import leaves, paired_leaves, to_numpy
-from rgp_keras.prune import _clone_layer, _clone_model, _reject_other_keras, strip_pruning
+from rgp_keras.model_graph import clone_layer, clone_model, leaves, paired_leaves, reject_tf_keras, to_numpy
+from rgp_keras.prune import strip_pruning
 from rgp_keras.selection import layer_macs
 from rgp_keras.summary import pruning_summary
 from rgp_keras.wrapper import RegularGraphPruning
@@ -149,7 +149,7 @@ def export_tflite(
     >>> report = export_tflite(pruned_model, "model.tflite")  # doctest: +SKIP
     >>> print(report)  # doctest: +SKIP
     """
-    _reject_other_keras(model, "export_tflite")
+    reject_tf_keras(model, "export_tflite")
     if not isinstance(model, keras.Model):
         raise InputTypeError(f"`model` must be a Keras 3 model, got {type(model).__name__}.")
     if quantize not in QUANTIZE:
@@ -258,9 +258,9 @@ def compact_model(model, layout="auto", *, int8=False, threads=1):
             if reason or _has_zeros(layer):
                 not_compacted[layer.name] = (reason or "kernel zeros have no channel-group block structure") + (
                     _dense_cost(layer))
-        return _clone_layer(layer)
+        return clone_layer(layer)
 
-    clone = _clone_model(model, rewrite)
+    clone = clone_model(model, rewrite)
     for original, new in paired_leaves(model, clone):
         if not isinstance(new, CompactKernel) and new.weights:
             new.set_weights(original.get_weights())

@@ -5,7 +5,8 @@ and writes which tensor, and to run a model one layer call at a time. This
 module gives them that, for Keras 3 and tf_keras alike, without importing
 either: a model's top-level calls in topological order (`layer_calls`), each
 naming its input and output tensors by id, and `run_call` to execute one call
-on concrete values. Nested models appear as one call.
+on concrete values. Nested models appear as one call. Also the walking and
+cloning helpers every module shares (`leaves`, `paired_leaves`, `clone_model`).
 """
 
 from typing import NamedTuple
@@ -164,3 +165,40 @@ def paired_leaves(original, clone):
     originals, clones = list(leaves(original)), list(leaves(clone))
     assert len(originals) == len(clones), "clone_model changed the layer structure"
     return zip(originals, clones)
+
+
+def is_tf_keras(obj):
+    """Whether `obj` is a tf_keras (Keras 2) object, checked without importing tf_keras."""
+    return any(cls.__module__.split(".")[0] == "tf_keras" for cls in type(obj).__mro__)
+
+
+def reject_tf_keras(obj, helper):
+    """Raise for a tf_keras object given to a Keras-3-only `helper`, naming the TF-MOT path."""
+    if is_tf_keras(obj):
+        raise InputTypeError(
+            f"{type(obj).__name__} is a tf_keras (Keras 2) object, but `{helper}` takes Keras 3 models only. "
+            "tf_keras models go through the TF-MOT path: rgp_keras.prune_regular_graph, strip_pruning and "
+            "pruning_summary accept them, then TF-MOT's own tools (see examples/tfmot_workflow.py)."
+        )
+
+
+def clone_layer(layer):
+    """A new layer of the same class and config (weights not copied)."""
+    return layer.__class__.from_config(layer.get_config())
+
+
+def clone_model(model, clone_function):
+    """`keras.models.clone_model` of a Keras 3 model, recursive, keeping a functional model's input names."""
+    import keras
+    from keras.src.models.functional import Functional
+
+    inputs = None
+    if isinstance(model, Functional) and not isinstance(model, keras.Sequential):
+        # clone_model would rename the inputs; keep the user's names.
+        inputs = keras.tree.map_structure(
+            lambda tensor: keras.Input(
+                batch_shape=tensor.shape, dtype=tensor.dtype, name=tensor._keras_history.operation.name
+            ),
+            model.input,
+        )
+    return keras.models.clone_model(model, input_tensors=inputs, clone_function=clone_function, recursive=True)

@@ -10,7 +10,16 @@ from rgp_keras import data_aware
 from rgp_keras._checks import check_fraction, check_int
 from rgp_keras.errors import InputTypeError, InputValueError
 from rgp_keras.graph import RegularGraph, degree_for_sparsity, optimize
-from rgp_keras.model_graph import leaves, paired_leaves, to_numpy, variable_index
+from rgp_keras.model_graph import (
+    clone_layer,
+    clone_model,
+    is_tf_keras,
+    leaves,
+    paired_leaves,
+    reject_tf_keras,
+    to_numpy,
+    variable_index,
+)
 from rgp_keras.selection import auto_nodes, select, wanted
 from rgp_keras.summary import warn_if_short
 from rgp_keras.wrapper import INITIALIZER_OF, RegularGraphPruning
@@ -128,12 +137,12 @@ def prune_regular_graph(
     plan = data_aware.plan(to_prune, graph, selected, self_loops, calibration_data, calibration_samples, assign_channels)
 
     def wrap(layer):
-        clone = _clone_layer(layer)
+        clone = clone_layer(layer)
         if id(layer) in selected:
             return RegularGraphPruning(clone, graph, self_loops=self_loops)
         return clone
 
-    pruned = _clone_model(to_prune, wrap)
+    pruned = clone_model(to_prune, wrap)
     pairs = list(paired_leaves(to_prune, pruned))
     for original, new in pairs:
         target = new.layer if isinstance(new, RegularGraphPruning) else new
@@ -148,7 +157,7 @@ def prune_regular_graph(
 
 def with_weights(model, weights):
     """A clone of Keras 3 `model` whose layers take `weights[id(layer)]` (new weight lists) where given."""
-    clone = _clone_model(model, _clone_layer)
+    clone = clone_model(model, clone_layer)
     for original, new in paired_leaves(model, clone):
         new.set_weights(weights.get(id(original)) or original.get_weights())
     return clone
@@ -188,9 +197,9 @@ def strip_pruning(model):
     _check_model(model, pruned_ok=True)
 
     def unwrap(layer):
-        return _clone_layer(layer.layer if isinstance(layer, RegularGraphPruning) else layer)
+        return clone_layer(layer.layer if isinstance(layer, RegularGraphPruning) else layer)
 
-    stripped = _clone_model(model, unwrap)
+    stripped = clone_model(model, unwrap)
     for original, new in paired_leaves(model, stripped):
         if isinstance(original, RegularGraphPruning):
             weights = original.layer.get_weights()
@@ -211,7 +220,7 @@ def reinitialize(model, seed=None):
     each unit's output variance matches that of the dense layer. Masked
     weights stay exactly zero. Modifies `model` in place and returns it.
     """
-    _reject_other_keras(model, "reinitialize")
+    reject_tf_keras(model, "reinitialize")
     seed = None if seed is None else check_int("seed", seed, minimum=0)
     wrappers = [layer for layer in leaves(model) if isinstance(layer, RegularGraphPruning)]
     if not wrappers:
@@ -268,20 +277,6 @@ def _auto_nodes(to_prune, sparsity, self_loops, layers, skip_first, skip_last):
     return auto_nodes([to_prune] if getattr(to_prune, "built", False) else [], sparsity, self_loops)
 
 
-def is_tf_keras(obj):
-    """Whether `obj` is a tf_keras (Keras 2) object, checked without importing tf_keras."""
-    return any(cls.__module__.split(".")[0] == "tf_keras" for cls in type(obj).__mro__)
-
-
-def _reject_other_keras(obj, helper):
-    if is_tf_keras(obj):
-        raise InputTypeError(
-            f"{type(obj).__name__} is a tf_keras (Keras 2) object, but `{helper}` takes Keras 3 models only. "
-            "tf_keras models go through the TF-MOT path: rgp_keras.prune_regular_graph, strip_pruning and "
-            "pruning_summary accept them, then TF-MOT's own tools (see examples/tfmot_workflow.py)."
-        )
-
-
 def _check_model(model, pruned_ok=False):
     if not isinstance(model, (keras.Sequential, Functional)):
         raise InputTypeError(
@@ -313,20 +308,3 @@ def _check_model(model, pruned_ok=False):
             f"Model {model.name!r} is already pruned by rgp_keras (layers {wrapped[:3]}); "
             "prune the original model, or strip this one first with rgp_keras.strip_pruning."
         )
-
-
-def _clone_layer(layer):
-    return layer.__class__.from_config(layer.get_config())
-
-
-def _clone_model(model, clone_function):
-    inputs = None
-    if isinstance(model, Functional) and not isinstance(model, keras.Sequential):
-        # clone_model would rename the inputs; keep the user's names.
-        inputs = keras.tree.map_structure(
-            lambda tensor: keras.Input(
-                batch_shape=tensor.shape, dtype=tensor.dtype, name=tensor._keras_history.operation.name
-            ),
-            model.input,
-        )
-    return keras.models.clone_model(model, input_tensors=inputs, clone_function=clone_function, recursive=True)

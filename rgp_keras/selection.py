@@ -106,8 +106,9 @@ def auto_nodes(layers, sparsity, self_loops=False):
     unknown) decide: the largest n <= `MAX_AUTO_NODES` whose (k + self_loops) / n
     equals 1 - sparsity exactly and whose groups are at least 16 channels wide
     in each of them; failing that 8, 4, 2, then 1 channel per group. When no n
-    up to 64 gives the density exactly (or groups would be narrower than one
-    channel), the (n, k) giving the nearest density, the larger n on a tie.
+    up to 64 gives the density exactly: the power of two n with the widest
+    groups whose nearest k is within 25 % of the density; failing that the
+    (n, k) giving the nearest density.
     """
     costs = [(narrow_side(layer), _cost(layer)) for layer in layers]
     costs = sorted((c for c in costs if c[0]), key=lambda c: -c[1])
@@ -123,11 +124,19 @@ def auto_nodes(layers, sparsity, self_loops=False):
         nodes = exact_nodes(1 - sparsity, min(MAX_AUTO_NODES, narrowest // width), self_loops)
         if nodes:
             return nodes, round((1 - sparsity) * nodes) - self_loops
-    # No n gives the density exactly: the nearest density, then the most nodes.
-    candidates = [(nodes, _nearest_degree(nodes, sparsity, self_loops))
-                  for nodes in range(3, max(3, min(MAX_AUTO_NODES, narrowest)) + 1)]
-    return min(((n, k) for n, k in candidates if k is not None),
-               key=lambda c: (abs((c[1] + self_loops) / c[0] - (1 - sparsity)), -c[0]))
+    # No n gives the density exactly: a power of two (even groups) within 25 % of the density, widest
+    # groups first; failing that, the nearest density on any n.
+    density = lambda c: (c[1] + self_loops) / c[0]
+    error = lambda c: (abs(density(c) - (1 - sparsity)), -c[0])
+    for width in GROUP_WIDTHS:
+        options = [(n, _nearest_degree(n, sparsity, self_loops)) for n in (64, 32, 16, 8, 4)
+                   if n <= min(MAX_AUTO_NODES, narrowest // width)]
+        options = [c for c in options if c[1] is not None]
+        if options and abs(density(best := min(options, key=error)) - (1 - sparsity)) <= 0.25 * (1 - sparsity):
+            return best
+    candidates = [(n, _nearest_degree(n, sparsity, self_loops)) for n in range(3, max(3, min(MAX_AUTO_NODES,
+                                                                                          narrowest)) + 1)]
+    return min((c for c in candidates if c[1] is not None), key=error)
 
 
 def exact_nodes(density, limit, self_loops=False):

@@ -6,8 +6,11 @@ from keras import ops
 
 from rgp_keras.errors import InputTypeError, InputValueError
 from rgp_keras.graph import RegularGraph
-from rgp_keras.masks import kernel_mask, prunable_kernel
+from rgp_keras.masks import group_mask, kernel_mask, prunable_kernel
+from rgp_keras.model_graph import to_numpy
 
+# 2: the mask is rebuilt from the graph, not saved (1: it was a non-trainable weight; such files still load).
+FORMAT_VERSION = 2
 # Name of the initializer attribute that belongs to each maskable kernel attribute.
 INITIALIZER_OF = {"kernel": "kernel_initializer", "pointwise_kernel": "pointwise_initializer"}
 
@@ -78,14 +81,21 @@ class RegularGraphPruning(keras.layers.Wrapper):
         else:
             super().build(input_shape)
         kernel = self.kernel
-        mask = kernel_mask(self.graph, kernel.shape, self.layout, self.self_loops)
-        self.mask = self.add_weight(
-            name="mask",
-            shape=kernel.shape,
-            initializer=keras.initializers.Constant(mask.astype("float32")),
-            dtype=kernel.dtype,
-            trainable=False,
-        )
+        # The mask is a constant rebuilt from the graph in the config: neither a weight, nor saved, nor
+        # counted by count_params. When both channel counts divide by n, the kernel is viewed as
+        # (..., n, in/n, n, out/n) blocks and multiplied by the n x n block mask (n^2 numbers held);
+        # otherwise by the channel-pair mask broadcast over the kernel window.
+        window = (1,) * (len(kernel.shape) - 2)
+        pairs = kernel_mask(self.graph, (*window, *kernel.shape[-2:]), self.layout, self.self_loops)
+        self.density = float(pairs.mean())
+        nodes = self.graph.nodes
+        if kernel.shape[-2] % nodes == 0 and kernel.shape[-1] % nodes == 0:
+            blocks = group_mask(self.graph, self.self_loops)
+            blocks = blocks.T if self.layout == "conv_transpose" else blocks
+            self._blocks = blocks[:, None, :, None].astype(kernel.dtype)
+            self._pairs = None
+        else:
+            self._blocks, self._pairs = None, pairs.astype(kernel.dtype)
         # Zero the masked weights of the variable itself, so that what is saved,
         # stripped or decayed by an optimizer is exactly what is computed with.
         kernel.assign(self.masked_kernel())
@@ -97,13 +107,21 @@ class RegularGraphPruning(keras.layers.Wrapper):
         return getattr(self.layer, self.kernel_attribute)
 
     @property
-    def density(self):
-        """Fraction of kernel weights kept."""
-        return ops.mean(self.mask)
+    def mask(self):
+        """The kernel-shaped mask (1.0 kept, 0.0 pruned), built from the graph on request."""
+        return self._apply(ops.ones(self.kernel.shape, dtype=self.kernel.dtype))
 
     def masked_kernel(self):
         """The kernel the layer computes with: `kernel * mask`."""
-        return ops.multiply(self.kernel, self.mask)
+        return self._apply(self.kernel)
+
+    def _apply(self, kernel):
+        if self._blocks is None:
+            return ops.multiply(kernel, ops.convert_to_tensor(self._pairs))
+        *window, rows, columns = kernel.shape
+        nodes = self.graph.nodes
+        blocked = ops.reshape(kernel, (*window, nodes, rows // nodes, nodes, columns // nodes))
+        return ops.reshape(ops.multiply(blocked, ops.convert_to_tensor(self._blocks)), kernel.shape)
 
     def call(self, inputs, *args, **kwargs):
         # A stateless scope shadows any outer one (JAX training maps every
@@ -124,7 +142,31 @@ class RegularGraphPruning(keras.layers.Wrapper):
         return self.layer.compute_output_shape(input_shape)
 
     def get_config(self):
-        return {**super().get_config(), "graph": self.graph.get_config(), "self_loops": self.self_loops}
+        return {**super().get_config(), "graph": self.graph.get_config(), "self_loops": self.self_loops,
+                "format_version": FORMAT_VERSION}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        version = config.pop("format_version", 1)
+        if version > FORMAT_VERSION:
+            raise InputValueError(
+                f"{config.get('name', 'RegularGraphPruning')!r} was saved by a newer rgp_keras (wrapper format "
+                f"{version}; this version reads up to {FORMAT_VERSION}). Upgrade rgp_keras."
+            )
+        return super().from_config(config, custom_objects=custom_objects)
+
+    def load_own_variables(self, store):
+        """Files of wrapper format 1 stored the mask as a weight: check it against the graph, keep nothing."""
+        own = self._trainable_variables + self._non_trainable_variables  # Keras's own split, as its loader uses
+        if len(store.keys()) == 1 and not own:
+            saved = np.asarray(store["0"])
+            if saved.shape != tuple(self.kernel.shape) or np.any((saved != 0) != (to_numpy(self.mask) != 0)):
+                raise InputValueError(
+                    f"The mask saved for {self.name!r} is not the one its graph gives; the file is inconsistent."
+                )
+            return
+        super().load_own_variables(store)
 
 
 class _MaskedInitializer:

@@ -16,6 +16,9 @@ def test_version_and_help_run_as_console_script():
     assert out.returncode == 0 and out.stdout.startswith("rgp_keras ")
     out = subprocess.run([sys.executable, "-m", "rgp_keras.cli", "graph", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "example: rgp graph" in out.stdout
+    help_text = " ".join(out.stdout.split())  # argparse wraps lines
+    assert "with --attempts (or the default budget) the same seed gives the same graph" in help_text
+    assert "a --time-limit run stops wherever the clock says, so it may not" in help_text
 
 
 def test_graph_writes_an_optimised_graph_and_reports(tmp_path, capsys):

@@ -6,8 +6,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # each example runs in its own process, on real data
 
 
 def test_demo_runs_end_to_end_and_litert_agrees_with_keras(tmp_path):
@@ -66,6 +68,7 @@ def test_every_readme_python_snippet_runs_as_written(tmp_path):
     assert (tmp_path / "pruned.h5").is_file()
 
 
+@pytest.mark.filterwarnings("ignore:Calibration data has fewer rows")  # 64 samples for the README's tiny model
 def test_every_readme_cli_line_runs_as_written(tmp_path, monkeypatch, capsys):
     import keras
 

@@ -225,6 +225,7 @@ def test_compact_model_rejects_an_unknown_layout(graph16):
         compact_model(stripped, layout="dense")
 
 
+@pytest.mark.slow
 def test_mobilenet_v2_compact_export_matches_keras(real_images, tmp_path):
     model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), weights=None, classes=10)
     pruned = prune_regular_graph(model, degree=2, nodes=16, seed=0)

@@ -196,7 +196,7 @@ def test_optimize_with_jobs_runs_parallel_chains_and_keeps_the_best():
     result = optimize(start, attempts=2000, seed=1, jobs=2)
     assert_valid_regular(result.graph, 32, 4)
     assert result.graph.aspl < start.aspl
-    assert result.attempts == 2000
+    assert result.attempts == 2000 or result.graph.gap == 0  # a chain stops once it reaches the Moore bound
 
 
 def test_callback_sees_each_improvement_and_can_stop_the_run():
@@ -247,6 +247,7 @@ def test_symmetric_search_keeps_the_rotation_and_improves(nodes, degree, symmetr
     assert not RegularGraph.random(64, 8, seed=1).is_symmetric(8)
 
 
+@pytest.mark.slow
 def test_default_search_picks_the_symmetry_and_reaches_below_1_96_for_64_nodes_degree_8():
     # The plain chain stalls near 1.97 here; symmetry 8 gets <= 1.96, and the default must get what the best
     # option gets (about 20 s; a budget in attempts, not seconds, so the result does not depend on the machine).
@@ -459,6 +460,7 @@ def test_saved_graph_files_get_the_umask_mode(tmp_path):
     assert (tmp_path / "g.npz").stat().st_mode & 0o777 == 0o644
 
 
+@pytest.mark.slow
 def test_first_compile_is_announced_once_and_a_second_process_loads_the_cache(tmp_path):
     code = ("from rgp_keras.graph import RegularGraph, optimize\n"
             "optimize(RegularGraph.random(16, 8, seed=0, symmetry=2), attempts=100, seed=0)\n"
@@ -469,3 +471,22 @@ def test_first_compile_is_announced_once_and_a_second_process_loads_the_cache(tm
     started = time.perf_counter()
     second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert "compiling" not in second.stderr and time.perf_counter() - started < 8  # compiling takes ~10 s
+
+
+def test_random_graphs_leave_every_global_random_state_alone():
+    import random
+
+    def draws():
+        return igraph.Graph.Erdos_Renyi(n=30, p=0.3).get_edgelist(), random.random(), np.random.random()
+
+    for generator in (random.Random(123), random.Random(7)):  # a user's own igraph generator, not the default
+        igraph.set_random_number_generator(generator)
+        random.seed(5), np.random.seed(5)
+        state = generator.getstate()
+        expected = draws()
+        generator.setstate(state)
+        random.seed(5), np.random.seed(5)
+        RegularGraph.random(64, 8, seed=0)
+        RegularGraph.random(64, 8)
+        assert draws() == expected
+    igraph.set_random_number_generator(random)

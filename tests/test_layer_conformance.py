@@ -32,7 +32,7 @@ def test_run_layer_test(kind):
         init_kwargs={"layer": inner, "graph": GRAPH},
         input_shape=input_shape,
         expected_output_shape=expected,
-        expected_num_non_trainable_weights=1,  # the mask
+        expected_num_non_trainable_weights=0,  # the mask is rebuilt from the graph, not a weight
         expected_num_losses=0,
         supports_masking=False,
     )

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -179,6 +180,7 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
     assert out.stdout.strip().endswith("OK")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "build",
     [
@@ -442,3 +444,17 @@ def test_a_subclassed_model_nested_in_a_functional_one_is_refused_by_name(graph1
         with pytest.raises(TypeError, match="contains the subclassed model 'block' \\(Block\\).*Rebuild that block"):
             call()
     assert all(np.array_equal(a, b) for a, b in zip(before, weights_of(model)))
+
+
+def test_the_mask_is_not_a_weight_and_files_with_a_saved_mask_still_load(vgg_model, graph16, tmp_path):
+    pruned = prune_regular_graph(vgg_model, graph=graph16)
+    assert pruned.count_params() == vgg_model.count_params()  # the mask costs no parameters...
+    assert len(pruned.weights) == len(vgg_model.weights)  # ...and no checkpoint entries
+    pruned.save(tmp_path / "p.keras")
+    assert keras.saving.load_model(tmp_path / "p.keras").get_layer(wrappers(pruned)[0].name).get_config()[
+        "format_version"] == 2
+    data = Path(__file__).parent / "data"
+    old = keras.saving.load_model(data / "pruned_format1.keras")  # written with the mask as a weight
+    io = np.load(data / "pruned_format1_io.npz")
+    np.testing.assert_allclose(to_numpy(old(io["x"])), io["y"], atol=1e-6)
+    assert not any("mask" in v.path for v in old.weights) and masked_entries_are_zero(old)

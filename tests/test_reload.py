@@ -14,6 +14,8 @@ import keras  # noqa: E402
 import rgp_keras  # noqa: E402
 from rgp_keras.graph import RegularGraph  # noqa: E402
 
+pytestmark = pytest.mark.slow  # fresh processes
+
 LOAD = """
 import numpy as np
 x = np.load({x!r})

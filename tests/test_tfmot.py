@@ -186,6 +186,7 @@ def test_missing_tfmot_says_how_to_install(graph16, monkeypatch):
         tfmot_adapter._api.cache_clear()
 
 
+@pytest.mark.filterwarnings("ignore:Calibration data has fewer rows")  # 256 samples, a 64x64 Dense: expected
 def test_data_aware_pruning_on_the_tf_keras_path(graph16):
     model = cnn()
     rng = np.random.default_rng(0)

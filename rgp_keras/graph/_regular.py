@@ -4,10 +4,8 @@ import base64
 import io
 import json
 import os
-import random as _random
 import secrets
 import tempfile
-import warnings
 import zipfile
 
 import igraph
@@ -48,6 +46,31 @@ def check_symmetry(nodes, symmetry):
             f"symmetry=1 (no symmetry) is always accepted."
         )
     return symmetry
+
+
+def _pairing(nodes, degree, rng):
+    """Edges `(m, 2)` of a simple `degree`-regular graph by Steger-Wormald pairing, or None on a dead end.
+
+    Each node has `degree` stubs; stubs are shuffled and paired, pairs that
+    would make a loop or a repeated edge go back to the pool, and the pool is
+    paired again until it is empty (or only unusable pairs are left).
+    """
+    edges = set()
+    pool = np.repeat(np.arange(nodes), degree)
+    while len(pool):
+        pairs = np.sort(rng.permutation(pool).reshape(-1, 2), axis=1)
+        left = []
+        for a, b in pairs.tolist():
+            if a != b and (a, b) not in edges:
+                edges.add((a, b))
+            else:
+                left += [a, b]
+        if len(left) == len(pool):
+            ends = sorted(set(left))
+            if not any(a < b and (a, b) not in edges for a in ends for b in ends):
+                return None  # every remaining pair is a loop or an existing edge
+        pool = np.array(left, dtype=np.int64)
+    return np.array(sorted(edges), dtype=np.int64).reshape(-1, 2)
 
 
 def _circulant(nodes, degree):
@@ -155,8 +178,11 @@ class RegularGraph:
     def random(cls, nodes, degree, seed=None, symmetry=1):
         """A uniformly drawn connected simple `degree`-regular graph on `nodes` nodes.
 
-        Uses igraph's Viger-Latapy sampler. The seed actually used is stored in
-        `metadata["seed"]`, so any graph can be regenerated.
+        Drawn by Steger and Wormald's pairing algorithm (asymptotically
+        uniform) with its own seeded numpy generator, redrawn until connected;
+        no global random state (Python's, numpy's or igraph's) is used or
+        changed. The seed actually used is stored in `metadata["seed"]`, so any
+        graph can be regenerated.
 
         With `symmetry` = g > 1 the graph is instead unchanged by the rotation
         v -> v + n / g (g must divide n): a circulant graph (each node joined
@@ -170,19 +196,19 @@ class RegularGraph:
         symmetry = check_symmetry(nodes, symmetry)
         if symmetry > 1:
             return cls._random_symmetric(nodes, degree, seed, symmetry)
-        igraph.set_random_number_generator(_random.Random(seed))
-        try:
-            with warnings.catch_warnings():
-                # igraph warns when the graph is the only one of its kind (a 2-regular
-                # connected graph is a cycle): expected, and harmless.
-                warnings.filterwarnings("ignore", "Cannot shuffle graph", RuntimeWarning)
-                sampled = igraph.Graph.Degree_Sequence([degree] * nodes, method="vl")
-        finally:
-            igraph.set_random_number_generator(_random)
-        adjacency = np.zeros((nodes, nodes), dtype=bool)
-        edges = np.array(sampled.get_edgelist())
-        adjacency[edges[:, 0], edges[:, 1]] = True
-        adjacency[edges[:, 1], edges[:, 0]] = True
+        rng = np.random.default_rng(seed)
+        # Above half degree, pair the complement (far fewer stubs, no dead ends) and invert it.
+        complement = degree > (nodes - 1) // 2
+        while True:
+            edges = _pairing(nodes, nodes - 1 - degree if complement else degree, rng)
+            if edges is None:
+                continue
+            adjacency = np.zeros((nodes, nodes), dtype=bool)
+            adjacency[edges[:, 0], edges[:, 1]] = adjacency[edges[:, 1], edges[:, 0]] = True
+            if complement:
+                adjacency = ~adjacency & ~np.eye(nodes, dtype=bool)
+            if igraph.Graph(n=nodes, edges=np.argwhere(np.triu(adjacency)).tolist()).is_connected():
+                break
         return cls(adjacency, {"method": "random", "seed": seed})
 
     @classmethod
@@ -224,7 +250,8 @@ class RegularGraph:
     def load(cls, path):
         """Read a graph written by `save`; never unpickles."""
         try:
-            with np.load(path, allow_pickle=False) as archive:
+            # numpy leaves the file open when it cannot read it; our own handle is always closed
+            with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
                 contents = {key: archive[key] for key in archive.files}
         except FileNotFoundError:
             raise
