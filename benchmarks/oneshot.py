@@ -29,7 +29,6 @@ trained dense models are cached in --work. Writes results/oneshot.md.
 """
 
 import argparse
-import csv
 import os
 import time
 import warnings
@@ -42,6 +41,7 @@ import numpy as np
 
 import rgp_keras
 from _architectures import ARCHITECTURES, build
+from _results import append, done_rows
 from rgp_keras.graph import RegularGraph, optimize
 
 RESULTS = Path(__file__).parent / "results"
@@ -163,22 +163,6 @@ def _check_sparsity(pruned, sparsity):
         raise RuntimeError(f"TF-MOT reached sparsity {reached:.3f}, not {sparsity}")
 
 
-def done_rows():
-    if not CSV.exists():
-        return []
-    with CSV.open() as handle:
-        return list(csv.DictReader(handle))
-
-
-def append(row):
-    new = not CSV.exists()
-    with CSV.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -194,7 +178,7 @@ def main():
     (x_train, y_train), (x_test, y_test) = rgp_keras.load_fashion_mnist()
     train = ((x_train[..., None] / 255.0).astype("float32"), y_train)
     test = ((x_test[..., None] / 255.0).astype("float32"), y_test)
-    finished = {(r["model"], r["method"], r["sparsity"], r["seed"]) for r in done_rows()}
+    finished = {(r["model"], r["method"], r["sparsity"], r["seed"]) for r in done_rows(CSV)}
     for name in args.models:
         setup = MODELS[name]
         for seed in range(args.seeds):
@@ -215,9 +199,9 @@ def main():
                 row = dict(model=name, method=method, sparsity=sparsity, seed=seed, dense=dense_accuracy,
                            one_shot=one_shot, fine_tuned="" if tuned is None else tuned,
                            prune_seconds=round(seconds, 2), calibration=CALIBRATION)
-                append(row)
+                append(CSV, FIELDS, row)
                 print(row, flush=True)
-    write(done_rows())
+    write(done_rows(CSV))
 
 
 def cost():

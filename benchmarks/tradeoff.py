@@ -39,7 +39,6 @@ already there are skipped; dense models are cached in --work.
 """
 
 import argparse
-import csv
 import os
 import statistics
 import time
@@ -51,6 +50,7 @@ import keras
 import numpy as np
 
 import rgp_keras
+from _results import append, done_rows
 from rgp_keras.plots import new_figure
 
 RESULTS = Path(__file__).parent / "results"
@@ -242,29 +242,13 @@ def latency_ratio(path, dense_path):
     return statistics.median(ratios)
 
 
-def done_rows():
-    if not CSV.exists():
-        return []
-    with CSV.open() as handle:
-        return list(csv.DictReader(handle))
-
-
-def append(row):
-    new = not CSV.exists()
-    with CSV.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
 def run(profile, work):
     settings = PROFILES[profile]
     (x_train, y_train), (x_test, y_test) = rgp_keras.load_fashion_mnist()
     prepare = lambda x: (x.astype("float32") / 255.0)[..., None]
     train = (prepare(x_train[: settings["train"]]), y_train[: settings["train"]].astype("int64"))
     test = (prepare(x_test), y_test.astype("int64"))
-    done = {(r["profile"], r["model"], r["method"], r["sparsity"], r["seed"]) for r in done_rows()}
+    done = {(r["profile"], r["model"], r["method"], r["sparsity"], r["seed"]) for r in done_rows(CSV)}
     work.mkdir(parents=True, exist_ok=True)
     for name in settings["models"]:
         budget = {**MODELS[name], **settings.get("budget", {})}
@@ -276,7 +260,7 @@ def run(profile, work):
                            size_ratio=round(path.stat().st_size / dense_file.stat().st_size, 4),
                            latency_ratio=round(latency_ratio(path, dense_file), 4) if method != "dense" else 1.0,
                            epochs=epochs, seconds=round(seconds, 1))
-                append(row)
+                append(CSV, FIELDS, row)
                 done.add((profile, name, method, str(sparsity), str(seed)))
                 print(f"{name} seed {seed} {sparsity} {method:22s} acc {row['accuracy']:.4f}  MACs {row['macs_ratio']}"
                       f"  latency {row['latency_ratio']}  size {row['size_ratio']}", flush=True)
@@ -356,7 +340,7 @@ def run(profile, work):
 # --- report ---------------------------------------------------------------------------------------------
 
 def report():
-    rows = done_rows()
+    rows = done_rows(CSV)
     groups = {}
     for row in rows:
         key = (row["profile"], row["model"], float(row["sparsity"]), row["method"])

@@ -19,17 +19,13 @@ _EXAMPLES = {
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
-def _nodes(text):
+def _auto_or_int(text):
     if text == "auto":
         return text
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 3 or 'auto', got {text!r}") from None
-
-
-def _symmetry(text):
-    return text if text == "auto" else int(text)
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
 
 
 def _objective(text):
@@ -254,7 +250,7 @@ def _parser():
     budget.add_argument("--attempts", type=int, help="swap attempts (default: scaled to the graph size)")
     budget.add_argument("--time-limit", type=float, help="seconds to optimise")
     graph.add_argument("--jobs", type=int, default=1, help="parallel chains; the best is kept")
-    graph.add_argument("--symmetry", type=_symmetry, default="auto",
+    graph.add_argument("--symmetry", type=_auto_or_int, default="auto",
                        help="search graphs unchanged by rotating node labels by n/G (G divides n; 1: no symmetry); "
                             "default auto: the largest G <= min(32, n/8) for degree >= 8, else 1")
     graph.add_argument("--out", required=True, help="graph file to write (.npz)")
@@ -274,7 +270,7 @@ def _parser():
     how.add_argument("--sparsity", type=float, help="fraction of weights to prune")
     how.add_argument("--degree", type=int, help="graph degree k (keep k/n)")
     how.add_argument("--graph", help="graph file from `rgp graph`")
-    prune.add_argument("--nodes", type=_nodes, help="graph nodes n with --sparsity/--degree, or 'auto' (default: "
+    prune.add_argument("--nodes", type=_auto_or_int, help="graph nodes n with --sparsity/--degree, or 'auto' (default: "
                        "the largest n giving the sparsity exactly with groups as wide as the layers allow; "
                        "64 with --degree)")
     prune.add_argument("--seed", type=int, help="random seed of the graph")
