@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from rgp_keras import benchmark_tflite
-from rgp_keras.export import _take_channels  # what export_tflite's gather layout emits
+from rgp_keras.export._kernels import _take_channels  # what export_tflite's gather layout emits
 
 RESULTS = Path(__file__).parent / "results"
 SHAPES = ((32, 64), (16, 128), (8, 256), (4, 512))

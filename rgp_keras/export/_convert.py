@@ -1,0 +1,250 @@
+"""Conversion to .tflite: options, quantisation, the atomic write and the `ExportReport`."""
+
+import collections
+import gzip
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras.src.models.functional import Functional
+
+from rgp_keras._checks import check_int
+from rgp_keras._files import normal_file_mode
+from rgp_keras.errors import InputTypeError, InputValueError
+from rgp_keras.export._kernels import LAYOUTS, _class_name
+from rgp_keras.export._rewrite import _has_zeros, compact_model
+from rgp_keras.model_graph import leaves, reject_tf_keras, to_numpy
+from rgp_keras.prune import strip_pruning
+from rgp_keras.summary import pruning_summary
+from rgp_keras.wrapper import RegularGraphPruning
+
+
+QUANTIZE = (None, "dynamic", "float16", "int8")
+_CALIBRATION_SAMPLES = 200
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What `export_tflite` wrote and what it gained.
+
+    `params`/`macs` are those of the exported computation (per sample), beside
+    the dense model's; `nonzero_params` counts the non-zero weights among
+    `params`. `compacted` maps the layers rewritten to compact kernels to
+    their layout ("gather" or "scatter"); `not_compacted` maps the other
+    masked-looking layers to the reason.
+    """
+
+    path: str
+    compact: bool
+    quantize: str | None
+    size_bytes: int
+    gzip_bytes: int
+    dense_params: int
+    params: int
+    nonzero_params: int
+    dense_macs: int
+    macs: int
+    compacted: dict = field(default_factory=dict)
+    not_compacted: dict = field(default_factory=dict)
+    notes: tuple = ()
+
+    def __str__(self):
+        ratio = lambda new, old: f"{new / old:.3f}x" if old else "-"
+        rows = [
+            ("file", self.path),
+            ("format", f"{'compact' if self.compact else 'sparse'}, {self.quantize or 'float32'}"),
+            ("size", f"{self.size_bytes:,} B (gzip {self.gzip_bytes:,} B)"),
+            ("params", f"{self.dense_params:,} -> {self.params:,} ({ratio(self.params, self.dense_params)}), "
+                       f"non-zero {self.nonzero_params:,}"),
+            ("MACs/sample", f"{self.dense_macs:,} -> {self.macs:,} ({ratio(self.macs, self.dense_macs)})"),
+            ("compacted", f"{len(self.compacted)} layers" + _layout_counts(self.compacted)),
+        ]
+        rows += [(f"  kept as is: {name}", reason) for name, reason in self.not_compacted.items()]
+        rows += [("note", note) for note in self.notes]
+        width = max(len(label) for label, _ in rows)
+        return "\n".join(f"{label.ljust(width)}  {value}" for label, value in rows)
+
+
+def _layout_counts(compacted):
+    counts = collections.Counter(compacted.values())
+    listed = ", ".join(f"{counts[layout]} {layout}" for layout in LAYOUTS[1:] if counts[layout])
+    return f" ({listed})" if listed else ""
+
+
+def export_tflite(
+    model, path, *, compact=True, quantize=None, representative_data=None, layout="auto", threads=1
+):
+    """Write a pruned (or stripped) Keras 3 model as a .tflite file for LiteRT.
+
+    Args:
+        model: a model from `prune_regular_graph`, or its `strip_pruning` result.
+        path: the .tflite file to write (written atomically: on error nothing
+            is left behind and an existing file is untouched).
+        compact: rewrite each masked Dense/Conv1D/Conv2D/Conv3D into a grouped
+            convolution holding only the kept weights (fewer bytes and MACs),
+            in the layout estimated fastest (see `compact_model`). With
+            `compact=False` the stripped model is converted with the
+            converter's sparsity optimisation (zeros still computed).
+        quantize: None (float32), "dynamic" (int8 weights), "float16", or
+            "int8" (full integer; needs `representative_data`).
+        representative_data: calibration inputs for "int8": an array of input
+            samples `(N, *input_shape)` (a few hundred real samples suffice).
+        layout: compact layout per layer: "auto" (estimated fastest on x86
+            XNNPACK; layers not estimated faster than dense stay sparse), or
+            "gather"/"scatter" forced wherever it applies, e.g. after timing
+            both with `benchmark_tflite` on the target device.
+        threads: CPU threads the file will run with (LiteRT `num_threads`);
+            "auto" keeps more layers dense for more threads, since dense
+            GEMMs share out over threads and the compact layouts' channel
+            gathers do not.
+
+    Returns:
+        An `ExportReport` (sizes, params and MACs before/after, which layers
+        were compacted).
+
+    Example:
+    >>> report = export_tflite(pruned_model, "model.tflite")  # doctest: +SKIP
+    >>> print(report)  # doctest: +SKIP
+    """
+    reject_tf_keras(model, "export_tflite")
+    if not isinstance(model, keras.Model):
+        raise InputTypeError(f"`model` must be a Keras 3 model, got {type(model).__name__}.")
+    if quantize not in QUANTIZE:
+        raise InputValueError(f"`quantize` must be one of {QUANTIZE}, got {quantize!r}.")
+    if layout not in LAYOUTS:
+        raise InputValueError(f"`layout` must be one of {LAYOUTS}, got {layout!r}.")
+    if layout != "auto" and not compact:
+        raise InputValueError(f"`layout` chooses compact kernels; it needs compact=True, got layout={layout!r}.")
+    threads = check_int("threads", threads, minimum=1)
+    if threads != 1 and not compact:
+        raise InputValueError(f"`threads` chooses compact layouts; it needs compact=True, got threads={threads}.")
+    subclassed = not isinstance(model, (keras.Sequential, Functional))
+    if subclassed and compact:
+        raise InputTypeError(
+            f"Compact kernels rewrite a model layer by layer, which the subclassed model {model.name!r} "
+            f"({type(model).__name__}) does not allow. Export it with compact=False (its RGP wrappers compute with "
+            "exact zeros, stored sparsely; no speed-up), or build the architecture as a Sequential or functional "
+            "model for the compact speed-up."
+        )
+    samples = _calibration_samples(model, quantize, representative_data)
+    path = _writable_path(path)
+
+    wrapped = any(isinstance(layer, RegularGraphPruning) for layer in leaves(model))
+    stripped = strip_pruning(model) if wrapped and not subclassed else model
+    exported, compacted, not_compacted = stripped, {}, {}
+    if compact:
+        exported, compacted, not_compacted = compact_model(
+            stripped, layout, int8=quantize == "int8", threads=threads
+        )
+    options, notes = _converter_options(exported, quantize, samples)
+    _write_atomically(exported, path, options)
+
+    dense, after = pruning_summary(model).totals, pruning_summary(exported).totals
+    data = path.read_bytes()
+    return ExportReport(
+        path=str(path),
+        compact=compact,
+        quantize=quantize,
+        size_bytes=len(data),
+        gzip_bytes=len(gzip.compress(data, compresslevel=9)),
+        dense_params=dense["params"],
+        params=after["params"],
+        nonzero_params=sum(int(np.count_nonzero(to_numpy(w))) for w in _layer_weights(exported)),
+        dense_macs=dense["macs"],
+        macs=after["macs"],
+        compacted=dict(compacted),
+        not_compacted=dict(not_compacted),
+        notes=tuple(notes),
+    )
+
+
+def _layer_weights(model):
+    """The model's weights without RGP masks (a subclassed model is exported with its wrappers)."""
+    for layer in leaves(model):
+        yield from (layer.layer.weights if isinstance(layer, RegularGraphPruning) else layer.weights)
+
+
+def _calibration_samples(model, quantize, representative_data):
+    if quantize != "int8":
+        if representative_data is not None:
+            raise InputValueError(f"`representative_data` is only used with quantize='int8', got quantize={quantize!r}.")
+        return None
+    if representative_data is None:
+        raise InputValueError(
+            "quantize='int8' needs `representative_data`: an array of real input samples shaped "
+            f"(N, {', '.join(str(d) for d in model.inputs[0].shape[1:])}) to calibrate activation ranges."
+        )
+    if len(model.inputs) != 1:
+        raise InputValueError(f"int8 calibration supports single-input models, this one has {len(model.inputs)} inputs.")
+    samples = np.asarray(representative_data, dtype="float32")
+    expected = tuple(model.inputs[0].shape[1:])
+    if samples.ndim != len(expected) + 1 or any(e is not None and e != s for e, s in zip(expected, samples.shape[1:])):
+        raise InputValueError(
+            f"`representative_data` must be shaped (N, {', '.join(map(str, expected))}) like the model input, "
+            f"got {samples.shape}."
+        )
+    if len(samples) == 0:
+        raise InputValueError("`representative_data` is empty: give at least one input sample (a few hundred is typical).")
+    return samples[:_CALIBRATION_SAMPLES]
+
+
+def _writable_path(path):
+    path = Path(path)
+    if path.suffix != ".tflite":
+        raise InputValueError(f"The export path must end with .tflite, got {str(path)!r}.")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"Cannot write {path}: folder {path.parent} does not exist.")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise PermissionError(f"Cannot write {path}: no write permission.")
+    return path
+
+
+def _converter_options(model, quantize, samples):
+    import tensorflow as tf
+
+    # The converter's sparse encoding shrinks the layers left sparse (it is
+    # densified at load time, so speed is unchanged). Combined with any
+    # quantization, LiteRT 2.3 cannot run the result (XNNPACK refuses the
+    # nodes, float16 gives NaN), so quantized files are stored dense.
+    optimizations, notes, options = [], [], {}
+    if not quantize:
+        unsafe = _unsafe_sparse_dense_layers(model)
+        if unsafe:
+            notes.append(
+                "converter sparsity encoding not used: LiteRT's sparse FULLY_CONNECTED gives wrong outputs "
+                f"when input features are not a multiple of 4 ({', '.join(unsafe)})"
+            )
+        else:
+            optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+    if quantize:
+        optimizations.append(tf.lite.Optimize.DEFAULT)
+    if quantize == "float16":
+        options["target_spec"] = {"supported_types": [tf.float16]}
+    if quantize == "int8":
+        options["representative_dataset"] = lambda: ([sample[None]] for sample in samples)
+        options["target_spec"] = {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]}
+    options["optimizations"] = optimizations
+    return options, notes
+
+
+def _unsafe_sparse_dense_layers(model):
+    return [
+        layer.name
+        for layer in leaves(model)
+        if _class_name(layer) == "Dense" and layer.kernel.shape[0] % 4 and _has_zeros(layer)
+    ]
+
+
+def _write_atomically(model, path, options):
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tflite")
+    os.close(handle)
+    try:
+        model.export(partial, format="litert", verbose=False, **options)
+        os.chmod(partial, normal_file_mode())
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)

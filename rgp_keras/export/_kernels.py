@@ -1,0 +1,203 @@
+"""The compact layers `export_tflite` writes: a masked Dense/ConvND computed over its kept channel blocks only."""
+
+import keras
+import numpy as np
+
+from rgp_keras.errors import InputValueError
+from rgp_keras.export._latency import _scatter_applies
+from rgp_keras.masks import PRUNABLE, channel_groups
+from rgp_keras.model_graph import to_numpy
+
+
+LAYOUTS = ("auto", "gather", "scatter")
+_CONV_CLASS = {"Dense": keras.layers.Conv2D, "Conv1D": keras.layers.Conv1D, "Conv2D": keras.layers.Conv2D,
+               "Conv3D": keras.layers.Conv3D}
+
+
+class CompactKernel(keras.layers.Layer):
+    """A masked Dense/ConvND computed over its kept channel blocks only.
+
+    `layout="gather"`: one `take` gathers, for each of the n output groups,
+    the input channels of the (at most) k input groups it reads; one
+    convolution with `groups=n` then computes every output group from its
+    own slice. Uneven channel groups are padded with zero weights (and the
+    padded outputs dropped).
+
+    `layout="scatter"`: one convolution with `groups=n` computes, from each
+    input group alone, its contribution to each of the k output groups it
+    feeds; one `take` lines these partial sums up by output group and a sum
+    adds the k of each; bias and activation follow. Needs input channels
+    divisible by n and every output group reading k groups.
+    """
+
+    def __init__(self, layer, blocks, layout="gather", **kwargs):
+        super().__init__(name=layer.name, dtype=layer.dtype_policy, **kwargs)
+        if layout not in LAYOUTS[1:]:
+            raise InputValueError(f"`layout` must be one of {LAYOUTS[1:]}, got {layout!r}.")
+        kernel = to_numpy(layer.kernel)
+        nodes = blocks.shape[0]
+        channels_in, channels_out = kernel.shape[-2:]
+        if layout == "scatter" and not _scatter_applies(channels_in, blocks):
+            raise InputValueError(
+                f"The scatter layout needs input channels divisible by the {nodes} groups and every output group "
+                f"reading equally many input groups; {layer.name!r} has {channels_in} input channels and reads "
+                f"{sorted(set(blocks.sum(axis=0).tolist()))} groups per output group. Use layout='gather'."
+            )
+        out_members = _group_members(channels_out, nodes)
+        self.layout, self.nodes, self.units = layout, nodes, channels_out
+        self.is_dense = _class_name(layer) == "Dense"
+        config = layer.get_config()
+        bias = to_numpy(layer.bias) if layer.use_bias else None
+        if layout == "gather":
+            compact, bias = self._gather_weights(kernel, blocks, out_members, bias)
+        else:
+            compact = self._scatter_weights(kernel, blocks, out_members)
+            self.activation = keras.activations.get(config["activation"])
+            self._bias = bias
+        self._compact_weights = [compact.reshape(1, 1, *compact.shape) if self.is_dense else compact]
+        if layout == "gather" and bias is not None:
+            self._compact_weights.append(bias)
+        conv_args = dict(
+            filters=compact.shape[-1],
+            kernel_size=1 if self.is_dense else config["kernel_size"],
+            groups=nodes,
+            activation=config["activation"] if layout == "gather" else None,
+            use_bias=layout == "gather" and config["use_bias"],
+            dtype=layer.dtype_policy,
+            name="grouped",
+        )
+        if not self.is_dense:
+            conv_args.update(strides=config["strides"], padding=config["padding"], dilation_rate=config["dilation_rate"])
+        self.conv = _CONV_CLASS[_class_name(layer)](**conv_args)
+        self.conv_input_width = channels_in if layout == "scatter" else len(self.gather_index)
+
+    def _gather_weights(self, kernel, blocks, out_members, bias):
+        nodes = len(blocks)
+        channels_in, channels_out = kernel.shape[-2:]
+        in_members = _group_members(channels_in, nodes)
+        degree = int(blocks.sum(axis=0).max())
+        # neighbours[j]: the input groups output group j reads, padded with a
+        # group of only -1 (a zero weight) up to `degree`.
+        neighbours = np.full((nodes, degree), nodes)
+        for j in range(nodes):
+            reads = np.flatnonzero(blocks[:, j])
+            neighbours[j, : len(reads)] = reads
+        in_members = np.vstack([in_members, np.full(in_members.shape[1], -1)])
+        gathered = in_members[neighbours].reshape(nodes, -1)  # (n, k * group_in)
+        padded = np.zeros((*kernel.shape[:-2], channels_in + 1, channels_out + 1), kernel.dtype)
+        padded[..., :-1, :-1] = kernel
+        compact = padded[..., gathered[:, :, None], out_members[:, None, :]]  # (..., n, k*g_in, g_out)
+        compact = np.moveaxis(compact, -3, -2).reshape(*kernel.shape[:-2], gathered.shape[1], -1)
+        self.gather_index = np.where(gathered < 0, 0, gathered).reshape(-1).astype("int32")
+        flat_out = out_members.reshape(-1)
+        self.output_index = None if np.all(flat_out >= 0) else np.flatnonzero(flat_out >= 0).astype("int32")
+        if bias is not None:
+            bias = np.append(bias, 0)[flat_out]
+        return compact, bias
+
+    def _scatter_weights(self, kernel, blocks, out_members):
+        nodes = len(blocks)
+        group_in = kernel.shape[-2] // nodes
+        group_out = out_members.shape[1]
+        feeds = [np.flatnonzero(blocks[i]) for i in range(nodes)]  # output groups input group i feeds
+        fan_out = max(len(f) for f in feeds)
+        # Partial channel (i, s, c) holds input group i's share of output
+        # channel out_members[feeds[i][s], c]; unused (i, s, c) keep zero weights.
+        compact = np.zeros((*kernel.shape[:-2], group_in, nodes * fan_out * group_out), kernel.dtype)
+        partial = {}
+        for i, outputs in enumerate(feeds):
+            rows = kernel[..., i * group_in : (i + 1) * group_in, :]
+            for s, j in enumerate(outputs):
+                members = out_members[j]
+                first = (i * fan_out + s) * group_out
+                real = np.flatnonzero(members >= 0)
+                compact[..., first + real] = rows[..., members[real]]
+                partial[i, j] = first
+        # plane_index[t, ch]: the partial channel of output channel ch's t-th input group
+        sources = [np.flatnonzero(blocks[:, j]) for j in range(nodes)]
+        self.fan_in = len(sources[0])
+        self.plane_index = np.empty((self.fan_in, kernel.shape[-1]), "int32")
+        for j, members in enumerate(out_members):
+            for c, channel in enumerate(members[members >= 0]):
+                self.plane_index[:, channel] = [partial[i, j] + c for i in sources[j]]
+        self.plane_index = self.plane_index.reshape(-1)
+        return compact
+
+    def build(self, input_shape):
+        shape = (None, 1, 1, self.conv_input_width) if self.is_dense else (*input_shape[:-1], self.conv_input_width)
+        self.conv.build(shape)
+        self.conv.set_weights(self._compact_weights)
+        if self.layout == "scatter" and self._bias is not None:
+            self.bias = self.add_weight(shape=self._bias.shape, initializer="zeros", name="bias")
+            self.bias.assign(self._bias)
+        self._inner_shape = tuple(input_shape[1:-1])
+
+    def call(self, inputs):
+        x = inputs
+        if self.layout == "gather":
+            x = _take_channels(x, self.gather_index)
+        if self.is_dense:
+            x = keras.ops.reshape(x, (-1, 1, 1, x.shape[-1]))
+        y = self.conv(x)
+        if self.layout == "scatter":
+            y = self._add_partial_sums(y)
+        elif self.output_index is not None:
+            y = keras.ops.take(y, self.output_index, axis=-1)
+        if self.is_dense:
+            inner = self._inner_shape
+            if None in inner:  # variable length (e.g. a sequence): read it at run time
+                inner = tuple(keras.ops.shape(inputs)[1:-1])
+            y = keras.ops.reshape(y, (-1, *inner, self.units))
+        return y
+
+    def _add_partial_sums(self, partials):
+        leading = tuple(partials.shape)[:-1]
+        if leading.count(None) > 1:
+            leading = keras.ops.shape(partials)[:-1]
+        else:  # static where possible: shape ops would split LiteRT's XNNPACK partition
+            leading = tuple(-1 if size is None else size for size in leading)
+        planes = keras.ops.take(_channels_first(partials), self.plane_index, axis=0)
+        summed = keras.ops.sum(keras.ops.reshape(planes, (self.fan_in, self.units, -1)), axis=0)
+        y = _channels_last(keras.ops.reshape(summed, (self.units, *leading)))
+        if self._bias is not None:
+            y = y + self.bias
+        return self.activation(y)
+
+    def compute_output_shape(self, input_shape):
+        if self.is_dense:
+            return (*input_shape[:-1], self.units)
+        return (*self.conv.compute_output_shape((*input_shape[:-1], self.conv_input_width))[:-1], self.units)
+
+
+def _take_channels(x, index):
+    """`x[..., index]`. LiteRT's GATHER on the channel axis copies element by
+    element; moving channels to the front makes it copy whole planes
+    (TRANSPOSE runs in XNNPACK), 3-10x faster in benchmarks/export_bench.py's
+    layers."""
+    return _channels_last(keras.ops.take(_channels_first(x), index, axis=0))
+
+
+def _channels_first(x):
+    rank = len(x.shape)
+    return keras.ops.transpose(x, (rank - 1, *range(rank - 1)))
+
+
+def _channels_last(x):
+    rank = len(x.shape)
+    return keras.ops.transpose(x, (*range(1, rank), 0))
+
+
+def _group_members(channels, nodes):
+    """`(nodes, max group size)` channel indices per group, -1 where a smaller group is padded."""
+    groups = channel_groups(channels, nodes)
+    size = np.bincount(groups).max()
+    members = np.full((nodes, size), -1)
+    for g in range(nodes):
+        chosen = np.flatnonzero(groups == g)
+        members[g, : len(chosen)] = chosen
+    return members
+
+
+def _class_name(layer):
+    """The prunable Keras class `layer` is or subclasses (e.g. "Conv2D"), else None."""
+    return next((cls.__name__ for cls in type(layer).__mro__ if cls.__name__ in PRUNABLE), None)

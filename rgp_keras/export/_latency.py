@@ -1,0 +1,56 @@
+"""The latency model that picks a compact layout per layer (fitted on x86 XNNPACK; see benchmarks/layout_choice.py)."""
+
+import math
+
+import numpy as np
+
+
+# Latency estimate, fitted to single layers in LiteRT 2.3's XNNPACK on x86
+# AVX2, one thread (benchmarks/layout_choice.py checks it per layer): a GEMM
+# runs at full speed with >= 16 output channels per group (fewer use that
+# fraction of the tile) and loses speed below ~32 reduction terms (about
+# with the square root); every float a layout moves (transposes, gathers,
+# partial sums) costs about 10 full-speed MACs. With more threads the GEMMs
+# share out and the moves do not (LiteRT runs GATHER outside XNNPACK): a
+# move costs threads x 10 MACs of one thread's time (layout_choice.py
+# --threads 2 checks it). A layer is compacted when its best layout is
+# estimated below 0.9 x dense.
+_TILE_CHANNELS = 16
+_FULL_REDUCTION = 32
+_MACS_PER_FLOAT_MOVED = 10
+_MAX_LATENCY_RATIO = 0.9
+
+
+def estimated_latency_ratios(layer, blocks, threads=1):
+    """`{layout: estimated latency / dense latency}` of a masked layer's compact layouts.
+
+    Per output position: GEMM MACs scaled by the share of XNNPACK's output
+    tile and reduction depth they use, plus the floats each layout moves.
+    The GEMMs share out over `threads` CPU threads, the moves do not (LiteRT
+    runs GATHER outside XNNPACK, on one thread). "scatter" is present only
+    where it applies (see `compact_model`).
+    """
+    *window, channels_in, channels_out = layer.kernel.shape
+    taps, nodes = math.prod(window), len(blocks)
+    fan_in, fan_out = int(blocks.sum(axis=0).max()), int(blocks.sum(axis=1).max())
+    group_in, group_out = -(-channels_in // nodes), -(-channels_out // nodes)
+    inputs_per_output = math.prod(getattr(layer, "strides", None) or (1,))
+
+    def gemm(macs, width, depth):
+        return macs / (min(1.0, width / _TILE_CHANNELS) * min(1.0, depth / _FULL_REDUCTION) ** 0.5)
+
+    dense = gemm(taps * channels_in * channels_out, channels_out, taps * channels_in)
+    gather = gemm(taps * nodes * fan_in * group_in * group_out, group_out, taps * fan_in * group_in)
+    # channels to the front, k copies gathered, back: ~(2k + 1) floats per input channel
+    moved = _MACS_PER_FLOAT_MOVED * threads
+    ratios = {"gather": gather + moved * channels_in * (2 * fan_in + 1) * inputs_per_output}
+    if _scatter_applies(channels_in, blocks):
+        scatter = gemm(taps * nodes * fan_out * group_in * group_out, fan_out * group_out, taps * group_in)
+        # k partial sums to the front, gathered, summed, back: ~(3k + 2) floats per output channel
+        ratios["scatter"] = scatter + moved * channels_out * (3 * fan_in + 2)
+    return {name: float(cost / dense) for name, cost in ratios.items()}
+
+
+def _scatter_applies(channels_in, blocks):
+    fan_in = blocks.sum(axis=0)
+    return channels_in % len(blocks) == 0 and bool(np.all(fan_in == fan_in[0]))

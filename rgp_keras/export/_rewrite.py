@@ -1,0 +1,159 @@
+"""The Keras-level compact rewrite: masked layers -> `CompactKernel`s, BatchNormalization folded where safe."""
+
+import keras
+import numpy as np
+
+from rgp_keras._checks import check_int
+from rgp_keras.errors import InputValueError
+from rgp_keras.export._kernels import CompactKernel, LAYOUTS, _CONV_CLASS, _class_name
+from rgp_keras.export._latency import _MAX_LATENCY_RATIO, estimated_latency_ratios
+from rgp_keras.masks import channel_blocks, kept_pairs, prunable_kernel
+from rgp_keras.model_graph import clone_layer, clone_model, leaves, paired_leaves, to_numpy
+from rgp_keras.selection import layer_macs
+
+
+def compact_model(model, layout="auto", *, int8=False, threads=1):
+    """`(compact model, {name: layout}, {name: why not})` for a stripped Keras 3 model.
+
+    Layers whose kernel has a channel-group block structure with density < 1
+    become `CompactKernel` layers computing the same outputs. With
+    `layout="auto"` each takes the layout estimated fastest, and a layer
+    whose estimate is not clearly below the dense layer's stays as it is;
+    "gather" or "scatter" force that layout on every such layer where it
+    applies ("scatter" needs input channels divisible by n and every output
+    group reading equally many groups; other layers get "gather"). The rest
+    are copied unchanged. A BatchNormalization that alone reads a compacted
+    layer's output is folded into the compact kernel (it becomes a
+    `FoldedAway` pass-through).
+
+    `threads` is the CPU thread count the file will run with: "auto"
+    weighs the layouts' single-threaded data moves against GEMMs shared out
+    over that many threads.
+
+    `int8=True` (for full-integer files) leaves "scatter" out of "auto":
+    LiteRT's int8 SUM and the extra requantized tensors made scattered
+    layers slower than int8 dense ones (benchmarks/export_bench.py).
+    """
+    if layout not in LAYOUTS:
+        raise InputValueError(f"`layout` must be one of {LAYOUTS}, got {layout!r}.")
+    threads = check_int("threads", threads, minimum=1)
+    compacted, not_compacted, folded = {}, {}, set()
+    tapped = _output_ids(model)
+
+    def rewrite(layer):
+        if id(layer) in folded:
+            return FoldedAway(name=layer.name)
+        if layer.count_params() and prunable_kernel(layer)[0]:
+            reason = _why_not_compact(layer)
+            blocks = None if reason else channel_blocks(to_numpy(layer.kernel))
+            if blocks is not None:
+                ratios = estimated_latency_ratios(layer, blocks, threads)
+                if int8 and layout == "auto":
+                    ratios.pop("scatter", None)
+                chosen = min(ratios, key=ratios.get) if layout == "auto" else layout
+                chosen = chosen if chosen in ratios else "gather"
+                if layout != "auto" or ratios[chosen] < _MAX_LATENCY_RATIO:
+                    compacted[layer.name] = chosen
+                    norm = _batch_norm_after(layer, tapped)
+                    if norm is None:
+                        return CompactKernel(layer, blocks, chosen)
+                    folded.add(id(norm))
+                    return CompactKernel(_fold_batch_norm(layer, norm), blocks, chosen)
+                reason = _too_slow(layer, blocks, ratios, chosen, threads)
+            if reason or _has_zeros(layer):
+                not_compacted[layer.name] = (reason or "kernel zeros have no channel-group block structure") + (
+                    _dense_cost(layer))
+        return clone_layer(layer)
+
+    clone = clone_model(model, rewrite)
+    for original, new in paired_leaves(model, clone):
+        if not isinstance(new, CompactKernel) and new.weights:
+            new.set_weights(original.get_weights())
+    return clone, compacted, not_compacted
+
+
+def _dense_cost(layer):
+    """What leaving a masked layer dense-shaped costs, for the report."""
+    _, kernel_macs = layer_macs(layer, layer)
+    zeros = 1 - float(kept_pairs(to_numpy(layer.kernel)).mean())
+    if not kernel_macs or not zeros:
+        return ""
+    return f"; so its {kernel_macs:,} kernel MACs per sample all run, {100 * zeros:.0f}% of them on zero weights"
+
+
+def _too_slow(layer, blocks, ratios, chosen, threads):
+    """Why `compact_model` left a layer whose best layout is estimated too slow as it is."""
+    one_thread = estimated_latency_ratios(layer, blocks)
+    if threads > 1 and min(one_thread[name] for name in ratios) < _MAX_LATENCY_RATIO:
+        why = f"faster with one thread, but its channel gathers run on one thread and dense GEMMs on {threads}"
+    else:
+        why = f"groups of {min(layer.kernel.shape[-2:]) // len(blocks)} channels are too small for XNNPACK's tiles"
+    return (f"compact kernel estimated {ratios[chosen]:.2f}x the dense latency with {threads} thread(s) "
+            f"({chosen} layout; {why})")
+
+
+def _output_ids(model):
+    """ids of the output tensors of `model` and of every model nested in it."""
+    ids = {id(tensor) for tensor in keras.tree.flatten(model.outputs)}
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and getattr(layer, "outputs", None):
+            ids |= _output_ids(layer)
+    return ids
+
+
+def _batch_norm_after(layer, tapped):
+    """The BatchNormalization (on the channel axis) that alone reads `layer`'s output, if any.
+
+    The converter folds such a layer into a convolution it follows directly;
+    after a compact kernel's partial sums it cannot, so `compact_model` folds
+    it first (the scatter layout would otherwise pay a MUL and an ADD over
+    its output). An output that is also a model's output (`tapped`) is read
+    there too, so its BatchNormalization is not folded.
+    """
+    if len(layer._inbound_nodes) != 1 or id(layer.output) in tapped:
+        return None
+    nodes = layer._outbound_nodes
+    norm = nodes[0].operation if len(nodes) == 1 else None
+    if not isinstance(norm, keras.layers.BatchNormalization) or len(norm._inbound_nodes) != 1:
+        return None
+    linear = layer.get_config().get("activation") in (None, "linear")
+    return norm if linear and norm.axis in (-1, len(layer.output.shape) - 1) else None
+
+
+class FoldedAway(keras.layers.Layer):
+    """Where a BatchNormalization stood that `compact_model` folded into the kernel before it: passes inputs on."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs, training=None, mask=None):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def _fold_batch_norm(layer, norm):
+    """A copy of `layer` computing `norm(layer(x))` (inference statistics)."""
+    value = to_numpy
+    scale = value(norm.moving_variance) + norm.epsilon
+    scale = (value(norm.gamma) if norm.scale else 1.0) / np.sqrt(scale)
+    bias = value(layer.bias) if layer.use_bias else 0.0
+    shift = (bias - value(norm.moving_mean)) * scale + (value(norm.beta) if norm.center else 0.0)
+    folded = layer.__class__.from_config({**layer.get_config(), "use_bias": True})
+    folded.build(layer.input.shape)
+    folded.set_weights([value(layer.kernel) * scale, shift.astype(layer.kernel.dtype)])
+    return folded
+
+
+def _why_not_compact(layer):
+    if _class_name(layer) not in _CONV_CLASS:
+        return f"{type(layer).__name__}: compact rewrite covers Dense and Conv1D/2D/3D only"
+    if getattr(layer, "data_format", "channels_last") != "channels_last":
+        return "channels_first layout: compact rewrite needs channels_last"
+    return None
+
+
+def _has_zeros(layer):
+    return bool(np.any(to_numpy(layer.kernel) == 0))
