@@ -11,23 +11,27 @@ import importlib
 import importlib.abc
 import sys
 
-# framework module -> the rgp_keras module that registers our classes with it.
-LAYER_MODULES = {"keras": "rgp_keras.wrapper", "tensorflow_model_optimization": "rgp_keras.tfmot_layers"}
+# framework module -> the rgp_keras modules that register our classes with it.
+LAYER_MODULES = {
+    "keras": ("rgp_keras.wrapper", "rgp_keras.export._kernels"),
+    "tensorflow_model_optimization": ("rgp_keras.tfmot_layers",),
+}
 
 
 class _Loader(importlib.abc.Loader):
     """Runs the framework's own loader, then imports our layer module."""
 
-    def __init__(self, loader, layer_module):
+    def __init__(self, loader, layer_modules):
         self.loader = loader
-        self.layer_module = layer_module
+        self.layer_modules = layer_modules
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
 
     def exec_module(self, module):
         self.loader.exec_module(module)
-        importlib.import_module(self.layer_module)
+        for name in self.layer_modules:
+            importlib.import_module(name)
 
 
 class _Hook(importlib.abc.MetaPathFinder):
@@ -37,7 +41,7 @@ class _Hook(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name not in self.pending:
             return None
-        layer_module = self.pending.pop(name)
+        layer_modules = self.pending.pop(name)
         if not self.pending:
             sys.meta_path.remove(self)
         for finder in sys.meta_path:
@@ -46,7 +50,7 @@ class _Hook(importlib.abc.MetaPathFinder):
             spec = finder.find_spec(name, path, target)
             if spec is not None:
                 if spec.loader is not None:
-                    spec.loader = _Loader(spec.loader, layer_module)
+                    spec.loader = _Loader(spec.loader, layer_modules)
                 return spec
         return None
 
@@ -54,10 +58,11 @@ class _Hook(importlib.abc.MetaPathFinder):
 def register():
     """Import the layer modules of frameworks already imported; hook the others' imports."""
     pending = {}
-    for framework, layer_module in LAYER_MODULES.items():
+    for framework, layer_modules in LAYER_MODULES.items():
         if framework in sys.modules:
-            importlib.import_module(layer_module)
+            for name in layer_modules:
+                importlib.import_module(name)
         else:
-            pending[framework] = layer_module
+            pending[framework] = layer_modules
     if pending and not any(isinstance(finder, _Hook) for finder in sys.meta_path):
         sys.meta_path.insert(0, _Hook(pending))

@@ -378,3 +378,15 @@ def test_variable_length_inputs_export_compact(tmp_path, layout):
     for length in (5, 9):
         x = np.random.default_rng(length).normal(size=(2, length, 32)).astype("float32")
         np.testing.assert_allclose(run_tflite(tmp_path / "v.tflite", x), to_numpy(pruned(x)), atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["gather", "scatter"])
+def test_a_compact_model_saves_and_reloads(tmp_path, vgg_model, layout):
+    stripped = strip_pruning(prune_regular_graph(vgg_model, degree=4, nodes=16, seed=0))
+    compact, compacted, _ = compact_model(stripped, layout)
+    assert compacted and set(compacted.values()) == {layout}
+    compact.save(tmp_path / "compact.keras")
+    reloaded = keras.saving.load_model(tmp_path / "compact.keras")
+    assert [type(layer).__name__ for layer in reloaded.layers] == [type(layer).__name__ for layer in compact.layers]
+    x = np.random.default_rng(0).normal(size=(4, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(to_numpy(reloaded(x)), to_numpy(compact(x)), atol=1e-5)

@@ -1,5 +1,7 @@
 """The compact layers `export_tflite` writes: a masked Dense/ConvND computed over its kept channel blocks only."""
 
+import base64
+
 import keras
 import numpy as np
 
@@ -14,6 +16,7 @@ _CONV_CLASS = {"Dense": keras.layers.Conv2D, "Conv1D": keras.layers.Conv1D, "Con
                "Conv3D": keras.layers.Conv3D}
 
 
+@keras.saving.register_keras_serializable(package="rgp_keras")
 class CompactKernel(keras.layers.Layer):
     """A masked Dense/ConvND computed over its kept channel blocks only.
 
@@ -30,13 +33,26 @@ class CompactKernel(keras.layers.Layer):
     divisible by n and every output group reading k groups.
     """
 
-    def __init__(self, layer, blocks, layout="gather", **kwargs):
-        super().__init__(name=layer.name, dtype=layer.dtype_policy, **kwargs)
+    def __init__(self, layer, blocks, layout="gather", channels_in=None, **kwargs):
+        # From a config (a saved compact model): the source layer unbuilt, the blocks packed; the weights are
+        # zeros of the right shape here and come from the file.
+        if isinstance(layer, dict):
+            layer = keras.layers.deserialize(layer)
+        if isinstance(blocks, dict):
+            nodes = blocks["nodes"]
+            packed = np.frombuffer(base64.b64decode(blocks["bits"]), dtype=np.uint8)
+            blocks = np.unpackbits(packed, count=nodes * nodes).reshape(nodes, nodes).astype(bool)
+        kwargs.setdefault("name", layer.name)
+        kwargs.setdefault("dtype", layer.dtype_policy)
+        super().__init__(**kwargs)
         if layout not in LAYOUTS[1:]:
             raise InputValueError(f"`layout` must be one of {LAYOUTS[1:]}, got {layout!r}.")
-        kernel = to_numpy(layer.kernel)
+        self._source = keras.layers.serialize(layer)
+        self._blocks = blocks
+        kernel = to_numpy(layer.kernel) if layer.built else _zero_kernel(layer, channels_in)
         nodes = blocks.shape[0]
         channels_in, channels_out = kernel.shape[-2:]
+        self.channels_in = int(channels_in)
         if layout == "scatter" and not _scatter_applies(channels_in, blocks):
             raise InputValueError(
                 f"The scatter layout needs input channels divisible by the {nodes} groups and every output group "
@@ -47,7 +63,7 @@ class CompactKernel(keras.layers.Layer):
         self.layout, self.nodes, self.units = layout, nodes, channels_out
         self.is_dense = _class_name(layer) == "Dense"
         config = layer.get_config()
-        bias = to_numpy(layer.bias) if layer.use_bias else None
+        bias = (to_numpy(layer.bias) if layer.built else np.zeros(channels_out, kernel.dtype)) if layer.use_bias else None
         if layout == "gather":
             compact, bias = self._gather_weights(kernel, blocks, out_members, bias)
         else:
@@ -163,10 +179,37 @@ class CompactKernel(keras.layers.Layer):
             y = y + self.bias
         return self.activation(y)
 
+    def get_config(self):
+        packed = np.packbits(self._blocks).tobytes()
+        return {**super().get_config(), "layer": self._source, "layout": self.layout, "channels_in": self.channels_in,
+                "blocks": {"nodes": int(self.nodes), "bits": base64.b64encode(packed).decode("ascii")}}
+
     def compute_output_shape(self, input_shape):
         if self.is_dense:
             return (*input_shape[:-1], self.units)
         return (*self.conv.compute_output_shape((*input_shape[:-1], self.conv_input_width))[:-1], self.units)
+
+
+@keras.saving.register_keras_serializable(package="rgp_keras")
+class FoldedAway(keras.layers.Layer):
+    """Where a BatchNormalization stood that `compact_model` folded into the kernel before it: passes inputs on."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs, training=None, mask=None):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def _zero_kernel(layer, channels_in):
+    """Zeros shaped like the kernel of the unbuilt Dense/ConvND `layer` reading `channels_in` channels."""
+    config = layer.get_config()
+    window = () if _class_name(layer) == "Dense" else tuple(config["kernel_size"])
+    return np.zeros((*window, channels_in, config.get("units") or config["filters"]), "float32")
 
 
 def _take_channels(x, index):

@@ -5,7 +5,7 @@ import numpy as np
 
 from rgp_keras._checks import check_int
 from rgp_keras.errors import InputValueError
-from rgp_keras.export._kernels import CompactKernel, LAYOUTS, _CONV_CLASS, _class_name
+from rgp_keras.export._kernels import LAYOUTS, _CONV_CLASS, CompactKernel, FoldedAway, _class_name
 from rgp_keras.export._latency import _MAX_LATENCY_RATIO, estimated_latency_ratios
 from rgp_keras.masks import channel_blocks, kept_pairs, prunable_kernel
 from rgp_keras.model_graph import clone_layer, clone_model, leaves, paired_leaves, to_numpy
@@ -118,20 +118,6 @@ def _batch_norm_after(layer, tapped):
         return None
     linear = layer.get_config().get("activation") in (None, "linear")
     return norm if linear and norm.axis in (-1, len(layer.output.shape) - 1) else None
-
-
-class FoldedAway(keras.layers.Layer):
-    """Where a BatchNormalization stood that `compact_model` folded into the kernel before it: passes inputs on."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.supports_masking = True
-
-    def call(self, inputs, training=None, mask=None):
-        return inputs
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
 
 
 def _fold_batch_norm(layer, norm):
