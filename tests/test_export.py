@@ -9,7 +9,15 @@ import pytest
 
 from rgp_keras import export_tflite, prune_regular_graph, run_tflite, strip_pruning
 from rgp_keras.datasets import load_fashion_mnist
-from rgp_keras.export import CompactKernel, FoldedAway, channel_blocks, compact_model, estimated_latency_ratios
+from rgp_keras.export import (
+    CompactKernel,
+    FoldedAway,
+    GatherKernel,
+    ScatterKernel,
+    channel_blocks,
+    compact_model,
+    estimated_latency_ratios,
+)
 from rgp_keras.graph import RegularGraph
 from rgp_keras.masks import kernel_mask
 from rgp_keras.model_graph import to_numpy
@@ -127,9 +135,8 @@ def test_scatter_layout_says_what_it_needs(graph16):
     layer.build((None, 8, 8, 72))
     blocks = RegularGraph.random(16, 2, seed=0).adjacency
     with pytest.raises(ValueError, match=r"input channels divisible by the 16 groups.*72 input channels.*'gather'"):
-        CompactKernel(layer, blocks, "scatter")
-    with pytest.raises(ValueError, match=r"`layout` must be one of \('gather', 'scatter'\), got 'auto'"):
-        CompactKernel(layer, blocks, "auto")
+        ScatterKernel(layer, blocks)
+    assert GatherKernel(layer, blocks).conv_input_width == 16 * 2 * 5  # n groups x k input groups of 4-5
 
 
 def test_layout_estimates_follow_the_measured_tile_widths():

@@ -28,12 +28,12 @@ and `_latency` (the per-layer latency estimate).
 """
 
 from rgp_keras.export._convert import QUANTIZE, ExportReport, export_tflite
-from rgp_keras.export._kernels import LAYOUTS, CompactKernel
+from rgp_keras.export._kernels import LAYOUTS, CompactKernel, FoldedAway, GatherKernel, ScatterKernel
 from rgp_keras.export._latency import estimated_latency_ratios
-from rgp_keras.export._rewrite import FoldedAway, compact_model
+from rgp_keras.export._rewrite import compact_model
 from rgp_keras.masks import channel_blocks
 
 __all__ = [
     "ExportReport", "export_tflite", "compact_model", "channel_blocks", "estimated_latency_ratios", "CompactKernel",
-    "FoldedAway", "LAYOUTS", "QUANTIZE",
+    "GatherKernel", "ScatterKernel", "FoldedAway", "LAYOUTS", "QUANTIZE",
 ]

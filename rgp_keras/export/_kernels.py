@@ -16,26 +16,19 @@ _CONV_CLASS = {"Dense": keras.layers.Conv2D, "Conv1D": keras.layers.Conv1D, "Con
                "Conv3D": keras.layers.Conv3D}
 
 
-@keras.saving.register_keras_serializable(package="rgp_keras")
 class CompactKernel(keras.layers.Layer):
-    """A masked Dense/ConvND computed over its kept channel blocks only.
+    """A masked Dense/ConvND computed over its kept channel blocks only (base of the two layouts).
 
-    `layout="gather"`: one `take` gathers, for each of the n output groups,
-    the input channels of the (at most) k input groups it reads; one
-    convolution with `groups=n` then computes every output group from its
-    own slice. Uneven channel groups are padded with zero weights (and the
-    padded outputs dropped).
-
-    `layout="scatter"`: one convolution with `groups=n` computes, from each
-    input group alone, its contribution to each of the k output groups it
-    feeds; one `take` lines these partial sums up by output group and a sum
-    adds the k of each; bias and activation follow. Needs input channels
-    divisible by n and every output group reading k groups.
+    Built from the masked `layer` and its `(n, n)` block mask; `layer` may be
+    an unbuilt layer (or its serialised config) with `channels_in` given: then
+    the weights are zeros of the right shape, to be loaded from a file.
+    `get_config` holds the source layer's config, the packed blocks and the
+    input width, so a compact model saves and reloads as .keras.
     """
 
-    def __init__(self, layer, blocks, layout="gather", channels_in=None, **kwargs):
-        # From a config (a saved compact model): the source layer unbuilt, the blocks packed; the weights are
-        # zeros of the right shape here and come from the file.
+    layout = None
+
+    def __init__(self, layer, blocks, channels_in=None, **kwargs):
         if isinstance(layer, dict):
             layer = keras.layers.deserialize(layer)
         if isinstance(blocks, dict):
@@ -45,49 +38,73 @@ class CompactKernel(keras.layers.Layer):
         kwargs.setdefault("name", layer.name)
         kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(**kwargs)
-        if layout not in LAYOUTS[1:]:
-            raise InputValueError(f"`layout` must be one of {LAYOUTS[1:]}, got {layout!r}.")
-        self._source = keras.layers.serialize(layer)
-        self._blocks = blocks
+        self._source, self._blocks = keras.layers.serialize(layer), blocks
         kernel = to_numpy(layer.kernel) if layer.built else _zero_kernel(layer, channels_in)
-        nodes = blocks.shape[0]
-        channels_in, channels_out = kernel.shape[-2:]
-        self.channels_in = int(channels_in)
-        if layout == "scatter" and not _scatter_applies(channels_in, blocks):
-            raise InputValueError(
-                f"The scatter layout needs input channels divisible by the {nodes} groups and every output group "
-                f"reading equally many input groups; {layer.name!r} has {channels_in} input channels and reads "
-                f"{sorted(set(blocks.sum(axis=0).tolist()))} groups per output group. Use layout='gather'."
-            )
-        out_members = _group_members(channels_out, nodes)
-        self.layout, self.nodes, self.units = layout, nodes, channels_out
+        self.channels_in, self.units = (int(size) for size in kernel.shape[-2:])
+        self.nodes = blocks.shape[0]
         self.is_dense = _class_name(layer) == "Dense"
         config = layer.get_config()
-        bias = (to_numpy(layer.bias) if layer.built else np.zeros(channels_out, kernel.dtype)) if layer.use_bias else None
-        if layout == "gather":
-            compact, bias = self._gather_weights(kernel, blocks, out_members, bias)
-        else:
-            compact = self._scatter_weights(kernel, blocks, out_members)
-            self.activation = keras.activations.get(config["activation"])
-            self._bias = bias
+        bias = None
+        if config["use_bias"]:
+            bias = to_numpy(layer.bias) if layer.built else np.zeros(self.units, kernel.dtype)
+        compact, conv_bias = self._compact(kernel, blocks, _group_members(self.units, self.nodes), bias, layer.name)
         self._compact_weights = [compact.reshape(1, 1, *compact.shape) if self.is_dense else compact]
-        if layout == "gather" and bias is not None:
-            self._compact_weights.append(bias)
+        if conv_bias is not None:
+            self._compact_weights.append(conv_bias)
         conv_args = dict(
             filters=compact.shape[-1],
             kernel_size=1 if self.is_dense else config["kernel_size"],
-            groups=nodes,
-            activation=config["activation"] if layout == "gather" else None,
-            use_bias=layout == "gather" and config["use_bias"],
+            groups=self.nodes,
+            activation=self._conv_activation(config),
+            use_bias=conv_bias is not None,
             dtype=layer.dtype_policy,
             name="grouped",
         )
         if not self.is_dense:
             conv_args.update(strides=config["strides"], padding=config["padding"], dilation_rate=config["dilation_rate"])
         self.conv = _CONV_CLASS[_class_name(layer)](**conv_args)
-        self.conv_input_width = channels_in if layout == "scatter" else len(self.gather_index)
+        self.conv_input_width = compact.shape[-2] * self.nodes  # the grouped conv's kernel holds one group's
 
-    def _gather_weights(self, kernel, blocks, out_members, bias):
+    def build(self, input_shape):
+        shape = (None, 1, 1, self.conv_input_width) if self.is_dense else (*input_shape[:-1], self.conv_input_width)
+        self.conv.build(shape)
+        self.conv.set_weights(self._compact_weights)
+        self._inner_shape = tuple(input_shape[1:-1])
+
+    def call(self, inputs):
+        x = self._before(inputs)
+        if self.is_dense:
+            x = keras.ops.reshape(x, (-1, 1, 1, x.shape[-1]))
+        y = self._after(self.conv(x))
+        if self.is_dense:
+            inner = self._inner_shape
+            if None in inner:  # variable length (e.g. a sequence): read it at run time
+                inner = tuple(keras.ops.shape(inputs)[1:-1])
+            y = keras.ops.reshape(y, (-1, *inner, self.units))
+        return y
+
+    def get_config(self):
+        packed = np.packbits(self._blocks).tobytes()
+        return {**super().get_config(), "layer": self._source, "channels_in": self.channels_in,
+                "blocks": {"nodes": int(self.nodes), "bits": base64.b64encode(packed).decode("ascii")}}
+
+    def compute_output_shape(self, input_shape):
+        if self.is_dense:
+            return (*input_shape[:-1], self.units)
+        return (*self.conv.compute_output_shape((*input_shape[:-1], self.conv_input_width))[:-1], self.units)
+
+
+@keras.saving.register_keras_serializable(package="rgp_keras")
+class GatherKernel(CompactKernel):
+    """Compact layout "gather": one `take` gathers, for each of the n output
+    groups, the input channels of the (at most) k input groups it reads; one
+    convolution with `groups=n` (bias and activation included) then computes
+    every output group from its own slice. Uneven channel groups are padded
+    with zero weights (and the padded outputs dropped)."""
+
+    layout = "gather"
+
+    def _compact(self, kernel, blocks, out_members, bias, name):
         nodes = len(blocks)
         channels_in, channels_out = kernel.shape[-2:]
         in_members = _group_members(channels_in, nodes)
@@ -111,8 +128,34 @@ class CompactKernel(keras.layers.Layer):
             bias = np.append(bias, 0)[flat_out]
         return compact, bias
 
-    def _scatter_weights(self, kernel, blocks, out_members):
+    def _conv_activation(self, config):
+        return config["activation"]
+
+    def _before(self, inputs):
+        return _take_channels(inputs, self.gather_index)
+
+    def _after(self, y):
+        return y if self.output_index is None else keras.ops.take(y, self.output_index, axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="rgp_keras")
+class ScatterKernel(CompactKernel):
+    """Compact layout "scatter": one convolution with `groups=n` computes, from
+    each input group alone, its contribution to each of the k output groups it
+    feeds; one `take` lines these partial sums up by output group and a sum
+    adds the k of each; bias and activation follow. Needs input channels
+    divisible by n and every output group reading k groups."""
+
+    layout = "scatter"
+
+    def _compact(self, kernel, blocks, out_members, bias, name):
         nodes = len(blocks)
+        if not _scatter_applies(kernel.shape[-2], blocks):
+            raise InputValueError(
+                f"The scatter layout needs input channels divisible by the {nodes} groups and every output group "
+                f"reading equally many input groups; {name!r} has {kernel.shape[-2]} input channels and reads "
+                f"{sorted(set(blocks.sum(axis=0).tolist()))} groups per output group. Use layout='gather'."
+            )
         group_in = kernel.shape[-2] // nodes
         group_out = out_members.shape[1]
         feeds = [np.flatnonzero(blocks[i]) for i in range(nodes)]  # output groups input group i feeds
@@ -137,36 +180,23 @@ class CompactKernel(keras.layers.Layer):
             for c, channel in enumerate(members[members >= 0]):
                 self.plane_index[:, channel] = [partial[i, j] + c for i in sources[j]]
         self.plane_index = self.plane_index.reshape(-1)
-        return compact
+        self._bias = bias
+        return compact, None
+
+    def _conv_activation(self, config):
+        self.activation = keras.activations.get(config["activation"])
+        return None
 
     def build(self, input_shape):
-        shape = (None, 1, 1, self.conv_input_width) if self.is_dense else (*input_shape[:-1], self.conv_input_width)
-        self.conv.build(shape)
-        self.conv.set_weights(self._compact_weights)
-        if self.layout == "scatter" and self._bias is not None:
+        super().build(input_shape)
+        if self._bias is not None:
             self.bias = self.add_weight(shape=self._bias.shape, initializer="zeros", name="bias")
             self.bias.assign(self._bias)
-        self._inner_shape = tuple(input_shape[1:-1])
 
-    def call(self, inputs):
-        x = inputs
-        if self.layout == "gather":
-            x = _take_channels(x, self.gather_index)
-        if self.is_dense:
-            x = keras.ops.reshape(x, (-1, 1, 1, x.shape[-1]))
-        y = self.conv(x)
-        if self.layout == "scatter":
-            y = self._add_partial_sums(y)
-        elif self.output_index is not None:
-            y = keras.ops.take(y, self.output_index, axis=-1)
-        if self.is_dense:
-            inner = self._inner_shape
-            if None in inner:  # variable length (e.g. a sequence): read it at run time
-                inner = tuple(keras.ops.shape(inputs)[1:-1])
-            y = keras.ops.reshape(y, (-1, *inner, self.units))
-        return y
+    def _before(self, inputs):
+        return inputs
 
-    def _add_partial_sums(self, partials):
+    def _after(self, partials):
         leading = tuple(partials.shape)[:-1]
         if leading.count(None) > 1:
             leading = keras.ops.shape(partials)[:-1]
@@ -179,15 +209,8 @@ class CompactKernel(keras.layers.Layer):
             y = y + self.bias
         return self.activation(y)
 
-    def get_config(self):
-        packed = np.packbits(self._blocks).tobytes()
-        return {**super().get_config(), "layer": self._source, "layout": self.layout, "channels_in": self.channels_in,
-                "blocks": {"nodes": int(self.nodes), "bits": base64.b64encode(packed).decode("ascii")}}
 
-    def compute_output_shape(self, input_shape):
-        if self.is_dense:
-            return (*input_shape[:-1], self.units)
-        return (*self.conv.compute_output_shape((*input_shape[:-1], self.conv_input_width))[:-1], self.units)
+KERNELS = {"gather": GatherKernel, "scatter": ScatterKernel}
 
 
 @keras.saving.register_keras_serializable(package="rgp_keras")

@@ -5,7 +5,7 @@ import numpy as np
 
 from rgp_keras._checks import check_int
 from rgp_keras.errors import InputValueError
-from rgp_keras.export._kernels import LAYOUTS, _CONV_CLASS, CompactKernel, FoldedAway, _class_name
+from rgp_keras.export._kernels import KERNELS, LAYOUTS, _CONV_CLASS, CompactKernel, FoldedAway, _class_name
 from rgp_keras.export._latency import _MAX_LATENCY_RATIO, estimated_latency_ratios
 from rgp_keras.masks import channel_blocks, kept_pairs, prunable_kernel
 from rgp_keras.model_graph import clone_layer, clone_model, leaves, paired_leaves, to_numpy
@@ -56,9 +56,9 @@ def compact_model(model, layout="auto", *, int8=False, threads=1):
                     compacted[layer.name] = chosen
                     norm = _batch_norm_after(layer, tapped)
                     if norm is None:
-                        return CompactKernel(layer, blocks, chosen)
+                        return KERNELS[chosen](layer, blocks)
                     folded.add(id(norm))
-                    return CompactKernel(_fold_batch_norm(layer, norm), blocks, chosen)
+                    return KERNELS[chosen](_fold_batch_norm(layer, norm), blocks)
                 reason = _too_slow(layer, blocks, ratios, chosen, threads)
             if reason or _has_zeros(layer):
                 not_compacted[layer.name] = (reason or "kernel zeros have no channel-group block structure") + (
