@@ -20,9 +20,11 @@ class RegularGraphPruning(keras.layers.Wrapper):
     """Wraps a Dense/Conv layer and multiplies a fixed regular-graph mask into its kernel.
 
     The mask (input channel group i -> output channel group j kept iff (i, j)
-    is an edge of `graph`) is a non-trainable weight set once at build time
-    and never recomputed. Every forward pass uses `kernel * mask`, so masked
-    weights contribute exactly zero and receive zero gradient.
+    is an edge of `graph`) is a constant rebuilt from the graph in the config
+    at build time: not a weight, not saved, not counted by `count_params`.
+    Every forward pass uses `kernel * mask`, so masked weights contribute
+    exactly zero and receive zero gradient; the wrapped layer computes in
+    the wrapper's dtype policy.
 
     Args:
         layer: a Keras 3 `Dense`, `Conv1D/2D/3D`, `Conv1D/2D/3DTranspose` or
