@@ -140,6 +140,8 @@ def _export(args):
         raise InputValueError("--calibration is only used with --quantize int8")
     if args.threads < 1:
         raise InputValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.sparse and (args.layout != "auto" or args.threads != 1):
+        raise InputValueError("--layout and --threads choose compact kernels; they do not apply with --sparse")
     if args.quantize == "int8" and not args.calibration:
         raise InputValueError("--quantize int8 needs --calibration samples.npy|DIR (a few hundred model inputs)")
     samples = _calibration(args.calibration, model.inputs[0].shape, 500) if args.calibration else None
