@@ -3,6 +3,7 @@
 import argparse
 import contextlib
 import os
+import re
 import sys
 
 import rgp_keras
@@ -363,6 +364,18 @@ def _native_logs_hidden():
         os.close(terminal)
 
 
+# Python argument names in library messages -> the options that set them
+_OPTIONS = {"representative_data": "--calibration", "calibration_samples": "--calibration-samples",
+            "time_limit": "--time-limit", **{name: f"--{name}" for name in (
+                "nodes", "degree", "sparsity", "seed", "symmetry", "attempts", "jobs", "threads", "layout",
+                "quantize", "objective", "patience")}}
+
+
+def _in_cli_words(message):
+    """A library error message with `argument` names replaced by the command-line options that set them."""
+    return re.sub(r"`(\w+)`", lambda match: _OPTIONS.get(match.group(1), match.group(0)), message)
+
+
 def main(argv=None):
     """Run the `rgp` tool; input errors print one line and exit with status 2, bugs their traceback."""
     args = _parser().parse_args(argv)
@@ -370,7 +383,7 @@ def main(argv=None):
         with contextlib.nullcontext() if args.verbose else _native_logs_hidden():
             args.run(args)
     except (InputError, OSError) as error:
-        print(f"rgp {args.command}: error: {error}", file=sys.stderr)
+        print(f"rgp {args.command}: error: {_in_cli_words(str(error))}", file=sys.stderr)
         return 2
     return 0
 

@@ -47,7 +47,7 @@ def test_graph_with_symmetry_writes_a_rotation_invariant_graph(tmp_path, capsys)
     [
         (["graph", "--nodes", "63", "--degree", "3"], "nodes * degree must be even"),
         (["graph", "--nodes", "64", "--sparsity", "1.5"], "in (0, 1)"),
-        (["graph", "--nodes", "64", "--degree", "8", "--attempts", "0"], "`attempts` must be an integer >= 1"),
+        (["graph", "--nodes", "64", "--degree", "8", "--attempts", "0"], "--attempts must be an integer >= 1"),
         (["graph", "--nodes", "64", "--degree", "8", "--objective", "1.0"], "below the Moore bound"),
         (["graph", "--nodes", "64", "--degree", "8", "--symmetry", "3"], "must divide the node count"),
     ],
@@ -112,6 +112,7 @@ def test_prune_with_calibration_data(tmp_path, model_file, capsys):
         (["prune", "MODEL", "--graph", "missing.npz", "-o", "OUT"], "missing.npz"),
         (["prune", "MODEL", "--graph", "missing.npz", "--nodes", "64", "-o", "OUT"], "--nodes conflicts with --graph"),
         (["graph", "--nodes", "16", "--degree", "4", "--out", "OUT.json"], "--out must end in .npz"),
+        (["graph", "--nodes", "2", "--degree", "4", "--out", "g.npz"], "--nodes must be an integer >= 3, got 2"),
         (["bench", "x.tflite", "--threads", "0"], "--threads and --runs must be >= 1, got --threads 0"),
         (["summary", "notes.txt"], "No such model file"),
     ],
