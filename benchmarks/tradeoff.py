@@ -31,7 +31,8 @@ Models: CNN (VGG-BN, 32-128 channels, ~15 M MACs), MLP 784-512x3-10, IRN (a
 MobileNetV2-style inverted-residual net for 28x28, ~5 M MACs).
 
 Resumable: each finished row is appended to results/tradeoff.csv and rows
-already there are skipped; dense models are cached in --work.
+already there are skipped; dense models are cached in --work. Writes
+results/tradeoff.md, tradeoff.png (quick profile) and tradeoff_full.png.
 
     python benchmarks/tradeoff.py --profile quick   # <= 30 min
     python benchmarks/tradeoff.py --profile full    # 3 seeds, all data; several runs if need be
@@ -374,17 +375,18 @@ def report():
             )
         lines.append("")
     (RESULTS / "tradeoff.md").write_text("\n".join(lines) + "\n")
-    plot(groups)
+    for profile, name in (("quick", "tradeoff.png"), ("full", "tradeoff_full.png")):
+        plot(groups, profile, RESULTS / name)
     print("\n".join(lines))
 
 
-def plot(groups):
-    profile = "full" if any(key[0] == "full" for key in groups) else "quick"
+def plot(groups, profile, path):
     models = sorted({key[1] for key in groups if key[0] == profile})
     if not models:
         return
     figure = new_figure(figsize=(5 * len(models), 4.5))
-    markers = dict(zip(("dense", *METHODS), "*osD^vxPh"))
+    methods = ("dense", *METHODS)
+    markers, colors = dict(zip(methods, "*osD^vxPh")), {m: f"C{i}" for i, m in enumerate(methods)}
     for axes, name in zip(np.atleast_1d(figure.subplots(1, len(models))), models):
         points = []
         for key, members in groups.items():
@@ -393,20 +395,23 @@ def plot(groups):
             latency = statistics.median(float(r["latency_ratio"]) for r in members)
             acc = 100 * statistics.mean(float(r["accuracy"]) for r in members)
             points.append((latency, acc))
-            axes.scatter(latency, acc, marker=markers[key[3]], s=40,
+            axes.scatter(latency, acc, marker=markers[key[3]], color=colors[key[3]], s=40,
                          label=key[3] if key[3] not in axes.get_legend_handles_labels()[1] else None)
+            if key[2]:  # several sparsities share a panel: each point says its own
+                axes.annotate(f"{100 * key[2]:g}%", (latency, acc), fontsize=6, xytext=(4, -3),
+                              textcoords="offset points")
         front, best = [], -1.0
         for latency, acc in sorted(points):
             if acc > best:
                 front.append((latency, acc))
                 best = acc
         axes.plot(*zip(*front), color="gray", linestyle="--", linewidth=1, label="Pareto front")
-        axes.set_title(f"{name} ({profile} profile)")
+        axes.set_title(f"{name} ({profile} profile; labels: sparsity)")
         axes.set_xlabel("LiteRT latency / dense (1 thread)")
         axes.set_ylabel("test accuracy (%)")
         axes.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(RESULTS / "tradeoff.png", dpi=110)
+    figure.savefig(path, dpi=110)
 
 
 def main():
