@@ -19,7 +19,7 @@ LAYER_MODULES = {
 
 
 class _Loader(importlib.abc.Loader):
-    """Runs the framework's own loader, then imports our layer module."""
+    """Runs the framework's own loader, then imports our layer modules."""
 
     def __init__(self, loader, layer_modules):
         self.loader = loader

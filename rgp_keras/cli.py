@@ -139,8 +139,6 @@ def _export(args):
     model = _load_keras_model(args.model)
     if args.calibration and args.quantize != "int8":
         raise InputValueError("--calibration is only used with --quantize int8")
-    if args.threads < 1:
-        raise InputValueError(f"--threads must be >= 1, got {args.threads}")
     if args.sparse and (args.layout != "auto" or args.threads != 1):
         raise InputValueError("--layout and --threads choose compact kernels; they do not apply with --sparse")
     if args.quantize == "int8" and not args.calibration:
@@ -186,8 +184,6 @@ def _bench(args):
 
     if not args.model.endswith(".tflite"):
         raise InputValueError(f"{args.model} is not a .tflite file")
-    if args.threads < 1 or args.runs < 1:
-        raise InputValueError(f"--threads and --runs must be >= 1, got --threads {args.threads} --runs {args.runs}")
     result = benchmark_tflite(args.model, threads=args.threads, runs=args.runs)
     if args.json:
         return _print_json(model=args.model, **result)
@@ -368,7 +364,7 @@ def _native_logs_hidden():
 _OPTIONS = {"representative_data": "--calibration", "calibration_samples": "--calibration-samples",
             "time_limit": "--time-limit", **{name: f"--{name}" for name in (
                 "nodes", "degree", "sparsity", "seed", "symmetry", "attempts", "jobs", "threads", "layout",
-                "quantize", "objective", "patience")}}
+                "quantize", "objective", "patience", "runs")}}
 
 
 def _in_cli_words(message):

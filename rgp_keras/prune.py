@@ -20,7 +20,7 @@ from rgp_keras.model_graph import (
     to_numpy,
     variable_index,
 )
-from rgp_keras.selection import auto_nodes, select, wanted
+from rgp_keras.selection import auto_nodes, select, skip_reason, wanted
 from rgp_keras.summary import warn_if_short
 from rgp_keras.wrapper import INITIALIZER_OF, RegularGraphPruning
 
@@ -271,7 +271,7 @@ def _auto_nodes(to_prune, sparsity, self_loops, layers, skip_first, skip_last):
         if is_tf_keras(to_prune):
             from rgp_keras.tfmot_adapter import tf_keras_skip_reason as reason_of
         else:
-            from rgp_keras.selection import skip_reason as reason_of
+            reason_of = skip_reason
         candidates = [layer for layer, _ in wanted(to_prune, layers, skip_first, skip_last, reason_of)]
         return auto_nodes([layer for layer in candidates if reason_of(layer, None) is None], sparsity, self_loops)
     return auto_nodes([to_prune] if getattr(to_prune, "built", False) else [], sparsity, self_loops)

@@ -8,6 +8,7 @@ import math
 from fractions import Fraction
 
 from rgp_keras.errors import InputValueError
+from rgp_keras.graph._regular import nearest_degree
 from rgp_keras.masks import kernel_channels, prunable_kernel
 from rgp_keras.model_graph import leaves
 
@@ -150,9 +151,7 @@ def exact_nodes(density, limit, self_loops=False):
 
 
 def _nearest_degree(nodes, sparsity, self_loops):
-    valid = [k for k in range(2, nodes) if nodes * k % 2 == 0]
-    wanted_degree = (1 - sparsity) * nodes - self_loops
-    return min(valid, key=lambda k: (abs(k - wanted_degree), k), default=None)
+    return nearest_degree(nodes, (1 - sparsity) * nodes - self_loops)
 
 
 def _cost(layer):

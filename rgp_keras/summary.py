@@ -102,22 +102,20 @@ def pruning_summary(model):
         inner = layer.layer if is_rgp_wrapper(layer) else layer
         params = inner.count_params()
         macs, kernel_macs = layer_macs(layer, inner)
+        stripped = None if is_rgp_wrapper(layer) else _stripped_blocks(inner)
         if is_rgp_wrapper(layer):
-            density = float(to_numpy(layer.density))
-            kernel_size = math.prod(layer.kernel.shape)
-            kept = params - kernel_size + int(round(density * kernel_size))
-            kept_macs = None if macs is None else macs - int(round(kernel_macs * (1 - density)))
+            density, kernel_size = float(layer.density), math.prod(layer.kernel.shape)
             row_graph, skipped = f"{layer.graph.nodes}/{layer.graph.degree}", ""
-        elif (stripped := _stripped_blocks(inner)) is not None:
+        elif stripped is not None:
             blocks, kernel = stripped
-            density = kept_pairs(kernel).mean()
-            kept = params - kernel.size + int(round(density * kernel.size))
-            kept_macs = None if macs is None else macs - int(round(kernel_macs * (1 - density)))
+            density, kernel_size = float(kept_pairs(kernel).mean()), kernel.size
             row_graph = f"{len(blocks)}/{int(blocks.sum(axis=0).max())}"
             skipped = "stripped: zeros in channel-group blocks"
         else:
-            kept, kept_macs, row_graph = params, macs, ""
+            density, kernel_size, row_graph = 1.0, 0, ""
             skipped = _why_dense(layer, graph, prunable)
+        kept = params - kernel_size + int(round(density * kernel_size))
+        kept_macs = None if macs is None else macs - int(round((kernel_macs or 0) * (1 - density)))
         rows.append(
             {
                 "name": inner.name,

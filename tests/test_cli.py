@@ -113,7 +113,7 @@ def test_prune_with_calibration_data(tmp_path, model_file, capsys):
         (["prune", "MODEL", "--graph", "missing.npz", "--nodes", "64", "-o", "OUT"], "--nodes conflicts with --graph"),
         (["graph", "--nodes", "16", "--degree", "4", "--out", "OUT.json"], "--out must end in .npz"),
         (["graph", "--nodes", "2", "--degree", "4", "--out", "g.npz"], "--nodes must be an integer >= 3, got 2"),
-        (["bench", "x.tflite", "--threads", "0"], "--threads and --runs must be >= 1, got --threads 0"),
+        (["bench", "x.tflite", "--threads", "0"], "--threads must be an integer >= 1, got 0"),
         (["summary", "notes.txt"], "No such model file"),
     ],
 )
@@ -191,7 +191,7 @@ def test_export_and_bench_commands(tmp_path, pruned_file, capsys):
         (["export", "MODEL", "-o", "OUT", "--calibration", "x.npy"], "only used with --quantize int8"),
         (["export", "MODEL", "-o", "OUT", "--sparse", "--layout", "gather"], "--layout and --threads choose compact"),
         (["export", "MODEL", "-o", "OUT", "--sparse", "--threads", "2"], "they do not apply with --sparse"),
-        (["export", "MODEL", "-o", "OUT", "--threads", "0"], "--threads must be >= 1, got 0"),
+        (["export", "MODEL", "-o", "OUT", "--threads", "0"], "--threads must be an integer >= 1, got 0"),
         (["export", "MODEL", "-o", "model.onnx"], "must end with .tflite"),
         (["bench", "MODEL"], "not a .tflite file"),
         (["bench", "missing.tflite"], "No .tflite file"),

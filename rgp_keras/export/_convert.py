@@ -152,19 +152,13 @@ def export_tflite(
         gzip_bytes=len(gzip.compress(data, compresslevel=9)),
         dense_params=dense["params"],
         params=after["params"],
-        nonzero_params=sum(int(np.count_nonzero(to_numpy(w))) for w in _layer_weights(exported)),
+        nonzero_params=sum(int(np.count_nonzero(to_numpy(w))) for w in exported.weights),
         dense_macs=dense["macs"],
         macs=after["macs"],
         compacted=dict(compacted),
         not_compacted=dict(not_compacted),
         notes=tuple(notes),
     )
-
-
-def _layer_weights(model):
-    """The model's weights without RGP masks (a subclassed model is exported with its wrappers)."""
-    for layer in leaves(model):
-        yield from (layer.layer.weights if isinstance(layer, RegularGraphPruning) else layer.weights)
 
 
 def _calibration_samples(model, quantize, representative_data):

@@ -11,7 +11,6 @@ from rgp_keras.masks import PRUNABLE, channel_groups
 from rgp_keras.model_graph import to_numpy
 
 
-LAYOUTS = ("auto", "gather", "scatter")
 _CONV_CLASS = {"Dense": keras.layers.Conv2D, "Conv1D": keras.layers.Conv1D, "Conv2D": keras.layers.Conv2D,
                "Conv3D": keras.layers.Conv3D}
 
@@ -211,6 +210,8 @@ class ScatterKernel(CompactKernel):
 
 
 KERNELS = {"gather": GatherKernel, "scatter": ScatterKernel}
+# export_tflite / compact_model `layout`: estimated fastest per layer, or one forced
+LAYOUTS = ("auto", *KERNELS)
 
 
 @keras.saving.register_keras_serializable(package="rgp_keras")

@@ -111,6 +111,12 @@ def _moore_total(nodes, degree):
     return total
 
 
+def nearest_degree(nodes, wanted):
+    """The valid degree on `nodes` nodes nearest `wanted` (the smaller on a tie), or None when none is."""
+    valid = [k for k in range(2, nodes) if nodes * k % 2 == 0]
+    return min(valid, key=lambda k: (abs(k - wanted), k), default=None)
+
+
 def degree_for_sparsity(nodes, sparsity):
     """The valid degree whose sparsity `1 - degree / nodes` is nearest to `sparsity`.
 
@@ -124,7 +130,7 @@ def degree_for_sparsity(nodes, sparsity):
     sparsity = check_fraction("sparsity", sparsity)
     wanted = (1 - sparsity) * nodes
     valid = [k for k in range(2, nodes) if nodes * k % 2 == 0]
-    best = min(valid, key=lambda k: (abs(k - wanted), k))
+    best = nearest_degree(nodes, wanted)
     if abs(best - wanted) > 1:
         raise InputValueError(
             f"`sparsity`={sparsity} needs degree {wanted:.3g} on {nodes} nodes, but degrees "
