@@ -251,9 +251,10 @@ def run(profile, work):
     test = (prepare(x_test), y_test.astype("int64"))
     done = {(r["profile"], r["model"], r["method"], r["sparsity"], r["seed"]) for r in done_rows(CSV)}
     work.mkdir(parents=True, exist_ok=True)
-    for name in settings["models"]:
-        budget = {**MODELS[name], **settings.get("budget", {})}
-        for seed in range(settings["seeds"]):
+    # seed outermost: a run cut short (the full profile spans sessions) has every model at seed 0
+    for seed in range(settings["seeds"]):
+        for name in settings["models"]:
+            budget = {**MODELS[name], **settings.get("budget", {})}
             def record(method, sparsity, accuracy_, path, graph="", epochs=0, seconds=0.0, kept_macs=None):
                 row = dict(profile=profile, model=name, method=method, sparsity=sparsity, seed=seed, graph=graph,
                            accuracy=round(accuracy_, 4),
