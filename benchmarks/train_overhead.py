@@ -1,15 +1,21 @@
 """Training-step overhead of RGP masks: median step time of the pruned model over the dense
-model, beside TF-MOT's prune_low_magnitude on the same architecture (tf_keras).
+model on each Keras 3 backend (TensorFlow, JAX, torch; CPU), beside TF-MOT's prune_low_magnitude
+on the same architecture (tf_keras, TensorFlow only).
 
-Writes benchmarks/results/train_overhead.md.
+Writes benchmarks/results/train_overhead.md; each backend runs in its own process.
 
-    python benchmarks/train_overhead.py
+    python benchmarks/train_overhead.py                     # every backend
+    python benchmarks/train_overhead.py --backend jax       # one backend, rows printed only
 """
 
+import argparse
+import json
 import os
 import pathlib
 import platform
 import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -18,6 +24,8 @@ import numpy as np
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 BATCH, STEPS, WARMUP, ROUNDS = 32, 12, 3, 3
+BACKENDS = ("tensorflow", "jax", "torch")
+MODELS = ("VGG-style", "MobileNetV2")
 
 
 def vgg(layers, Input, Sequential):
@@ -42,6 +50,7 @@ def step_times(model, data, callbacks=()):
             self.began = time.perf_counter()
 
         def on_train_batch_end(self, batch, logs=None):
+            [float(value) for value in (logs or {}).values()]  # wait for the step (JAX dispatches asynchronously)
             times.append(time.perf_counter() - self.began)
 
     times = []
@@ -104,27 +113,52 @@ def ratio(dense, pruned, data, callbacks=()):
     return d, p, p / d
 
 
-def main():
+def measure(backend):
+    """One row per model, measured in this process (KERAS_BACKEND=backend before Keras is imported)."""
+    os.environ["KERAS_BACKEND"] = backend
     rng = np.random.default_rng(0)
     data = (rng.normal(size=(BATCH * (STEPS + WARMUP), 32, 32, 3)).astype("float32"),
             rng.integers(10, size=BATCH * (STEPS + WARMUP)))
-    rows = ["| model | dense step (ms) | RGP step (ms) | RGP / dense | goal <= 1.10 | TF-MOT prune_low_magnitude / dense "
-            "(tf_keras) | weights held, dense / RGP / RGP with the mask as a weight (MB) |",
-            "|---|---|---|---|---|---|---|"]
-    for name in ("VGG-style", "MobileNetV2"):
+    for name in MODELS:
         dense, pruned = keras3_pair(name)
         held = held_megabytes(dense, pruned)
         d, p, r = ratio(dense, pruned, data)
-        dense_2, pruned_2, callbacks = tfmot_pair(name)
-        _, _, r_tfmot = ratio(dense_2, pruned_2, data, callbacks)
-        rows.append(f"| {name} | {1e3 * d:.1f} | {1e3 * p:.1f} | {r:.3f} | {'met' if r <= 1.10 else 'not met'} | "
-                    f"{r_tfmot:.3f} | {held[0]:.2f} / {held[1]:.2f} / {held[2]:.2f} |")
-        print(rows[-1], flush=True)
+        r_tfmot = None
+        if backend == "tensorflow":  # TF-MOT prunes tf_keras models only
+            dense_2, pruned_2, callbacks = tfmot_pair(name)
+            r_tfmot = ratio(dense_2, pruned_2, data, callbacks)[2]
+        print(json.dumps(dict(backend=backend, model=name, dense=d, rgp=p, ratio=r, tfmot=r_tfmot, held=held)),
+              flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=BACKENDS, help="measure one backend and print its rows (no file)")
+    args = parser.parse_args()
+    if args.backend:
+        return measure(args.backend)
+    rows = ["| backend | model | dense step (ms) | RGP step (ms) | RGP / dense | goal <= 1.10 | TF-MOT "
+            "prune_low_magnitude / dense (tf_keras) | weights held, dense / RGP / RGP with the mask as a weight (MB) |",
+            "|---|---|---|---|---|---|---|---|"]
+    for backend in BACKENDS:
+        out = subprocess.run([sys.executable, __file__, "--backend", backend], capture_output=True, text=True)
+        if out.returncode:
+            sys.exit(f"{backend}: {out.stderr[-3000:]}")
+        for line in out.stdout.splitlines():
+            if not line.startswith("{"):
+                continue
+            row = json.loads(line)
+            tfmot = f"{row['tfmot']:.3f}" if row["tfmot"] is not None else "- (tf_keras runs on TensorFlow)"
+            held = " / ".join(f"{mb:.2f}" for mb in row["held"])
+            rows.append(f"| {backend} | {row['model']} | {1e3 * row['dense']:.1f} | {1e3 * row['rgp']:.1f} | "
+                        f"{row['ratio']:.3f} | {'met' if row['ratio'] <= 1.10 else 'not met'} | {tfmot} | {held} |")
+            print(rows[-1], flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = "\n".join([
         "# Training-step overhead",
         "",
-        f"`python benchmarks/train_overhead.py`: 32x32x3 inputs, batch {BATCH}, SGD+momentum, RGP n = 64, k = 8 "
+        f"`python benchmarks/train_overhead.py`: Keras 3 on each backend (one process each), 32x32x3 inputs, "
+        f"batch {BATCH}, SGD+momentum, RGP n = 64, k = 8 "
         f"(87.5 %), TF-MOT ConstantSparsity 0.875; median of {ROUNDS} x {STEPS} steps after {WARMUP} warm-up steps, "
         f"dense and pruned interleaved; {platform.machine()}, CPU only, {os.cpu_count()} cores. Weights held: "
         "float32 variables (+ RGP's mask constants: n x n blocks, or channel pairs when channels do not divide "

@@ -89,7 +89,8 @@ def _load_keras_model(path):
     import keras
 
     try:
-        return keras.saving.load_model(path)
+        # compile=False: the commands need no optimizer, and one saved under JAX or torch would import that backend
+        return keras.saving.load_model(path, compile=False)
     except (ValueError, TypeError, OSError) as error:  # a corrupt file or a model of unknown classes
         raise InputValueError(f"Keras cannot load {path}: {error}") from None
 
@@ -134,6 +135,9 @@ def _print_json(**fields):
 
 
 def _export(args):
+    # LiteRT export converts through TensorFlow; a .keras file saved under any backend loads there
+    if "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = "tensorflow"
     from rgp_keras.export import export_tflite
 
     model = _load_keras_model(args.model)

@@ -20,3 +20,7 @@ class InputTypeError(InputError, TypeError):
 
 class MissingDependencyError(InputError, ImportError):
     pass
+
+
+class BackendError(InputError, RuntimeError):
+    """A step that needs the TensorFlow backend (LiteRT export) was called under another Keras backend."""

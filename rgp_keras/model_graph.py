@@ -111,7 +111,7 @@ def _flatten(outputs):
 
 
 def to_numpy(value):
-    """A numpy array of a tensor or variable (Keras 3 or tf_keras).
+    """A numpy array of a tensor or variable (Keras 3 on any backend, or tf_keras).
 
     Eager tensors are viewed without a copy (`.numpy()` copies, which costs
     seconds on calibration-sized activations); variables are copied with
@@ -119,6 +119,8 @@ def to_numpy(value):
     """
     if type(value).__name__ == "EagerTensor":
         return np.asarray(value)
+    if hasattr(value, "detach"):  # a torch tensor (Keras 3 on the torch backend)
+        return value.detach().cpu().numpy()
     return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
 
 

@@ -19,6 +19,7 @@ import warnings
 
 import numpy as np
 import scipy.linalg
+from numpy.lib.stride_tricks import sliding_window_view
 
 from rgp_keras.masks import prunable_kernel
 from rgp_keras.model_graph import class_names, consumers, is_rgp_wrapper, leaves, model_graph, run_call, to_numpy
@@ -198,16 +199,24 @@ def _features(layer, x):
         return x.reshape(-1, x.shape[-1])
     if all(k == 1 for k in layer.kernel_size) and all(s == 1 for s in layer.strides):
         return x.reshape(-1, x.shape[-1])  # a 1x1 convolution is a Dense layer over positions
-    import tensorflow as tf
+    return _patches(x, layer.kernel_size, layer.strides, layer.dilation_rate, str(layer.padding))
 
-    rank = len(layer.kernel_size)
-    if rank == 1:
-        x = x[:, None]
-    sizes = [1, *(1,) * (2 - rank), *layer.kernel_size, 1]
-    strides = [1, *(1,) * (2 - rank), *layer.strides, 1]
-    rates = [1, *(1,) * (2 - rank), *layer.dilation_rate, 1]
-    patches = tf.image.extract_patches(x, sizes, strides, rates, padding=str(layer.padding).upper())
-    return patches.numpy().reshape(-1, patches.shape[-1])
+
+def _patches(x, kernel_size, strides, rates, padding):
+    """Every kernel window of `x` (batch, *spatial, channels) as a row ordered (window position, channel), as
+    `tf.image.extract_patches` orders them; numpy, so it runs on every Keras backend."""
+    rank = len(kernel_size)
+    spans = [(size - 1) * rate + 1 for size, rate in zip(kernel_size, rates)]
+    pads = [(0, 0)]
+    for length, span, stride in zip(x.shape[1:-1], spans, strides):
+        total = max((-(-length // stride) - 1) * stride + span - length, 0) if padding == "same" else 0
+        pads.append((total // 2, total - total // 2))  # TensorFlow puts the odd one after
+    windows = sliding_window_view(np.pad(x, pads + [(0, 0)]), spans, axis=tuple(range(1, rank + 1)))
+    # (batch, *positions, channels, *span) -> strided positions, dilated taps, channels last
+    windows = windows[(slice(None), *(slice(None, None, s) for s in strides), slice(None),
+                       *(slice(None, None, r) for r in rates))]
+    windows = np.moveaxis(windows, rank + 1, -1)
+    return windows.reshape(-1, int(np.prod(kernel_size)) * x.shape[-1])
 
 
 class _Normal:

@@ -360,27 +360,6 @@ def test_importing_rgp_keras_does_not_import_tf_keras_or_tfmot():
     assert out.stdout.strip() == "[]"
 
 
-def test_jax_backend_trains_the_wrapper():
-    pytest.importorskip("jax")
-    script = textwrap.dedent(
-        """
-        import os
-        os.environ["KERAS_BACKEND"] = "jax"
-        import numpy as np, keras, rgp_keras
-        from rgp_keras.graph import RegularGraph
-        model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(64), keras.layers.Dense(64), keras.layers.Dense(4)])
-        pruned = rgp_keras.prune_regular_graph(model, graph=RegularGraph.random(16, 4, seed=0))
-        pruned.compile("adam", "mse")
-        pruned.fit(np.ones((32, 32), "float32"), np.ones((32, 4)), epochs=2, verbose=0)
-        kernel, mask = np.asarray(pruned.layers[1].kernel), np.asarray(pruned.layers[1].mask)
-        assert np.all(kernel[mask == 0] == 0)
-        print("OK")
-        """
-    )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stderr[-3000:]
-
-
 def test_public_api_is_exported():
     for name in ("prune_regular_graph", "strip_pruning", "pruning_summary", "RegularGraphPruning",
                  "reinitialize", "kernel_mask", "channel_groups", "RegularGraph", "optimize"):

@@ -18,7 +18,11 @@ from rgp_keras.reconstruct import _features
         (keras.layers.Conv2D(5, 3, padding="same"), (2, 7, 6, 4)),
         (keras.layers.Conv2D(5, (3, 2), strides=2, padding="valid"), (2, 9, 8, 4)),
         (keras.layers.Conv2D(5, 3, dilation_rate=2, padding="same"), (2, 9, 9, 4)),
+        (keras.layers.Conv2D(5, 4, strides=2, padding="same"), (2, 8, 7, 4)),  # odd padding: one more after
+        (keras.layers.Conv2D(5, 3, strides=(1, 3), dilation_rate=1, padding="same"), (2, 6, 10, 4)),
+        (keras.layers.Conv2D(5, 2, dilation_rate=3, padding="valid"), (2, 9, 8, 4)),
         (keras.layers.Conv1D(5, 3, strides=2, padding="same"), (2, 11, 4)),
+        (keras.layers.Conv1D(5, 3, dilation_rate=2, padding="valid"), (2, 11, 4)),
         (keras.layers.Dense(5), (2, 3, 4)),
     ],
 )

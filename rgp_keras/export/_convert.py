@@ -13,7 +13,7 @@ from keras.src.models.functional import Functional
 
 from rgp_keras._checks import check_int
 from rgp_keras._files import normal_file_mode
-from rgp_keras.errors import InputTypeError, InputValueError
+from rgp_keras.errors import BackendError, InputTypeError, InputValueError
 from rgp_keras.export._kernels import LAYOUTS, _class_name
 from rgp_keras.export._rewrite import _has_zeros, compact_model
 from rgp_keras.model_graph import leaves, reject_tf_keras, to_numpy
@@ -110,6 +110,13 @@ def export_tflite(
     >>> print(report)  # doctest: +SKIP
     """
     reject_tf_keras(model, "export_tflite")
+    if keras.backend.backend() != "tensorflow":
+        raise BackendError(
+            f"export_tflite converts through TensorFlow, but Keras runs on the {keras.backend.backend()!r} backend. "
+            "Save the model (model.save('pruned.keras')), then export it from a TensorFlow process: "
+            "`rgp export pruned.keras -o model.tflite`, or in Python with KERAS_BACKEND=tensorflow, "
+            "keras.saving.load_model('pruned.keras', compile=False) and export_tflite."
+        )
     if not isinstance(model, keras.Model):
         raise InputTypeError(f"`model` must be a Keras 3 model, got {type(model).__name__}.")
     if quantize not in QUANTIZE:
