@@ -1,9 +1,6 @@
-"""Architectures of benchmarks/accuracy.py, built alike in Keras 3 and in tf_keras (TF-MOT's twin)."""
+"""Architectures of benchmarks/oneshot.py, built alike in Keras 3 and in tf_keras (TF-MOT's twin)."""
 
 ARCHITECTURES = {
-    "MLP": [("flatten",), ("dense", 256, "relu"), ("dense", 256, "relu"), ("dense", 256, "relu"), ("dense", 10, None)],
-    "VGG": [("conv", 64), ("conv", 64), ("pool",), ("conv", 128), ("conv", 128), ("pool",), ("conv", 256),
-            ("conv", 256), ("gap",), ("dense", 10, None)],
     # VGG-BN at ~44 M MACs (pooling after the stem): the one-shot benchmark's CNN, >= 64 channels per
     # pruned layer so that n = 16 groups hold >= 4 channels.
     "CNN": [("conv", 64), ("pool",), ("conv", 64), ("conv", 128), ("pool",), ("conv", 128), ("conv", 256),
