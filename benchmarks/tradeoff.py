@@ -169,9 +169,11 @@ def wide_rgp(name, target_macs, seed):
         masked = sum(row["macs"] for row in rows[1 if skip_first else 0:-1])
         density = (target_macs - (total - masked)) / masked
         if density > 0.01:
-            # k / 64 nearest the density: even groups (nodes="auto" would pick an exotic n for such a density)
+            # the fewest nodes (widest channel groups, which XNNPACK's grouped convolution needs to be fast)
+            # whose k = density x n is >= 2; powers of two give even groups
             narrowest = min(row["channels"] for row in rows[1 if skip_first else 0:-1])
-            nodes = max(n for n in (16, 32, 64) if n <= narrowest)
+            choices = [n for n in (8, 16, 32, 64) if n <= narrowest]
+            nodes = next((n for n in choices if round(density * n) >= 2), choices[-1])
             degree = max(2, round(density * nodes))
             return rgp_keras.prune_regular_graph(wide, degree=degree + degree * nodes % 2, nodes=nodes, seed=seed,
                                                  skip_first=skip_first, assign_channels=False)
