@@ -16,8 +16,8 @@ methods train D + F epochs):
                         trained from scratch D + F epochs
   L1 filters + FT       the dense model with the lowest-L1 output filters of every hidden layer removed
                         (same r: same architecture as thin dense; BatchNorm entries and the next layer's
-                        inputs follow), then F epochs (Li et al. 2017; Sequential models only: no maintained
-                        Keras 3 library does it, so it is implemented here)
+                        inputs follow; channels tied by residual Adds ranked together), then F epochs
+                        (Li et al. 2017; no maintained Keras 3 library does it, so it is implemented here)
   RGP wide              2x channels, masked from scratch at 1/4 of the density, so that its compact MACs
                         match (D + F epochs)
 
@@ -52,6 +52,8 @@ import numpy as np
 
 import rgp_keras
 from _results import append, done_rows
+from rgp_keras.assign import _permuted_weights, channel_spaces
+from rgp_keras.model_graph import model_graph, to_numpy
 from rgp_keras.plots import new_figure
 
 RESULTS = Path(__file__).parent / "results"
@@ -181,23 +183,27 @@ def wide_rgp(name, target_macs, seed):
 
 
 def l1_filters(dense, name, width):
-    """The thin architecture holding the dense model's highest-L1 filters of every hidden layer."""
+    """The thin architecture holding the dense model's highest-L1 filters of every hidden tensor.
+
+    Channels tied by residual Adds (and passed through BatchNorm / depthwise layers) form one channel
+    space (`rgp_keras.assign.channel_spaces`, the graph walk channel assignment uses); each space is
+    ordered by the summed L1 norm of the filters writing it, consistently in every layer (a function-
+    preserving permutation), and the thin model takes the first channels of each weight.
+    """
+    structure = model_graph(dense)
+    spaces, members = channel_spaces(structure)
+    slots = {}
+    for root, member in members.items():
+        if spaces.frozen.get(root) or not member["producers"]:
+            continue  # model inputs and outputs keep every channel
+        norms = sum(np.abs(to_numpy(call.layer.kernel)).reshape(-1, call.layer.kernel.shape[-1]).sum(axis=0)
+                    for call in member["producers"])
+        slots[root] = np.argsort(np.argsort(-norms, kind="stable"))  # channel -> its rank by L1 norm
+    permuted = _permuted_weights(structure, spaces, members, slots)
     thin = build(keras, name, width)
-    kept = None  # output channels kept by the previous kernel layer
     for old, new in zip(dense.layers, thin.layers):
-        weights = old.get_weights()
-        if isinstance(old, (keras.layers.Conv2D, keras.layers.Dense)):
-            kernel = weights[0]
-            if kept is not None:
-                kernel = kernel[..., kept, :]
-            channels = new.get_weights()[0].shape[-1]
-            norms = np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
-            kept = np.sort(np.argsort(-norms)[:channels]) if channels < kernel.shape[-1] else np.arange(channels)
-            new.set_weights([kernel[..., kept], *[w[kept] for w in weights[1:]]])
-        elif isinstance(old, keras.layers.BatchNormalization):
-            new.set_weights([w[kept] for w in weights])
-        elif weights:
-            raise ValueError(f"L1 filter pruning does not handle {type(old).__name__}")
+        weights = permuted.get(id(old)) or old.get_weights()
+        new.set_weights([w[tuple(slice(0, size) for size in v.shape)] for w, v in zip(weights, new.weights)])
     return thin
 
 
@@ -286,8 +292,6 @@ def run(profile, work):
             calibration = train[0][np.random.default_rng(seed).choice(len(train[0]), CALIBRATION, replace=False)]
             for sparsity in settings["sparsities"]:
                 todo = [m for m in METHODS if (profile, name, m, str(sparsity), str(seed)) not in done]
-                if name != "CNN" and name != "MLP":
-                    todo = [m for m in todo if m != "L1 filters + FT"]  # residual Adds tie channels: not handled
                 for method in todo:
                     keras.utils.set_random_seed(seed)
                     started = time.perf_counter()
