@@ -44,8 +44,8 @@ FIELDS = ["setting", "nodes", "degree", "graph", "aspl", "diameter", "seed", "ac
 BATCH = 128
 SETTINGS = {
     "MLP": dict(data="mnist", nodes=64, degree=4, train=60000, epochs=5, rate=1e-3),
-    "CNN 16/4": dict(data="fashion", nodes=16, degree=4, train=20000, epochs=3, rate=2e-3),
-    "CNN 64/4": dict(data="fashion", nodes=64, degree=4, train=20000, epochs=3, rate=2e-3),
+    "CNN 16/4": dict(data="fashion", nodes=16, degree=4, train=10000, epochs=3, rate=2e-3),
+    "CNN 64/4": dict(data="fashion", nodes=64, degree=4, train=10000, epochs=3, rate=2e-3),
 }
 
 
