@@ -158,7 +158,8 @@ def width_matching(name, target_macs):
 
 
 def wide_rgp(name, target_macs, seed):
-    """The 2x-wide model RGP-masked at the density whose compact MACs are nearest `target_macs`.
+    """The 2x-wide model RGP-masked at the density whose compact MACs are nearest `target_macs` (None when
+    no graph brings them within 1.25x).
 
     Kept MACs = the MACs of layers left dense + density x those of the masked
     ones; when the layers left dense by default (first and last) already
@@ -172,13 +173,16 @@ def wide_rgp(name, target_macs, seed):
         density = (target_macs - (total - masked)) / masked
         if density > 0.01:
             # the fewest nodes (widest channel groups, which XNNPACK's grouped convolution needs to be fast)
-            # whose k = density x n is >= 2; powers of two give even groups
+            # whose k = density x n is >= 2 and within 10 % of the density; powers of two give even groups
             narrowest = min(row["channels"] for row in rows[1 if skip_first else 0:-1])
             choices = [n for n in (8, 16, 32, 64) if n <= narrowest]
-            nodes = next((n for n in choices if round(density * n) >= 2), choices[-1])
+            fits = lambda n: round(density * n) >= 2 and abs(round(density * n) / n - density) <= 0.1 * density
+            nodes = next((n for n in choices if fits(n)), choices[-1])
             degree = max(2, round(density * nodes))
-            return rgp_keras.prune_regular_graph(wide, degree=degree + degree * nodes % 2, nodes=nodes, seed=seed,
-                                                 skip_first=skip_first, assign_channels=False)
+            model = rgp_keras.prune_regular_graph(wide, degree=degree + degree * nodes % 2, nodes=nodes, seed=seed,
+                                                  skip_first=skip_first, assign_channels=False)
+            # k >= 2 on at most as many nodes as the narrowest layer has channels bounds the density from below
+            return model if macs(model)["kept_macs"] <= 1.25 * target_macs else None
     return None  # the layers left dense alone exceed the target
 
 
@@ -321,7 +325,7 @@ def run(profile, work):
                         target = macs(rgp(dense, sparsity, seed, assign_channels=False))["kept_macs"]
                         model = wide_rgp(name, target, seed)
                         if model is None:
-                            print(f"{name} seed {seed} {sparsity} RGP wide: its dense layers alone exceed the "
+                            print(f"{name} seed {seed} {sparsity} RGP wide: no graph brings it within 1.25x of the "
                                   "target MACs; no row", flush=True)
                             continue
                         rgp_keras.reinitialize(model, seed=seed)
