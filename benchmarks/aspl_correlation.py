@@ -104,7 +104,10 @@ def run(settings, count, seeds):
     for setting in settings:
         config = SETTINGS[setting]
         data = load(setting)
-        for index, graph in enumerate(graphs_across_aspl(config["nodes"], config["degree"], count)):
+        graphs = graphs_across_aspl(config["nodes"], config["degree"], count)
+        # the two ends first: a run cut short (settings span sessions) already has the paired comparison
+        for index in [0, len(graphs) - 1, *range(1, len(graphs) - 1)]:
+            graph = graphs[index]
             for seed in range(seeds):
                 if (setting, str(index), str(seed)) in done:
                     continue
