@@ -1,13 +1,12 @@
-"""Distributed fine-tuning of an RGP model with Keras 3's own `keras.distribution` API, on JAX.
+"""Data-parallel fine-tuning of an RGP model with Keras 3's own `keras.distribution` API, on JAX.
 
 `keras.distribution.DataParallel` replicates the model over the devices and
-splits every batch between them; `ModelParallel` splits each kernel (masked
-ones too) over them instead; `model.fit` runs as usual either way. On a CPU-only
+splits every batch between them; `model.fit` runs as usual. On a CPU-only
 machine the script asks XLA for two host devices, so the same code that runs
 on several GPUs/TPUs (or hosts, after `jax.distributed.initialize()`) runs
-here. It also trains the same model on one device with the same global batch
-and prints how far the runs' weights are apart: distribution changes where
-the work runs, not what is computed; masked weights stay exactly zero.
+here. It then trains the same model on one device with the same global batch
+and prints how far the two runs' weights are apart: data parallelism changes
+where the work runs, not what is computed; masked weights stay exactly zero.
 
     python examples/data_parallel_jax.py [--train-samples 60000] [--epochs 1] [--devices 2]
 
@@ -55,22 +54,16 @@ def main():
         return pruned
 
     devices = jax.devices()
+    with keras.distribution.DataParallel(devices=devices).scope():
+        shared = train()
     single = train()
-    # ModelParallel: every kernel (masked ones included) split along its output channels over the devices
-    mesh = keras.distribution.DeviceMesh((1, len(devices)), ["batch", "model"], devices=devices)
-    layout = keras.distribution.LayoutMap(mesh)
-    layout[".*kernel"] = (None, "model")
-    for name, distribution in (("DataParallel", keras.distribution.DataParallel(devices=devices)),
-                               ("ModelParallel", keras.distribution.ModelParallel(layout_map=layout,
-                                                                                  batch_dim_name="batch"))):
-        with distribution.scope():
-            shared = train()
-        difference = max(float(np.max(np.abs(a - b))) for a, b in zip(shared.get_weights(), single.get_weights()))
-        zeros = all(np.all(np.asarray(w.kernel)[np.asarray(w.mask) == 0] == 0)
-                    for w in shared.layers if isinstance(w, rgp_keras.RegularGraphPruning))
-        accuracy = shared.evaluate(x_test, y_test, verbose=0)[1]
-        print(f"{name} over {len(devices)} devices ({devices[0].platform}): test accuracy {accuracy:.4f}, "
-              f"masked weights zero: {zeros}, max |weight difference| to the single-device run: {difference:.2e}")
+    difference = max(float(np.max(np.abs(a - b))) for a, b in zip(shared.get_weights(), single.get_weights()))
+    zeros = all(np.all(np.asarray(w.kernel)[np.asarray(w.mask) == 0] == 0)
+                for w in shared.layers if isinstance(w, rgp_keras.RegularGraphPruning))
+    accuracy = shared.evaluate(x_test, y_test, verbose=0)[1]
+    print(f"DataParallel over {len(devices)} devices ({devices[0].platform}): test accuracy {accuracy:.4f}, "
+          f"masked weights zero: {zeros}")
+    print(f"max |weight difference| to the single-device run: {difference:.2e}")
 
 
 if __name__ == "__main__":

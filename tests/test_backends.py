@@ -3,7 +3,6 @@ TensorFlow; and keras.distribution.DataParallel on JAX. Each backend runs in its
 
 import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -101,16 +100,15 @@ def test_prune_fit_save_under_a_backend_then_export_under_tensorflow(backend, tm
     assert cli.returncode == 0 and (tmp_path / "cli.tflite").is_file(), cli.stderr[-3000:]
 
 
-def test_data_and_model_parallel_on_jax_match_one_device_and_keep_masked_weights_zero():
+def test_data_parallel_on_jax_matches_one_device_and_keeps_masked_weights_zero():
     out = subprocess.run([sys.executable, str(ROOT / "examples" / "data_parallel_jax.py"), "--train-samples", "3000"],
                          capture_output=True, text=True, timeout=600,
                          # two host devices; a busy machine can starve one of them for more than XLA's
                          # default 40 s collective timeout, so the test allows longer
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "XLA_FLAGS": (
-                             "--xla_force_host_platform_device_count=2 --xla_cpu_collective_timeout_seconds=600 "
-                             "--xla_cpu_collective_call_terminate_timeout_seconds=600")})
+                             "--xla_force_host_platform_device_count=2 --xla_cpu_collective_timeout_seconds=300 "
+                             "--xla_cpu_collective_call_terminate_timeout_seconds=300")})
     assert out.returncode == 0, out.stderr[-3000:]
-    runs = re.findall(r"(\w+Parallel) over 2 devices \(cpu\): .* masked weights zero: (\w+), max \|weight "
-                      r"difference\| to the single-device run: ([\d.e+-]+)", out.stdout)
-    assert [name for name, _, _ in runs] == ["DataParallel", "ModelParallel"], out.stdout
-    assert all(zeros == "True" and float(difference) <= 1e-5 for _, zeros, difference in runs), out.stdout
+    assert "DataParallel over 2 devices (cpu)" in out.stdout and "masked weights zero: True" in out.stdout
+    difference = float(out.stdout.split("single-device run:")[1].split()[0])
+    assert difference <= 1e-5, out.stdout
