@@ -102,8 +102,10 @@ def _prune(args):
     if not args.output.endswith(".keras"):
         raise InputValueError(f"-o/--output must end in .keras, got {args.output}")
     model = _load_keras_model(args.model)
-    if args.calibration_samples is not None and not args.calibration:
-        raise InputValueError("--calibration-samples needs --calibration")
+    for option, value, default in (("--calibration-samples", args.calibration_samples, None),
+                                   ("--calibration-mixes", args.calibration_mixes, "auto")):
+        if value != default and not args.calibration:
+            raise InputValueError(f"{option} needs --calibration")
     if args.graph and args.nodes is not None:
         raise InputValueError("--nodes conflicts with --graph: the graph file has its own node count; pass one of them")
     samples = _calibration(args.calibration, model.inputs[0].shape, args.calibration_samples) if args.calibration else None
@@ -111,7 +113,8 @@ def _prune(args):
         model, sparsity=args.sparsity, degree=args.degree, graph=args.graph,
         nodes="auto" if args.nodes is None else args.nodes, seed=args.seed,
         calibration_data=samples, calibration_samples=args.calibration_samples,
-        assign_channels=not args.keep_channel_order,
+        calibration_mixes=args.calibration_mixes, assign_channels=not args.keep_channel_order,
+        graph_candidates=args.graph_candidates,
     )
     pruned.save(args.output)
     if not args.quiet:
@@ -281,6 +284,12 @@ def _parser():
     prune.add_argument("--calibration", help="unlabelled inputs for data-aware pruning (reconstruction): a .npy "
                        "array (N, *input) or a folder of images")
     prune.add_argument("--calibration-samples", type=int, help="use at most N calibration samples (default: all)")
+    prune.add_argument("--calibration-mixes", type=_auto_or_int, default="auto",
+                       help="reconstruction also fits on N mixes of pairs of samples, or 'auto' (default: up to 8x "
+                       "the samples for small inputs, none for large ones); 0: none")
+    prune.add_argument("--graph-candidates", type=int, default=1,
+                       help="with --calibration: prune with N minimum-ASPL graphs and keep the one whose outputs "
+                       "on the calibration samples are closest to the dense model's (default: 1)")
     prune.add_argument("--keep-channel-order", action="store_true",
                        help="no channel assignment: the mask keeps the channels' own order (the paper's flow)")
     prune.add_argument("--quiet", action="store_true", help="do not print the summary table")
@@ -365,7 +374,9 @@ def _native_logs_hidden():
 
 
 # Python argument names in library messages -> the options that set them
-_OPTIONS = {"representative_data": "--calibration", "calibration_samples": "--calibration-samples",
+_OPTIONS = {"representative_data": "--calibration", "calibration_data": "--calibration",
+            "calibration_samples": "--calibration-samples",
+            "calibration_mixes": "--calibration-mixes", "graph_candidates": "--graph-candidates",
             "time_limit": "--time-limit", **{name: f"--{name}" for name in (
                 "nodes", "degree", "sparsity", "seed", "symmetry", "attempts", "jobs", "threads", "layout",
                 "quantize", "objective", "patience", "runs")}}

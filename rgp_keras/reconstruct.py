@@ -28,7 +28,7 @@ from rgp_keras.model_graph import class_names, consumers, is_rgp_wrapper, leaves
 _CHUNK_ELEMENTS = 1 << 24
 # Ridge strengths tried, as fractions of the mean diagonal of X^T X (SparseGPT's fixed choice is 0.01).
 _RIDGE = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
-_HOLD_OUT = 5  # every 5th calibration sample judges the ridge strength
+HOLD_OUT = 5  # every 5th calibration sample judges the ridge strength
 
 
 def unsupported_reason(layer):
@@ -61,7 +61,7 @@ def input_channel_energy(model, arrays, layer_ids):
     return energy
 
 
-def reconstruct(reference, pruned, arrays, *, progress=False):
+def reconstruct(reference, pruned, arrays, *, samples=None, progress=False):
     """Refit every masked layer of `pruned` (in place) to reproduce `reference` on `arrays`.
 
     Args:
@@ -70,6 +70,10 @@ def reconstruct(reference, pruned, arrays, *, progress=False):
         pruned: the pruned model; its wrappers' kept weights and biases and its
             BatchNormalization moving statistics change.
         arrays: calibration inputs, one array per model input.
+        samples: the first `samples` rows are real calibration samples, the
+            rest mixes of them (`rgp_keras.calibration.with_mixes`): the fits
+            use every row, BatchNormalization statistics the real ones only
+            (a mix has less variance than a sample). Default: all real.
         progress: show a progress bar over the layer calls.
 
     Returns:
@@ -104,7 +108,7 @@ def reconstruct(reference, pruned, arrays, *, progress=False):
                 if is_rgp_wrapper(inner):
                     report[id(inner)] = {"reconstruction": f"not refit: inside nested model {layer.name!r}"}
         elif changed and "BatchNormalization" in class_names(layer):
-            _reestimate(layer, pruned_values[call.inputs[0]], reference_inputs[0])
+            _reestimate(layer, pruned_values[call.inputs[0]][:samples], reference_inputs[0][:samples])
         if bar is not None:
             bar.add(1)
 
@@ -250,7 +254,7 @@ class _Normal:
 def _refit(inner, mask, dense, x_dense, x_pruned):
     """Refit `inner`'s kept weights (`mask`; None: all) to reproduce layer `dense` on the dense inputs.
 
-    Every `_HOLD_OUT`-th calibration sample is held out to choose the ridge
+    Every `HOLD_OUT`-th calibration sample is held out to choose the ridge
     strength per output group (among `_RIDGE`, as fractions of the mean
     diagonal of X^T X) and to report errors; the final fit uses every sample.
     Ridge pulls towards the plain RGP weights, so that a poorly determined fit
@@ -265,10 +269,10 @@ def _refit(inner, mask, dense, x_dense, x_pruned):
     features = dense_kernel.shape[0]
     fit, held_out = _Normal(features, outputs), _Normal(features, outputs)
     per_sample = math.prod(x_dense.shape[1:]) * math.prod(getattr(inner, "kernel_size", (1,)))
-    chunk = max(_HOLD_OUT, _CHUNK_ELEMENTS // max(per_sample, 1) // _HOLD_OUT * _HOLD_OUT)
+    chunk = max(HOLD_OUT, _CHUNK_ELEMENTS // max(per_sample, 1) // HOLD_OUT * HOLD_OUT)
     for start in range(0, len(x_dense), chunk):
         index = np.arange(start, min(start + chunk, len(x_dense)))
-        for part, sums in ((index[index % _HOLD_OUT != _HOLD_OUT - 1], fit), (index[index % _HOLD_OUT == _HOLD_OUT - 1], held_out)):
+        for part, sums in ((index[index % HOLD_OUT != HOLD_OUT - 1], fit), (index[index % HOLD_OUT == HOLD_OUT - 1], held_out)):
             if len(part):
                 sums.add(_features(inner, x_pruned[part]), _features(inner, x_dense[part]) @ dense_kernel + dense_bias)
     judge = held_out if held_out.rows else fit

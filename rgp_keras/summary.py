@@ -22,7 +22,9 @@ class PruningSummary(list):
     weight importance kept by the mask before/after channel assignment,
     "importance_before"/"importance_after", why a side kept its channel order,
     "kept_order", and the relative output error before/after reconstruction,
-    "error_before"/"error_after", or why it was not refit, "reconstruction").
+    "error_before"/"error_after", or why it was not refit, "reconstruction";
+    what the fit used, "calibration": samples and mixes, and with
+    `graph_candidates`, which graph was kept, "graph_choice").
     """
 
     graph = None
@@ -70,6 +72,11 @@ class PruningSummary(list):
         widths = [max(len(str(line[i])) for line in [header, *lines]) for i in range(len(header))]
         render = lambda line: "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip()
         table = [render(header), render(["-" * w for w in widths]), *map(render, lines)]
+        fits = sorted({row["data_aware"]["calibration"] for row in self if row["data_aware"].get("calibration")})
+        if fits:
+            table.append(f"reconstruction fit on {' / '.join(fits)}")
+        choices = sorted({row["data_aware"]["graph_choice"] for row in self if row["data_aware"].get("graph_choice")})
+        table.extend(choices)
         if self.graph is not None:
             table.append(
                 f"graph {self.graph.nodes}/{self.graph.degree}: {100 * self.kernel_sparsity:.1f}% of each masked kernel "

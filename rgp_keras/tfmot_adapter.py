@@ -50,7 +50,8 @@ def tf_keras_skip_reason(layer, graph):
 
 
 def prune_regular_graph(
-    to_prune, graph, *, self_loops, skip_first, skip_last, layers, calibration_data, calibration_samples, assign_channels
+    to_prune, graph, *, self_loops, skip_first, skip_last, layers, calibration_data, calibration_samples,
+    calibration_mixes, assign_channels
 ):
     """The tf_keras side of `rgp_keras.prune_regular_graph` (same arguments, graph resolved)."""
     tf_keras, PruneRegularGraph = _api()
@@ -69,7 +70,8 @@ def prune_regular_graph(
             "layer; apply RGP to the original model, or strip it first (tfmot.sparsity.keras.strip_pruning)."
         )
     selected = select(to_prune, graph, layers, skip_first, skip_last, reason_of=tf_keras_skip_reason)
-    plan = data_aware.plan(to_prune, graph, selected, self_loops, calibration_data, calibration_samples, assign_channels)
+    plan = data_aware.plan(to_prune, graph, selected, self_loops, calibration_data, calibration_samples,
+                           calibration_mixes, assign_channels)
 
     def wrap(layer):
         clone = _clone(layer, wrap, tf_keras)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rgp_keras import prune_regular_graph
-from rgp_keras.calibration import calibration_arrays
+from rgp_keras import prune_regular_graph, pruning_summary
+from rgp_keras.calibration import calibration_arrays, mix_count, with_mixes
 from rgp_keras.graph import RegularGraph
 
 
@@ -95,3 +95,61 @@ def test_a_multi_input_model_given_one_array_is_refused(graph16):
     with pytest.warns(UserWarning, match="fewer rows than weights"):  # 4 samples: a regularised fit
         pruned = prune_regular_graph(model, graph=graph16, calibration_data={"a": np.ones((4, 32)), "b": np.ones((4, 32))})
     assert pruned.layers[-2].data_aware["error_after"] <= pruned.layers[-2].data_aware["error_before"]
+
+
+def test_auto_mixes_grow_small_sets_eightfold_and_leave_large_inputs_alone():
+    small = [np.ones((512, 28, 28, 1), "float32")]
+    assert mix_count("auto", small, ["float32"], ["x"]) == (7 * 512, None)
+    count, why = mix_count("auto", [np.ones((256, 224, 224, 3), "float32")], ["float32"], ["x"])
+    assert count == 0 and "large enough" in why
+    # the set stops at 2**23 input values: 3000 samples of 4096 values -> 2048 in all, no mixes
+    assert mix_count("auto", [np.ones((1000, 4096), "float32")], ["float32"], ["x"])[0] == 1048
+    assert mix_count(10, small, ["float32"], ["x"]) == (10, None)
+    count, why = mix_count("auto", [np.ones((8, 5)), np.ones((8, 3))], ["float32", "int32"], ["pixels", "ids"])
+    assert count == 0 and "'ids' (int32) is not floating-point" in why
+
+
+@pytest.mark.parametrize("mixes", ["many", -1, 2.5, True, None])
+def test_bad_mix_counts_say_what_is_accepted(mixes):
+    with pytest.raises(ValueError, match=r'`calibration_mixes` must be "auto" or an integer >= 0 .* got'):
+        mix_count(mixes, [np.ones((4, 2), "float32")], ["float32"], ["x"])
+
+
+def test_explicit_mixes_of_integer_inputs_are_refused():
+    with pytest.raises(ValueError, match=r"'ids' \(int32\) is not floating-point .* calibration_mixes=0"):
+        mix_count(5, [np.ones((4, 2), "float32")], ["int32"], ["ids"])
+
+
+def test_mixes_are_convex_and_never_join_held_out_and_fitted_samples():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(30, 3)).astype("float32"), rng.normal(size=(30, 2, 2)).astype("float32")
+    mixed = with_mixes([a, b], 200, hold_out=5)
+    assert [m.shape for m in mixed] == [(230, 3), (230, 2, 2)]
+    np.testing.assert_array_equal(mixed[0][:30], a)
+    samples = np.concatenate([a, b.reshape(30, 4)], axis=1)  # 7 values: a pair and its weight are found exactly
+    held = np.arange(30) % 5 == 4
+    for position in range(30, 230):
+        row = np.concatenate([mixed[0][position], mixed[1][position].ravel()])
+        direction = samples[:, None] - samples[None]  # (i, j): x_i - x_j
+        offset = row - samples[None]  # row - x_j
+        w = np.einsum("ijk,ijk->ij", direction, offset) / np.maximum(np.einsum("ijk,ijk->ij", direction, direction), 1e-12)
+        residual = np.abs(w[..., None] * direction - offset).max(axis=-1)
+        i, j = np.unravel_index(np.argmin(np.where((w > -1e-6) & (w < 1 + 1e-6), residual, np.inf)), w.shape)
+        assert residual[i, j] < 1e-5, position
+        parents = [i] * bool(w[i, j] > 1e-6) + [j] * bool(w[i, j] < 1 - 1e-6)  # a mix of one sample with itself: any partner
+        assert all(held[parent] == (position % 5 == 4) for parent in parents), position
+    np.testing.assert_array_equal(with_mixes([a, b], 200, hold_out=5)[1], mixed[1])  # deterministic
+
+
+def test_mixes_reach_the_fit_and_the_summary_says_how_many(mlp_model, graph16):
+    x = np.random.default_rng(0).normal(size=(100, 64)).astype("float32")
+    kept = x.copy()
+    mixed = prune_regular_graph(mlp_model, graph=graph16, calibration_data=x)
+    with pytest.warns(UserWarning, match="fewer rows than weights"):  # the classifier: 129 weights, 100 rows
+        plain = prune_regular_graph(mlp_model, graph=graph16, calibration_data=x, calibration_mixes=0)
+    np.testing.assert_array_equal(x, kept)  # the user's samples are not modified
+    assert "reconstruction fit on 100 samples + 700 mixes of pairs" in str(pruning_summary(mixed))
+    assert "reconstruction fit on 100 samples + 0 mixes of pairs" in str(pruning_summary(plain))
+    assert not all(np.array_equal(p, q) for p, q in zip(mixed.get_weights(), plain.get_weights()))
+    with pytest.raises(ValueError, match="`calibration_mixes` needs `calibration_data`"):
+        prune_regular_graph(mlp_model, graph=graph16, calibration_mixes=0)

@@ -94,9 +94,11 @@ def test_prune_with_calibration_data(tmp_path, model_file, capsys):
     np.save(samples, np.random.default_rng(0).normal(size=(300, 64)).astype("float32"))
     out = tmp_path / "pruned.keras"
     assert main(["prune", str(model_file), "--degree", "4", "--nodes", "16", "--seed", "0", "-o", str(out),
-                 "--calibration", str(samples), "--calibration-samples", "200"]) == 0
+                 "--calibration", str(samples), "--calibration-samples", "200", "--calibration-mixes", "50", "--graph-candidates", "2"]) == 0
     printed = capsys.readouterr().out
     assert "data-aware pruning" in printed and "output error" in printed and "importance kept" in printed
+    assert "reconstruction fit on 200 samples + 50 mixes of pairs" in printed
+    assert "of 2 candidates: output error on the calibration samples" in printed
     assert out.exists()
 
 
@@ -106,6 +108,10 @@ def test_prune_with_calibration_data(tmp_path, model_file, capsys):
         (["prune", "MODEL", "--degree", "4", "-o", "OUT", "--calibration", "missing.npy"], "No such calibration file"),
         (["prune", "MODEL", "--degree", "4", "--nodes", "16", "-o", "OUT", "--calibration", "BADNPY"], "shape (5, 3)"),
         (["prune", "MODEL", "--degree", "4", "-o", "OUT", "--calibration-samples", "5"], "needs --calibration"),
+        (["prune", "MODEL", "--degree", "4", "-o", "OUT", "--calibration-mixes", "0"], "--calibration-mixes needs --calibration"),
+        (["prune", "MODEL", "--degree", "4", "-o", "OUT", "--graph-candidates", "3"], "--graph-candidates needs --calibration"),
+        (["prune", "MODEL", "--degree", "4", "--nodes", "16", "-o", "OUT", "--calibration", "GOODNPY",
+          "--calibration-mixes", "-3"], '--calibration-mixes must be "auto" or an integer >= 0'),
         (["prune", "missing.keras", "--degree", "4", "-o", "OUT"], "No such model file"),
         (["prune", "MODEL", "--degree", "4", "-o", "out.h5"], "must end in .keras"),
         (["prune", "MODEL", "--degree", "3", "--nodes", "15", "-o", "OUT"], "nodes * degree must be even"),
@@ -123,7 +129,9 @@ def test_prune_bad_input_is_one_line_and_leaves_no_output(tmp_path, model_file, 
 
     bad = tmp_path / "bad.npy"
     np.save(bad, np.ones((5, 3), "float32"))
-    names = {"MODEL": model_file, "OUT": out, "BADNPY": bad, "OUT.json": tmp_path / "g.json"}
+    good = tmp_path / "good.npy"
+    np.save(good, np.ones((20, 64), "float32"))
+    names = {"MODEL": model_file, "OUT": out, "BADNPY": bad, "GOODNPY": good, "OUT.json": tmp_path / "g.json"}
     argv = [str(names.get(a, a)) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err

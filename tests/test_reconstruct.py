@@ -155,3 +155,39 @@ def test_layers_inside_a_nested_model_are_masked_and_the_summary_says_they_were_
     assert all(row["data_aware"]["reconstruction"] == "not refit: inside nested model 'block'" for row in inner)
     assert all(row["data_aware"]["kept_order"] == "inside a nested model" for row in inner)
     assert "error_after" in rows[model.layers[3].name]["data_aware"]  # the Dense after the block is refit
+
+
+def test_graph_candidates_keep_the_graph_that_reproduces_the_dense_outputs_best():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(64, activation="relu"),
+                              keras.layers.Dense(64, activation="relu"), keras.layers.Dense(64, activation="relu"),
+                              keras.layers.Dense(4)])
+    calibration = np.random.default_rng(0).normal(size=(200, 32)).astype("float32")
+    options = dict(degree=4, nodes=32, calibration_data=calibration)
+    singles = [prune_regular_graph(model, seed=seed, **options) for seed in (5, 6, 7)]
+    best = prune_regular_graph(model, seed=5, graph_candidates=3, **options)
+    want = to_numpy(model(calibration))
+    errors = [float(np.sum((to_numpy(p(calibration)) - want) ** 2) / np.sum(want**2)) for p in singles]
+    chosen = int(np.argmin(errors))
+    assert all(np.array_equal(a, b) for a, b in zip(best.get_weights(), singles[chosen].get_weights()))
+    text = str(pruning_summary(best))
+    assert f"graph {chosen + 1} of 3 candidates: output error on the calibration samples" in text
+    assert ", ".join(f"{e:.4f}" for e in errors) in text
+
+
+@pytest.mark.parametrize(
+    "options, error, words",
+    [
+        (dict(graph_candidates=0), ValueError, "`graph_candidates` must be an integer >= 1, got 0"),
+        (dict(graph_candidates=2.0), TypeError, "`graph_candidates` must be an integer, got 2.0"),
+        (dict(graph_candidates=2), ValueError, "`graph_candidates` needs `calibration_data`"),
+        (dict(graph_candidates=2, calibration_data=np.ones((8, 8, 8, 4)), graph=RegularGraph.random(16, 4, seed=0),
+              degree=None), ValueError, "an explicit `graph` leaves nothing to pick"),
+    ],
+)
+def test_bad_graph_candidates_say_what_is_accepted(options, error, words):
+    model = teacher()
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
+        prune_regular_graph(model, **{"degree": 4, "nodes": "auto", **options})
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))

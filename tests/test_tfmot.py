@@ -201,5 +201,6 @@ def test_data_aware_pruning_on_the_tf_keras_path(graph16):
     for layer in wrappers:
         assert np.all(layer.kernel.numpy()[layer.mask.numpy() == 0] == 0.0)
     assert "output error" in str(rgp_keras.pruning_summary(aware))
+    assert "reconstruction fit on 256 samples + 1792 mixes of pairs" in str(rgp_keras.pruning_summary(aware))
     stripped = tfmot.sparsity.keras.strip_pruning(aware)
     np.testing.assert_allclose(stripped(held_out).numpy(), aware(held_out).numpy(), atol=1e-5)
