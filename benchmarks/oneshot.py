@@ -7,7 +7,13 @@ and the model is pruned one-shot by:
   RGP + assignment     channel assignment without data (|w|^2)
   RGP + reconstruction least-squares refit + BatchNorm statistics, channel order kept
   RGP + both           assignment (w^2 x input energy) + reconstruction: prune_regular_graph's default
-                       with calibration_data
+                       with calibration_data (the fits also use 3584 mixes of pairs of the 512 images,
+                       calibration_mixes="auto")
+  RGP + both, no mixes the same on the 512 images only (calibration_mixes=0)
+  RGP + both, best of 4 graphs
+                       the default with graph_candidates=4: four minimum-ASPL graphs (seeds s..s+3), the
+                       one whose pruned model reproduces the dense outputs on the calibration set best
+                       (MLP only: at n = 16 there are few distinct graphs, at 16/2 one)
   TF-MOT magnitude     prune_low_magnitude, ConstantSparsity, masks set at the first step (unstructured)
 Each is evaluated right after pruning and after one fine-tuning epoch (Adam,
 cosine from 5e-4, batch 128; TF-MOT keeps updating its masks during it). The
@@ -17,7 +23,7 @@ the last.
 Models: MLP 784-512x4-10 at n = 64 (dense: 10 epochs), the VGG-BN CNN of
 _architectures.py (44 M MACs) at n = 16 (n = 32, k = 2 for 93.75 %: a
 regular graph needs k >= 2; dense: 4 epochs). Sparsities 75 / 87.5 / 93.75 %.
-For the CNN, only plain and both are fine-tuned (one epoch costs ~3 min
+For the CNN, only plain and both (with and without mixes) are fine-tuned (one epoch costs ~3 min
 here); the others are one-shot only.
 
 Resumable: every finished row is appended to results/oneshot.csv at once and
@@ -51,15 +57,19 @@ CALIBRATION = 512
 MODELS = {  # graphs: sparsity -> (nodes, degree)
     "MLP": dict(spec="MLP-512", graphs={0.75: (64, 16), 0.875: (64, 8), 0.9375: (64, 4)}, epochs=10,
                 learning_rate=1e-3,
-                fine_tune=("RGP plain", "RGP + assignment", "RGP + reconstruction", "RGP + both", "TF-MOT magnitude")),
+                fine_tune=("RGP plain", "RGP + assignment", "RGP + reconstruction", "RGP + both", "RGP + both, no mixes",
+                           "RGP + both, best of 4 graphs", "TF-MOT magnitude")),
     "CNN": dict(spec="CNN", graphs={0.75: (16, 4), 0.875: (16, 2), 0.9375: (32, 2)}, epochs=4, learning_rate=2e-3,
-                fine_tune=("RGP plain", "RGP + both")),
+                fine_tune=("RGP plain", "RGP + both", "RGP + both, no mixes"),
+                skip=("RGP + both, best of 4 graphs",)),
 }
 RGP_OPTIONS = {
     "RGP plain": dict(assign_channels=False),
     "RGP + assignment": dict(assign_channels=True),
     "RGP + reconstruction": dict(assign_channels=False, calibration=True),
     "RGP + both": dict(assign_channels=True, calibration=True),
+    "RGP + both, no mixes": dict(assign_channels=True, calibration=True, calibration_mixes=0),
+    "RGP + both, best of 4 graphs": dict(assign_channels=True, calibration=True, graph_candidates=4),
 }
 METHODS = (*RGP_OPTIONS, "TF-MOT magnitude")
 FINE_TUNE_RATE = 5e-4
@@ -105,7 +115,11 @@ def run_rgp(method, dense, graph, calibration, train, test, seed, fine_tuned):
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the classifier's refit warns about 512 rows for 513 features (MLP)
-        pruned = rgp_keras.prune_regular_graph(dense, graph=graph, calibration_data=data, **options)
+        if options.get("graph_candidates", 1) > 1:  # candidate 1 is `graph`, the others the next seeds' graphs
+            how = dict(degree=graph.degree, nodes=graph.nodes, seed=seed)
+        else:
+            how = dict(graph=graph)
+        pruned = rgp_keras.prune_regular_graph(dense, calibration_data=data, **how, **options)
     seconds = time.perf_counter() - start
     one_shot = accuracy(pruned, test)
     tuned = None
@@ -182,7 +196,8 @@ def main():
     for name in args.models:
         setup = MODELS[name]
         for seed in range(args.seeds):
-            todo = [(s, m) for s in setup["graphs"] for m in METHODS if (name, m, str(s), str(seed)) not in finished]
+            todo = [(s, m) for s in setup["graphs"] for m in METHODS
+                    if m not in setup.get("skip", ()) and (name, m, str(s), str(seed)) not in finished]
             if not todo:
                 continue
             dense = dense_model(name, seed, train, test, work)

@@ -6,8 +6,10 @@ every method gets the same training budget after it, F epochs (from-scratch
 methods train D + F epochs):
 
   RGP plain + FT        the paper's mask on the trained weights (channel order kept), F epochs
-  RGP data-aware        prune_regular_graph's default with 512 calibration images: channel assignment +
-                        least-squares reconstruction, no training ("one-shot")
+  RGP data-aware        prune_regular_graph with 512 calibration images: channel assignment +
+                        least-squares reconstruction, no training ("one-shot"); calibration_mixes=0, as
+                        when the profile was started (the default now also fits on mixes of pairs of
+                        the images: benchmarks/oneshot.py measures what that adds)
   RGP data-aware + FT   the same, F epochs
   RGP scratch           the paper's flow: masked from the start, density-aware init, D + F epochs
   TF-MOT magnitude      prune_low_magnitude on the tf_keras twin, polynomial decay 0 -> sparsity over 70 %
@@ -36,6 +38,7 @@ results/tradeoff.md, tradeoff.png (quick profile) and tradeoff_full.png.
 
     python benchmarks/tradeoff.py --profile quick   # <= 30 min
     python benchmarks/tradeoff.py --profile full    # 3 seeds, all data; several runs if need be
+    python benchmarks/tradeoff.py --profile full --seeds 2   # one seed (a second process on the other core)
     python benchmarks/tradeoff.py --report          # tables and plot from the CSV only
 """
 
@@ -255,7 +258,7 @@ def latency_ratio(path, dense_path):
     return statistics.median(ratios)
 
 
-def run(profile, work):
+def run(profile, work, seeds=None):
     settings = PROFILES[profile]
     (x_train, y_train), (x_test, y_test) = rgp_keras.load_fashion_mnist()
     prepare = lambda x: (x.astype("float32") / 255.0)[..., None]
@@ -264,7 +267,7 @@ def run(profile, work):
     done = {(r["profile"], r["model"], r["method"], r["sparsity"], r["seed"]) for r in done_rows(CSV)}
     work.mkdir(parents=True, exist_ok=True)
     # seed outermost: a run cut short (the full profile spans sessions) has every model at seed 0
-    for seed in range(settings["seeds"]):
+    for seed in seeds or range(settings["seeds"]):
         for name in settings["models"]:
             budget = {**MODELS[name], **settings.get("budget", {})}
             def record(method, sparsity, accuracy_, path, graph="", epochs=0, seconds=0.0, kept_macs=None):
@@ -311,7 +314,7 @@ def run(profile, work):
                         model = trained(rgp(dense, sparsity, seed, assign_channels=False), train, epochs,
                                         FINE_TUNE_RATE)
                     elif method.startswith("RGP data-aware"):
-                        model = rgp(dense, sparsity, seed, calibration_data=calibration)
+                        model = rgp(dense, sparsity, seed, calibration_data=calibration, calibration_mixes=0)
                         if method.endswith("FT"):
                             model = trained(model, train, epochs, FINE_TUNE_RATE)
                         else:
@@ -430,9 +433,11 @@ def main():
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     parser.add_argument("--work", type=Path, default=Path("/tmp/rgp-tradeoff"), help="dense models and .tflite files")
     parser.add_argument("--report", action="store_true", help="only write the tables and plot from the CSV")
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="run only these seeds (one process per core: `--seeds 1` beside `--seeds 2`)")
     args = parser.parse_args()
     if not args.report:
-        run(args.profile, args.work)
+        run(args.profile, args.work, args.seeds)
     report()
 
 
