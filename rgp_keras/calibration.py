@@ -10,9 +10,10 @@ Reconstruction also fits on convex mixes of pairs of calibration samples
 labels are needed). A mix is a new point of the network's nonlinear feature
 space, so least-squares fits that are short of rows (a Dense layer reading
 hundreds of features, one row per sample) generalise better: on MLPs with 512
-MNIST-sized samples this kept 0.4-1.4 points more accuracy one-shot. Large
-inputs already give many rows per sample (every convolution window is one),
-and mixing them would multiply the cost, so "auto" mixes only small sets.
+MNIST-sized samples this kept 0.2-1.3 points more accuracy one-shot.
+Convolutions get a row per sample and position, enough already (a CNN gained
+nothing and took 15x longer), and large inputs would multiply the cost, so
+"auto" mixes only when a masked layer is short of rows and the set is small.
 """
 
 import itertools
@@ -22,7 +23,9 @@ import numpy as np
 
 from rgp_keras.errors import InputTypeError, InputValueError
 
-# "auto" mixes: up to MIX_FACTOR x the samples in all, while the set holds at most MIX_VALUES input values.
+# "auto" mixes: when a masked layer's fit has fewer than MIX_BELOW rows per weight, up to MIX_FACTOR x the
+# samples in all while the set holds at most MIX_VALUES input values.
+MIX_BELOW = 32
 MIX_FACTOR = 8
 MIX_VALUES = 1 << 23
 # Datasets and generators are read until exhausted or this many samples, so that an
@@ -140,8 +143,11 @@ def _check(array, shape, name):
     return array
 
 
-def mix_count(mixes, arrays, input_dtypes, input_names):
+def mix_count(mixes, arrays, input_dtypes, input_names, rows_per_weight=0.0):
     """How many mixes `mixes` ("auto" or an integer >= 0) adds to `arrays`, and why none when "auto" gives 0.
+
+    `rows_per_weight`: the fewest least-squares rows per fitted weight among
+    the masked layers with the samples alone ("auto" adds none from MIX_BELOW).
 
     Mixing needs floating-point model inputs (a mix of token ids or indices
     means nothing): "auto" then adds none, an explicit count is an error.
@@ -161,6 +167,8 @@ def mix_count(mixes, arrays, input_dtypes, input_names):
         )
     if mixes != "auto":
         return int(mixes), None
+    if rows_per_weight >= MIX_BELOW:
+        return 0, f"no mixes: every masked layer's fit has >= {MIX_BELOW} rows per weight"
     samples = len(arrays[0])
     values = sum(int(np.prod(array.shape[1:])) for array in arrays)
     total = min(MIX_FACTOR * samples, MIX_VALUES // max(values, 1))

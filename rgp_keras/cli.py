@@ -286,7 +286,7 @@ def _parser():
     prune.add_argument("--calibration-samples", type=int, help="use at most N calibration samples (default: all)")
     prune.add_argument("--calibration-mixes", type=_auto_or_int, default="auto",
                        help="reconstruction also fits on N mixes of pairs of samples, or 'auto' (default: up to 8x "
-                       "the samples for small inputs, none for large ones); 0: none")
+                       "the samples when a masked layer is short of rows and the inputs are small); 0: none")
     prune.add_argument("--graph-candidates", type=int, default=1,
                        help="with --calibration: prune with N minimum-ASPL graphs and keep the one whose outputs "
                        "on the calibration samples are closest to the dense model's (default: 1)")

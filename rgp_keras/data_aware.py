@@ -6,6 +6,7 @@ Shared by the Keras 3 path (`rgp_keras.prune`) and the tf_keras path
 layer), `finish` after it (reconstruction, per-layer reports on the wrappers).
 """
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -13,6 +14,7 @@ import numpy as np
 from rgp_keras import assign
 from rgp_keras.calibration import calibration_arrays, mix_count, with_mixes
 from rgp_keras.errors import InputTypeError, InputValueError
+from rgp_keras.masks import prunable_kernel
 from rgp_keras.model_graph import leaves, to_numpy
 from rgp_keras.reconstruct import HOLD_OUT, input_channel_energy, reconstruct
 
@@ -39,7 +41,8 @@ def plan(model, graph, selected, self_loops, calibration_data, calibration_sampl
     if calibration_data is not None:
         arrays = checked_arrays(model, calibration_data, calibration_samples)
         names = [tensor.name.split(":")[0] for tensor in model.inputs]
-        count, why_none = mix_count(calibration_mixes, arrays, [tensor.dtype for tensor in model.inputs], names)
+        rows = _rows_per_weight(model, selected, graph, self_loops, len(arrays[0]))
+        count, why_none = mix_count(calibration_mixes, arrays, [tensor.dtype for tensor in model.inputs], names, rows)
         mixed, samples = with_mixes(arrays, count, HOLD_OUT), len(arrays[0])
         calibration = f"{samples} samples + {count} mixes of pairs" + (f" ({why_none})" if why_none else "")
     else:
@@ -53,6 +56,25 @@ def plan(model, graph, selected, self_loops, calibration_data, calibration_sampl
         energy = input_channel_energy(model, [a[:_ENERGY_SAMPLES] for a in arrays], selected) if arrays is not None else None
         weights, report = assign.assign_channels(model, graph, selected, self_loops=self_loops, input_energy=energy)
     return Plan(mixed, samples, calibration, weights, report, assign_channels, len(selected) >= _PROGRESS_LAYERS)
+
+
+def _rows_per_weight(model, selected, graph, self_loops, samples):
+    """The fewest least-squares rows per fitted weight among the masked layers (one row per sample and position)."""
+    fewest = float("inf")
+    for layer in leaves(model):
+        if id(layer) not in selected:
+            continue
+        attribute = prunable_kernel(layer)[0]
+        if attribute is None:  # a tf_keras PrunableLayer of the user's: its weights are not refit
+            continue
+        kernel = getattr(layer, attribute)
+        try:
+            positions = math.prod(layer.output.shape[1:-1])
+        except (AttributeError, ValueError, TypeError):  # called more than once, or unknown sizes: count one
+            positions = 1
+        weights = math.prod(kernel.shape[:-1]) * (graph.degree + self_loops) / graph.nodes + 1
+        fewest = min(fewest, samples * (positions or 1) / weights)
+    return fewest
 
 
 def checked_arrays(model, calibration_data, calibration_samples, needed_by=None):

@@ -96,9 +96,11 @@ def prune_regular_graph(
             of pairs of calibration samples (mixup of the inputs; the dense
             model gives their targets), which helps least-squares fits short
             of rows, such as Dense layers with one row per sample. "auto"
-            (default): up to 8x the samples in all, while the set holds at
-            most 2**23 input values (none for 224x224 images; 3584 for 512
-            28x28 images) and every input is floating-point; 0: none.
+            (default): when a masked layer has fewer than 32 rows per weight
+            to fit (Dense layers; convolutions have a row per position), up to
+            8x the samples in all while the set holds at most 2**23 input
+            values (3584 mixes for 512 28x28 images; none for 224x224 ones)
+            and every input is floating-point; 0: none.
         assign_channels: permute hidden channels to keep the most important
             weights (importance w^2, times the input channel's mean square
             with calibration data). False keeps the channel order.

@@ -105,6 +105,9 @@ def test_auto_mixes_grow_small_sets_eightfold_and_leave_large_inputs_alone():
     # the set stops at 2**23 input values: 3000 samples of 4096 values -> 2048 in all, no mixes
     assert mix_count("auto", [np.ones((1000, 4096), "float32")], ["float32"], ["x"])[0] == 1048
     assert mix_count(10, small, ["float32"], ["x"]) == (10, None)
+    count, why = mix_count("auto", small, ["float32"], ["x"], rows_per_weight=32)  # convolutions: rows enough
+    assert count == 0 and ">= 32 rows per weight" in why
+    assert mix_count(10, small, ["float32"], ["x"], rows_per_weight=100) == (10, None)
     count, why = mix_count("auto", [np.ones((8, 5)), np.ones((8, 3))], ["float32", "int32"], ["pixels", "ids"])
     assert count == 0 and "'ids' (int32) is not floating-point" in why
 

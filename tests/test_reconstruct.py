@@ -191,3 +191,17 @@ def test_bad_graph_candidates_say_what_is_accepted(options, error, words):
     with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
         prune_regular_graph(model, **{"degree": 4, "nodes": "auto", **options})
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+def test_auto_mixes_only_where_a_masked_layer_is_short_of_rows():
+    convolutions = keras.Sequential([keras.Input((8, 8, 4)), *(keras.layers.Conv2D(32, 3, padding="same") for _ in range(3)),
+                                     keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+    conv = prune_regular_graph(convolutions, degree=4, nodes=16, seed=0,
+                               calibration_data=np.random.default_rng(0).normal(size=(64, 8, 8, 4)))
+    # 64 samples x 64 positions over 3 x 3 x 32 x 4 / 16 + 1 = 73 weights: 56 rows per weight
+    assert "64 samples + 0 mixes of pairs (no mixes: every masked layer's fit has >= 32 rows" in str(pruning_summary(conv))
+    dense = keras.Sequential([keras.Input((16,)), keras.layers.Dense(64), keras.layers.Dense(64), keras.layers.Dense(64),
+                              keras.layers.Dense(2)])
+    pruned = prune_regular_graph(dense, degree=4, nodes=16, seed=0,
+                                 calibration_data=np.random.default_rng(0).normal(size=(64, 16)))
+    assert "64 samples + 448 mixes of pairs" in str(pruning_summary(pruned))  # 64 rows for 17 weights: 3.8
