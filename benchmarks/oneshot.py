@@ -9,7 +9,8 @@ and the model is pruned one-shot by:
   RGP + both           assignment (w^2 x input energy) + reconstruction: prune_regular_graph's default
                        with calibration_data (the fits also use 3584 mixes of pairs of the 512 images,
                        calibration_mixes="auto")
-  RGP + both, no mixes the same on the 512 images only (calibration_mixes=0)
+  RGP + both, no mixes the same on the 512 images only (calibration_mixes=0; MLP only: the CNN's masked
+                       layers are convolutions with enough rows, so "auto" adds no mixes there)
   RGP + both, best of 4 graphs
                        the default with graph_candidates=4: four minimum-ASPL graphs (seeds s..s+3), the
                        one whose pruned model reproduces the dense outputs on the calibration set best
@@ -23,7 +24,7 @@ the last.
 Models: MLP 784-512x4-10 at n = 64 (dense: 10 epochs), the VGG-BN CNN of
 _architectures.py (44 M MACs) at n = 16 (n = 32, k = 2 for 93.75 %: a
 regular graph needs k >= 2; dense: 4 epochs). Sparsities 75 / 87.5 / 93.75 %.
-For the CNN, only plain and both (with and without mixes) are fine-tuned (one epoch costs ~3 min
+For the CNN, only plain and both are fine-tuned (one epoch costs ~3 min
 here); the others are one-shot only.
 
 Resumable: every finished row is appended to results/oneshot.csv at once and
@@ -60,8 +61,8 @@ MODELS = {  # graphs: sparsity -> (nodes, degree)
                 fine_tune=("RGP plain", "RGP + assignment", "RGP + reconstruction", "RGP + both", "RGP + both, no mixes",
                            "RGP + both, best of 4 graphs", "TF-MOT magnitude")),
     "CNN": dict(spec="CNN", graphs={0.75: (16, 4), 0.875: (16, 2), 0.9375: (32, 2)}, epochs=4, learning_rate=2e-3,
-                fine_tune=("RGP plain", "RGP + both", "RGP + both, no mixes"),
-                skip=("RGP + both, best of 4 graphs",)),
+                fine_tune=("RGP plain", "RGP + both"),
+                skip=("RGP + both, no mixes", "RGP + both, best of 4 graphs")),
 }
 RGP_OPTIONS = {
     "RGP plain": dict(assign_channels=False),
@@ -294,21 +295,21 @@ GOALS = [
 
 
 def _goals(rows):
-    lines = ["## Goals (RGP + both against the reference, mean over seeds)", "",
-             "| goal | RGP + both | reference | difference (points) | met |", "|---|---|---|---|---|"]
+    lines = ["## Goals (mean over seeds; the defaults, and the MLP also with graph_candidates=4)", "",
+             "| goal | method | ours | reference | difference (points) | met |", "|---|---|---|---|---|---|"]
     for model, sparsity, column, reference, bound, text in GOALS:
         chosen = [r for r in rows if r["model"] == model and r["sparsity"] == sparsity]
-        ours = [float(r[column]) for r in chosen if r["method"] == "RGP + both" and r[column] != ""]
-        if reference == "dense":
-            theirs = [float(r["dense"]) for r in chosen if r["method"] == "RGP + both"]
-        else:
-            theirs = [float(r[column]) for r in chosen if r["method"] == reference and r[column] != ""]
-        if not ours or not theirs:
-            continue
-        difference = 100 * (np.mean(ours) - np.mean(theirs))
-        met = difference >= bound
-        lines.append(f"| {text} | {100 * np.mean(ours):.2f} | {100 * np.mean(theirs):.2f} | {difference:+.2f} | "
-                     f"{'met' if met else 'not met'} |")
+        for method in ("RGP + both", "RGP + both, best of 4 graphs"):
+            ours = [float(r[column]) for r in chosen if r["method"] == method and r[column] != ""]
+            if reference == "dense":
+                theirs = [float(r["dense"]) for r in chosen if r["method"] == method]
+            else:
+                theirs = [float(r[column]) for r in chosen if r["method"] == reference and r[column] != ""]
+            if not ours or not theirs:
+                continue
+            difference = 100 * (np.mean(ours) - np.mean(theirs))
+            lines.append(f"| {text} | {method} | {100 * np.mean(ours):.2f} | {100 * np.mean(theirs):.2f} | "
+                         f"{difference:+.2f} | {'met' if difference >= bound else 'not met'} |")
     return lines + [""]
 
 

@@ -40,9 +40,9 @@ def plan(model, graph, selected, self_loops, calibration_data, calibration_sampl
     arrays = mixed = samples = calibration = None
     if calibration_data is not None:
         arrays = checked_arrays(model, calibration_data, calibration_samples)
-        names = [tensor.name.split(":")[0] for tensor in model.inputs]
         rows = _rows_per_weight(model, selected, graph, self_loops, len(arrays[0]))
-        count, why_none = mix_count(calibration_mixes, arrays, [tensor.dtype for tensor in model.inputs], names, rows)
+        dtypes = [tensor.dtype for tensor in model.inputs]
+        count, why_none = mix_count(calibration_mixes, arrays, dtypes, _input_names(model), rows)
         mixed, samples = with_mixes(arrays, count, HOLD_OUT), len(arrays[0])
         calibration = f"{samples} samples + {count} mixes of pairs" + (f" ({why_none})" if why_none else "")
     else:
@@ -77,12 +77,14 @@ def _rows_per_weight(model, selected, graph, self_loops, samples):
     return fewest
 
 
-def checked_arrays(model, calibration_data, calibration_samples, needed_by=None):
-    """The calibration data as checked float32 arrays, one per model input (`needed_by` names who needs it)."""
-    if calibration_data is None and needed_by:
-        raise InputValueError(f"{needed_by} needs `calibration_data`: the candidates are judged on it.")
-    names = [tensor.name.split(":")[0] for tensor in model.inputs]
-    return calibration_arrays(calibration_data, [tuple(t.shape) for t in model.inputs], names, calibration_samples)
+def checked_arrays(model, calibration_data, calibration_samples):
+    """The calibration data as checked float32 arrays, one per model input."""
+    shapes = [tuple(tensor.shape) for tensor in model.inputs]
+    return calibration_arrays(calibration_data, shapes, _input_names(model), calibration_samples)
+
+
+def _input_names(model):
+    return [tensor.name.split(":")[0] for tensor in model.inputs]
 
 
 def best_of(model, arrays, candidates):

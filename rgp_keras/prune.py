@@ -138,7 +138,9 @@ def prune_regular_graph(
                 "`graph_candidates` picks among generated graphs, and an explicit `graph` leaves nothing to pick; "
                 "pass `sparsity` or `degree` instead, or graph_candidates=1."
             )
-        arrays = data_aware.checked_arrays(to_prune, calibration_data, calibration_samples, "`graph_candidates`")
+        if calibration_data is None:
+            raise InputValueError("`graph_candidates` needs `calibration_data`: the candidates are judged on it.")
+        arrays = data_aware.checked_arrays(to_prune, calibration_data, calibration_samples)
         options = dict(self_loops=self_loops, skip_first=skip_first, skip_last=skip_last, layers=layers,
                        calibration_data=arrays, calibration_mixes=calibration_mixes, assign_channels=assign_channels)
         graphs = (resolve_graph(sparsity=sparsity, degree=degree, graph=None, nodes=nodes,
