@@ -13,7 +13,8 @@ hundreds of features, one row per sample) generalise better: on MLPs with 512
 MNIST-sized samples this kept 0.2-1.3 points more accuracy one-shot.
 Convolutions get a row per sample and position, enough already (a CNN gained
 nothing and took 15x longer), and large inputs would multiply the cost, so
-"auto" mixes only when a masked layer is short of rows and the set is small.
+"auto" mixes only when a masked layer is short of rows and the set is small,
+and only the fits short of rows use the mixes.
 """
 
 import itertools

@@ -21,6 +21,7 @@ import numpy as np
 import scipy.linalg
 from numpy.lib.stride_tricks import sliding_window_view
 
+from rgp_keras.calibration import MIX_BELOW
 from rgp_keras.masks import prunable_kernel
 from rgp_keras.model_graph import class_names, consumers, is_rgp_wrapper, leaves, model_graph, run_call, to_numpy
 
@@ -71,9 +72,10 @@ def reconstruct(reference, pruned, arrays, *, samples=None, progress=False):
             BatchNormalization moving statistics change.
         arrays: calibration inputs, one array per model input.
         samples: the first `samples` rows are real calibration samples, the
-            rest mixes of them (`rgp_keras.calibration.with_mixes`): the fits
-            use every row, BatchNormalization statistics the real ones only
-            (a mix has less variance than a sample). Default: all real.
+            rest mixes of them (`rgp_keras.calibration.with_mixes`): fits short
+            of rows (fewer than MIX_BELOW per weight from the samples alone) use
+            every row, the others and BatchNormalization statistics the real
+            ones only (a mix has less variance than a sample). Default: all real.
         progress: show a progress bar over the layer calls.
 
     Returns:
@@ -88,6 +90,8 @@ def reconstruct(reference, pruned, arrays, *, samples=None, progress=False):
     bar = _progress_bar(len(pruned_graph.calls)) if progress else None
 
     def refit(layer, inner, mask, reference_call, x_dense, x_pruned):
+        if samples is not None and len(x_pruned) > samples and _rows_per_weight(inner, mask, x_pruned, samples) >= MIX_BELOW:
+            x_dense, x_pruned = x_dense[:samples], x_pruned[:samples]  # rows enough: the mixes would only cost
         report[id(layer)] = _refit(inner, mask, reference_call.layer, x_dense, x_pruned)
         if report[id(layer)].pop("few_samples"):
             few_samples.append(inner.name)
@@ -175,6 +179,12 @@ def channel_moments(x, chunk=1 << 16):
         squares += np.einsum("ij,ij->j", part, part)
     mean = total / len(rows)
     return mean, np.maximum(squares / len(rows) - mean**2, 0.0)
+
+
+def _rows_per_weight(layer, mask, x, samples):
+    """Least-squares rows per fitted weight of `layer`'s largest output group, from `samples` samples of `x`."""
+    kept = int(mask.reshape(-1, mask.shape[-1]).sum(axis=0).max()) if mask is not None else math.prod(layer.kernel.shape[:-1])
+    return samples * len(_features(layer, x[:1])) / (kept + 1)
 
 
 def _reestimate(layer, x_pruned, x_dense):

@@ -205,3 +205,16 @@ def test_auto_mixes_only_where_a_masked_layer_is_short_of_rows():
     pruned = prune_regular_graph(dense, degree=4, nodes=16, seed=0,
                                  calibration_data=np.random.default_rng(0).normal(size=(64, 16)))
     assert "64 samples + 448 mixes of pairs" in str(pruning_summary(pruned))  # 64 rows for 17 weights: 3.8
+
+
+def test_mixes_reach_only_the_fits_short_of_rows():
+    calibration = np.random.default_rng(0).normal(size=(64, 8, 8, 4)).astype("float32")
+    mixed = prune_regular_graph(teacher(), degree=4, nodes=16, seed=0, calibration_data=calibration)
+    plain = prune_regular_graph(teacher(), degree=4, nodes=16, seed=0, calibration_data=calibration, calibration_mixes=0)
+    assert "64 samples + 448 mixes of pairs" in str(pruning_summary(mixed))  # the masked Dense: 1 row per sample
+    kernels = lambda model: [(type(l.layer).__name__, to_numpy(l.layer.kernel)) for l in model.layers if hasattr(l, "mask")]
+    for (kind, a), (_, b) in zip(kernels(mixed), kernels(plain)):
+        if kind == "Conv2D":  # 64 positions a sample: 56 rows per weight, the samples alone
+            np.testing.assert_array_equal(a, b)
+        else:
+            assert not np.array_equal(a, b)
