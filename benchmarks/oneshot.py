@@ -31,7 +31,7 @@ Resumable: every finished row is appended to results/oneshot.csv at once and
 rows already there are skipped, so a run can be completed across sessions;
 trained dense models are cached in --work. Writes results/oneshot.md.
 
-    python benchmarks/oneshot.py [--models MLP CNN] [--seeds 3] [--work /tmp/rgp-oneshot]
+    python benchmarks/oneshot.py [--models MLP CNN] [--seeds 3] [--seed S] [--work /tmp/rgp-oneshot]
     python benchmarks/oneshot.py --cost    # MobileNetV2 224x224, 256 images: seconds and peak memory
 """
 
@@ -182,6 +182,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seed", type=int, help="run only this seed (a second process on the other core)")
     parser.add_argument("--work", default="/tmp/rgp-oneshot", help="cache of trained dense models")
     parser.add_argument("--cost", action="store_true", help="only measure the cost on MobileNetV2 (results/oneshot_cost.md)")
     args = parser.parse_args()
@@ -196,7 +197,7 @@ def main():
     finished = {(r["model"], r["method"], r["sparsity"], r["seed"]) for r in done_rows(CSV)}
     for name in args.models:
         setup = MODELS[name]
-        for seed in range(args.seeds):
+        for seed in [args.seed] if args.seed is not None else range(args.seeds):
             todo = [(s, m) for s in setup["graphs"] for m in METHODS
                     if m not in setup.get("skip", ()) and (name, m, str(s), str(seed)) not in finished]
             if not todo:
