@@ -102,7 +102,7 @@ def test_auto_mixes_grow_small_sets_eightfold_and_leave_large_inputs_alone():
     assert mix_count("auto", small, ["float32"], ["x"]) == (7 * 512, None)
     count, why = mix_count("auto", [np.ones((256, 224, 224, 3), "float32")], ["float32"], ["x"])
     assert count == 0 and "large enough" in why
-    # the set stops at 2**23 input values: 3000 samples of 4096 values -> 2048 in all, no mixes
+    # the set stops at 2**23 input values: 1000 samples of 4096 values -> 2048 in all, 1048 mixes
     assert mix_count("auto", [np.ones((1000, 4096), "float32")], ["float32"], ["x"])[0] == 1048
     assert mix_count(10, small, ["float32"], ["x"]) == (10, None)
     count, why = mix_count("auto", small, ["float32"], ["x"], rows_per_weight=32)  # convolutions: rows enough
