@@ -270,7 +270,7 @@ def write(rows):
         header = ["method"] + [f"{100 * float(s):g} % {when}" for s in sparsities for when in ("one-shot", "+1 epoch")]
         header.append("prune time (s)")
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for method in METHODS:
+        for method in [m for m in METHODS if any(r["method"] == m for r in model_rows)]:
             cells = [method]
             for sparsity in sparsities:
                 chosen = [r for r in model_rows if r["method"] == method and r["sparsity"] == sparsity]
