@@ -7,8 +7,8 @@ and the model is pruned one-shot by:
   RGP + assignment     channel assignment without data (|w|^2)
   RGP + reconstruction least-squares refit + BatchNorm statistics, channel order kept
   RGP + both           assignment (w^2 x input energy) + reconstruction: prune_regular_graph's default
-                       with calibration_data (the fits also use 3584 mixes of pairs of the 512 images,
-                       calibration_mixes="auto")
+                       with calibration_data (on the MLP the fits also use 3584 mixes of pairs of the
+                       512 images, calibration_mixes="auto"; the CNN's convolutions get none)
   RGP + both, no mixes the same on the 512 images only (calibration_mixes=0; MLP only: the CNN's masked
                        layers are convolutions with enough rows, so "auto" adds no mixes there)
   RGP + both, best of 4 graphs
