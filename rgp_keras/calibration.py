@@ -10,9 +10,10 @@ Reconstruction also fits on convex mixes of pairs of calibration samples
 labels are needed). A mix is a new point of the network's nonlinear feature
 space, so least-squares fits that are short of rows (a Dense layer reading
 hundreds of features, one row per sample) generalise better: on MLPs with 512
-MNIST-sized samples this kept 0.2-1.3 points more accuracy one-shot.
-Convolutions get a row per sample and position, enough already (a CNN gained
-nothing and took 15x longer), and large inputs would multiply the cost, so
+MNIST-sized samples this kept 0.1-0.9 points more accuracy one-shot
+(benchmarks/oneshot.py).
+Convolutions get a row per sample and position, enough already (on a CNN they
+gained nothing and took much longer), and large inputs would multiply the cost, so
 "auto" mixes only when a masked layer is short of rows and the set is small,
 and only the fits short of rows use the mixes.
 """
