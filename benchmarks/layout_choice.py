@@ -1,7 +1,9 @@
 """Does `compact_model` pick the right layout? Every prunable layer of the export benchmark's models, timed alone.
 
-For the VGG-style net and MobileNetV2 of benchmarks/export_bench.py, pruned at
-n = 16 (k = 2, 4) and n = 64 (k = 4, 8, 16), each distinct masked layer
+For the VGG-style net and MobileNetV2 of benchmarks/export_bench.py and an MLP
+784-512x3-10 on vectors (the tradeoff benchmark's; its Dense layers run at one
+position per call), pruned at n = 16 (k = 2, 4) and n = 64 (k = 4, 8, 16), and
+the MLP also at n = 32 (k = 2, 4, 8), each distinct masked layer
 (input shape, kernel, strides) is converted alone to .tflite three ways:
 dense (the masked kernel as it is: what a sparse file computes), compact
 "gather" and compact "scatter" (forced with `compact_model(layout=...)`),
@@ -52,6 +54,15 @@ CASES = ((16, 4), (16, 2), (64, 16), (64, 8), (64, 4))
 RUNS = 30
 
 
+def mlp():
+    return keras.Sequential([keras.Input((784,)), *(keras.layers.Dense(512, activation="relu") for _ in range(3)),
+                             keras.layers.Dense(10)])
+
+
+LAYER_MODELS = {**MODELS, "MLP 784-512x3": mlp}
+EXTRA_CASES = {"MLP 784-512x3": ((32, 8), (32, 4), (32, 2))}
+
+
 def masked_layers(model):
     """`{signature: (layer, input shape, count)}` for the distinct masked layers of a stripped model."""
     found, counts = {}, Counter()
@@ -94,10 +105,10 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as directory:
         directory = Path(directory)
-        for model_name, builder in MODELS.items():
+        for model_name, builder in LAYER_MODELS.items():
             keras.utils.set_random_seed(0)
             model = builder()
-            for nodes, degree in CASES:
+            for nodes, degree in CASES + EXTRA_CASES.get(model_name, ()):
                 stripped = strip_pruning(prune_regular_graph(model, degree=degree, nodes=nodes, seed=0))
                 for (shape, _, _), (layer, _, count) in masked_layers(stripped).items():
                     single = alone(layer, shape)

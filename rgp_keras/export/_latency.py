@@ -13,23 +13,35 @@ import numpy as np
 # partial sums) costs about 10 full-speed MACs. With more threads the GEMMs
 # share out and the moves do not (LiteRT runs GATHER outside XNNPACK): a
 # move costs threads x 10 MACs of one thread's time (layout_choice.py
-# --threads 2 checks it). A layer is compacted when its best layout is
-# estimated below 0.9 x dense.
+# --threads 2 checks it). Each channel a layout's GATHER picks also costs
+# about 50 MACs per call, whatever the plane it copies: negligible for a
+# convolution over many positions, dominant for a Dense layer at batch 1
+# (one position: a 512 -> 512 layer at n/k = 32/8 measured 1.3x dense
+# where the per-float cost alone predicted 0.6x). A layer is compacted when
+# its best layout is estimated below 0.9 x dense.
 _TILE_CHANNELS = 16
 _FULL_REDUCTION = 32
 _MACS_PER_FLOAT_MOVED = 10
+_MACS_PER_CHANNEL_PICKED = 50
 _MAX_LATENCY_RATIO = 0.9
 
 
-def estimated_latency_ratios(layer, blocks, threads=1):
+def estimated_latency_ratios(layer, blocks, threads=1, positions=None):
     """`{layout: estimated latency / dense latency}` of a masked layer's compact layouts.
 
     Per output position: GEMM MACs scaled by the share of XNNPACK's output
-    tile and reduction depth they use, plus the floats each layout moves.
+    tile and reduction depth they use, plus the floats each layout moves and
+    its share of the per-call cost of the channels its GATHER picks.
     The GEMMs share out over `threads` CPU threads, the moves do not (LiteRT
     runs GATHER outside XNNPACK, on one thread). "scatter" is present only
     where it applies (see `compact_model`).
+
+    `positions`: output positions per call (batch 1: the spatial size; 1 for
+    a Dense layer on vectors); by default read from the layer's output shape,
+    and taken as many when unknown (variable sizes).
     """
+    if positions is None:
+        positions = output_positions(layer)
     *window, channels_in, channels_out = layer.kernel.shape
     taps, nodes = math.prod(window), len(blocks)
     fan_in, fan_out = int(blocks.sum(axis=0).max()), int(blocks.sum(axis=1).max())
@@ -43,12 +55,23 @@ def estimated_latency_ratios(layer, blocks, threads=1):
     gather = gemm(taps * nodes * fan_in * group_in * group_out, group_out, taps * fan_in * group_in)
     # channels to the front, k copies gathered, back: ~(2k + 1) floats per input channel
     moved = _MACS_PER_FLOAT_MOVED * threads
-    ratios = {"gather": gather + moved * channels_in * (2 * fan_in + 1) * inputs_per_output}
+    picked = _MACS_PER_CHANNEL_PICKED * threads / positions
+    ratios = {"gather": gather + moved * channels_in * (2 * fan_in + 1) * inputs_per_output
+                        + picked * channels_in * fan_in}
     if _scatter_applies(channels_in, blocks):
         scatter = gemm(taps * nodes * fan_out * group_in * group_out, fan_out * group_out, taps * group_in)
         # k partial sums to the front, gathered, summed, back: ~(3k + 2) floats per output channel
-        ratios["scatter"] = scatter + moved * channels_out * (3 * fan_in + 2)
+        ratios["scatter"] = scatter + moved * channels_out * (3 * fan_in + 2) + picked * channels_out * fan_in
     return {name: float(cost / dense) for name, cost in ratios.items()}
+
+
+def output_positions(layer):
+    """Output positions per call at batch 1 (1 for a Dense layer on vectors); inf when unknown."""
+    try:
+        inner = tuple(layer.output.shape[1:-1])
+    except (AttributeError, ValueError):  # never called, or called more than once
+        return math.inf
+    return math.inf if None in inner else math.prod(inner)
 
 
 def _scatter_applies(channels_in, blocks):

@@ -1,12 +1,14 @@
 """The Keras-level compact rewrite: masked layers -> `CompactKernel`s, BatchNormalization folded where safe."""
 
+import math
+
 import keras
 import numpy as np
 
 from rgp_keras._checks import check_int
 from rgp_keras.errors import InputValueError
 from rgp_keras.export._kernels import KERNELS, LAYOUTS, _CONV_CLASS, CompactKernel, FoldedAway, _class_name
-from rgp_keras.export._latency import _MAX_LATENCY_RATIO, estimated_latency_ratios
+from rgp_keras.export._latency import _MAX_LATENCY_RATIO, estimated_latency_ratios, output_positions
 from rgp_keras.masks import channel_blocks, kept_pairs, prunable_kernel
 from rgp_keras.model_graph import clone_layer, clone_model, leaves, paired_leaves, to_numpy
 from rgp_keras.selection import layer_macs
@@ -84,8 +86,12 @@ def _dense_cost(layer):
 def _too_slow(layer, blocks, ratios, chosen, threads):
     """Why `compact_model` left a layer whose best layout is estimated too slow as it is."""
     one_thread = estimated_latency_ratios(layer, blocks)
+    positions = output_positions(layer)
     if threads > 1 and min(one_thread[name] for name in ratios) < _MAX_LATENCY_RATIO:
         why = f"faster with one thread, but its channel gathers run on one thread and dense GEMMs on {threads}"
+    elif min(estimated_latency_ratios(layer, blocks, threads, positions=math.inf).values()) < _MAX_LATENCY_RATIO:
+        why = (f"{positions} output position(s) per call at batch 1: picking its input channels costs more than "
+               f"the MACs it saves")
     else:
         why = f"groups of {min(layer.kernel.shape[-2:]) // len(blocks)} channels are too small for XNNPACK's tiles"
     return (f"compact kernel estimated {ratios[chosen]:.2f}x the dense latency with {threads} thread(s) "
