@@ -26,8 +26,9 @@ methods train D + F epochs):
 Every RGP model uses `nodes="auto"` (the sparsity exactly, the widest channel
 groups the layers allow). Every row is exported to its own .tflite (RGP:
 compact kernels) and timed against the dense file in alternating rounds
-(LiteRT, 1 thread, median of ROUNDS ratios of medians); size and MACs ratios
-are taken from the same files.
+(LiteRT, 1 thread, median of ROUNDS ratios of medians); the size ratio is the
+files', the MACs ratio the model's kept MACs (what its compact file runs where
+export_tflite compacts every masked layer; layers it leaves dense run all theirs).
 
 Models: CNN (VGG-BN, 32-128 channels, ~15 M MACs), MLP 784-512x3-10, IRN (a
 MobileNetV2-style inverted-residual net for 28x28, ~5 M MACs).
