@@ -220,7 +220,7 @@ def _converter_options(model, quantize, samples, compact):
     # nodes, float16 gives NaN), so quantized files are stored dense.
     optimizations, notes, options = [], [], {}
     if not quantize:
-        unsafe = _sparse_dense_layers(model, unsafe=True)
+        unsafe = _sparse_dense_layers(model, only_unsafe=True)
         slow = _sparse_dense_layers(model)
         if unsafe:
             notes.append(
@@ -251,12 +251,12 @@ def _converter_options(model, quantize, samples, compact):
     return options, notes
 
 
-def _sparse_dense_layers(model, unsafe=False):
-    """Dense layers with zero weights (only those whose input features are not a multiple of 4, if `unsafe`)."""
+def _sparse_dense_layers(model, only_unsafe=False):
+    """Dense layers with zero weights (with `only_unsafe`, only those whose input features are not a multiple of 4)."""
     return [
         layer.name
         for layer in leaves(model)
-        if _class_name(layer) == "Dense" and _has_zeros(layer) and (layer.kernel.shape[0] % 4 or not unsafe)
+        if _class_name(layer) == "Dense" and _has_zeros(layer) and (layer.kernel.shape[0] % 4 or not only_unsafe)
     ]
 
 
