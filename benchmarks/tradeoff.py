@@ -367,8 +367,9 @@ def report():
         "",
         "`python benchmarks/tradeoff.py --profile PROFILE` (see its docstring for every method and budget). "
         "Accuracy on the 10k test images, mean +- std over seeds; latency = 1-thread LiteRT median of this "
-        f"row's own .tflite / the dense file's, median of {ROUNDS} alternating rounds; MACs and size from the "
-        "same files. D / F = dense / fine-tuning epochs: " + ", ".join(
+        f"row's own .tflite / the dense file's, median of {ROUNDS} alternating rounds; size from the same "
+        "files; MACs: the model's kept MACs (layers the export leaves dense run all theirs). "
+        "D / F = dense / fine-tuning epochs: " + ", ".join(
             f"{name} D={b['dense_epochs']} F={b['epochs']}" for name, b in MODELS.items()) + ".",
         "",
     ]
