@@ -36,9 +36,10 @@ def estimated_latency_ratios(layer, blocks, threads=1, positions=None):
     runs GATHER outside XNNPACK, on one thread). "scatter" is present only
     where it applies (see `compact_model`).
 
-    `positions`: output positions per call (batch 1: the spatial size; 1 for
-    a Dense layer on vectors); by default read from the layer's output shape,
-    and taken as many when unknown (variable sizes).
+    `positions`: output positions per call (the batch size, 1 unless the
+    model fixes it, times the spatial size: 1 for a Dense layer on vectors);
+    by default read from the layer's output shape, and taken as many when
+    unknown (variable sizes).
     """
     if positions is None:
         positions = output_positions(layer)
@@ -66,12 +67,12 @@ def estimated_latency_ratios(layer, blocks, threads=1, positions=None):
 
 
 def output_positions(layer):
-    """Output positions per call at batch 1 (1 for a Dense layer on vectors); inf when unknown."""
+    """Output positions per call: the fixed batch size (else 1) x the spatial size; inf when unknown."""
     try:
-        inner = tuple(layer.output.shape[1:-1])
+        batch, *inner = tuple(layer.output.shape[:-1])
     except (AttributeError, ValueError):  # never called, or called more than once
         return math.inf
-    return math.inf if None in inner else math.prod(inner)
+    return math.inf if None in inner else (batch or 1) * math.prod(inner)
 
 
 def _scatter_applies(channels_in, blocks):

@@ -90,8 +90,7 @@ def _too_slow(layer, blocks, ratios, chosen, threads):
     if threads > 1 and min(one_thread[name] for name in ratios) < _MAX_LATENCY_RATIO:
         why = f"faster with one thread, but its channel gathers run on one thread and dense GEMMs on {threads}"
     elif min(estimated_latency_ratios(layer, blocks, threads, positions=math.inf).values()) < _MAX_LATENCY_RATIO:
-        why = (f"{positions} output position(s) per call at batch 1: picking its input channels costs more than "
-               f"the MACs it saves")
+        why = f"{positions} output position(s) per call: picking its input channels costs more than the MACs it saves"
     else:
         why = f"groups of {min(layer.kernel.shape[-2:]) // len(blocks)} channels are too small for XNNPACK's tiles"
     return (f"compact kernel estimated {ratios[chosen]:.2f}x the dense latency with {threads} thread(s) "
