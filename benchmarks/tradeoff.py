@@ -26,8 +26,8 @@ methods train D + F epochs):
 Every RGP model uses `nodes="auto"` (the sparsity exactly, the widest channel
 groups the layers allow). Where the layers allow no sparser graph than at an
 earlier sparsity (the IRN's 16-channel layers cap it at 16/2 = 87.5 %), only
-TF-MOT runs at the higher one: the other rows would repeat. Every row is exported to its own .tflite (RGP:
-compact kernels) and timed against the dense file in alternating rounds
+TF-MOT runs at the higher one: the other rows would repeat. Every row is
+exported to its own .tflite (RGP: compact kernels) and timed against the dense file in alternating rounds
 (LiteRT, 1 thread, median of ROUNDS ratios of medians); the size ratio is the
 files', the MACs ratio the model's kept MACs (what its compact file runs where
 export_tflite compacts every masked layer; layers it leaves dense run all theirs).
@@ -303,7 +303,8 @@ def run(profile, work, seeds=None):
             first_with = {}  # RGP's kept MACs -> the first sparsity that gave them
             for sparsity in settings["sparsities"]:
                 todo = [m for m in METHODS if (profile, name, m, str(sparsity), str(seed)) not in done]
-                kept = macs(rgp(dense, sparsity, seed, assign_channels=False))["kept_macs"] if todo else None
+                # always measured: a resumed run must still see that an earlier sparsity had these MACs
+                kept = macs(rgp(dense, sparsity, seed, assign_channels=False))["kept_macs"]
                 same = first_with.setdefault(kept, sparsity)
                 if same != sparsity:  # nodes="auto" capped the sparsity: every MACs-matched row would repeat
                     print(f"{name} seed {seed} {sparsity}: its layers allow no sparser graph than at {same}; "
@@ -335,8 +336,7 @@ def run(profile, work, seeds=None):
                         epochs = budget["dense_epochs"] + budget["epochs"]
                         model = trained(model, train, epochs, budget["rate"])
                     elif method == "RGP wide":
-                        target = macs(rgp(dense, sparsity, seed, assign_channels=False))["kept_macs"]
-                        model = wide_rgp(name, target, seed)
+                        model = wide_rgp(name, kept, seed)
                         if model is None:
                             print(f"{name} seed {seed} {sparsity} RGP wide: no graph brings it within 1.25x of the "
                                   "target MACs; no row", flush=True)
@@ -345,8 +345,7 @@ def run(profile, work, seeds=None):
                         epochs = budget["dense_epochs"] + budget["epochs"]
                         model = trained(model, train, epochs, budget["rate"])
                     else:  # thin dense, L1 filters: the width whose MACs match RGP's compact model
-                        reference = rgp(dense, sparsity, seed, assign_channels=False)
-                        width = width_matching(name, macs(reference)["kept_macs"])
+                        width = width_matching(name, kept)
                         graph = f"width {width:.3f}"
                         if method == "thin dense":
                             epochs = budget["dense_epochs"] + budget["epochs"]

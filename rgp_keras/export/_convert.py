@@ -220,8 +220,9 @@ def _converter_options(model, quantize, samples, compact):
     # nodes, float16 gives NaN), so quantized files are stored dense.
     optimizations, notes, options = [], [], {}
     if not quantize:
-        unsafe = _sparse_dense_layers(model, only_unsafe=True)
-        slow = _sparse_dense_layers(model)
+        sparse = _sparse_dense_layers(model)
+        unsafe = [layer.name for layer in sparse if layer.kernel.shape[0] % 4]
+        slow = [layer.name for layer in sparse]
         if unsafe:
             notes.append(
                 "converter sparsity encoding not used: LiteRT's sparse FULLY_CONNECTED gives wrong outputs "
@@ -251,13 +252,9 @@ def _converter_options(model, quantize, samples, compact):
     return options, notes
 
 
-def _sparse_dense_layers(model, only_unsafe=False):
-    """Dense layers with zero weights (with `only_unsafe`, only those whose input features are not a multiple of 4)."""
-    return [
-        layer.name
-        for layer in leaves(model)
-        if _class_name(layer) == "Dense" and _has_zeros(layer) and (layer.kernel.shape[0] % 4 or not only_unsafe)
-    ]
+def _sparse_dense_layers(model):
+    """The Dense layers of `model` with zero weights."""
+    return [layer for layer in leaves(model) if _class_name(layer) == "Dense" and _has_zeros(layer)]
 
 
 def _write_atomically(model, path, options):
