@@ -398,6 +398,15 @@ def report():
                 f"| {median('latency_ratio'):.3f} | - | {median('size_ratio'):.3f} |"
             )
         lines.append("")
+        for model in sorted({key[1] for key in groups if key[0] == profile}):
+            methods = {}
+            for key in groups:
+                if key[:2] == (profile, model) and key[2]:
+                    methods.setdefault(key[2], set()).add(key[3])
+            for sparsity in sorted(s for s, found in methods.items() if found == {"TF-MOT magnitude"}):
+                lines += [f"{model} at {100 * sparsity:g} %: nodes=\"auto\" allows no sparser graph for its layers "
+                          "than at a lower sparsity (its RGP, thin dense and L1 rows would repeat those), so only "
+                          "TF-MOT runs there.", ""]
     (RESULTS / "tradeoff.md").write_text("\n".join(lines) + "\n")
     for profile, name in (("quick", "tradeoff.png"), ("full", "tradeoff_full.png")):
         plot(groups, profile, RESULTS / name)
