@@ -7,12 +7,20 @@ the MLP also at n = 32 (k = 2, 4, 8), each distinct masked layer
 (input shape, kernel, strides) is converted alone to .tflite three ways:
 dense (the masked kernel as it is: what a sparse file computes), compact
 "gather" and compact "scatter" (forced with `compact_model(layout=...)`),
-and timed in LiteRT (1 thread, or --threads N): each layout's ratio to dense
+and, for Dense layers, sparse-encoded (`export_tflite(compact=False)`: the
+converter's sparsity encoding, which LiteRT runs on its block-sparse
+FULLY_CONNECTED kernel; convolutions are densified at load), and timed in LiteRT (1 thread, or --threads N): each layout's ratio to dense
 is export_bench's `ratio`, the median over alternating rounds of medians of
 30 invocations after warm-up. Beside each measured ratio stands
 `estimated_latency_ratios`'s estimate for that thread count, and the layout
 `compact_model(threads=N)` picks with layout="auto" (or dense, when no
 layout is estimated below 0.9x).
+
+A layer alone runs in one XNNPACK partition or none; inside a model, a
+sparse-encoded Dense layer also splits the model's XNNPACK partition. So the
+MLP is also timed whole, pruned at every n/k: sparse-encoded
+(`export_tflite(compact=False)`) and `export_tflite()` (compact=True), each
+against the dense file.
 
 The summary weighs each layer by how often its shape occurs in the model:
 time of auto's picks vs the fastest of the three per layer (the oracle)
@@ -43,7 +51,7 @@ import tensorflow as tf
 sys.path.insert(0, str(Path(__file__).parent))
 from export_bench import MODELS, ROUNDS, ratio  # noqa: E402
 
-from rgp_keras import prune_regular_graph, strip_pruning  # noqa: E402
+from rgp_keras import export_tflite, prune_regular_graph, strip_pruning  # noqa: E402
 from rgp_keras.export import channel_blocks, compact_model, estimated_latency_ratios  # noqa: E402
 from rgp_keras.masks import prunable_kernel  # noqa: E402
 from rgp_keras.model_graph import clone_layer, to_numpy  # noqa: E402
@@ -122,20 +130,41 @@ def main():
                             compact = converted(compact_model(single, layout=layout)[0], directory / f"{layout}.tflite")
                             row[layout], row["dense_ms"] = ratio(compact, dense, threads, RUNS)
                             row[f"{layout}_estimate"] = estimates[layout]
+                    if "Dense" in type(layer).__name__:
+                        sparse = directory / "sparse.tflite"
+                        export_tflite(single, sparse, compact=False)
+                        row["sparse"] = ratio(sparse, dense, threads, RUNS)[0]
                     row["auto"] = compact_model(single, threads=threads)[1].get(layer.name, "dense")
                     row["auto_one_thread"] = compact_model(single)[1].get(layer.name, "dense")
                     measured = {"dense": 1.0, **{name: row[name] for name in ("gather", "scatter") if name in row}}
                     row["fastest"] = min(measured, key=measured.get)
                     rows.append(row)
                     print(row, flush=True)
-    write(rows, threads)
+        whole = whole_mlp(directory, threads)
+    write(rows, whole, threads)
 
 
-def write(rows, threads):
+def whole_mlp(directory, threads):
+    """[(nodes, degree, sparse-encoded / dense, compact / dense)] for the whole MLP, exported as users do."""
+    keras.utils.set_random_seed(0)
+    model, dense = mlp(), directory / "dense.tflite"
+    export_tflite(model, dense, compact=False)
+    rows = []
+    for nodes, degree in CASES + EXTRA_CASES["MLP 784-512x3"]:
+        pruned = prune_regular_graph(model, degree=degree, nodes=nodes, seed=0)
+        sparse, compact = directory / "sparse.tflite", directory / "compact.tflite"
+        export_tflite(pruned, sparse, compact=False)
+        export_tflite(pruned, compact, threads=threads)
+        rows.append((nodes, degree, ratio(sparse, dense, threads, RUNS)[0], ratio(compact, dense, threads, RUNS)[0]))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def write(rows, whole, threads):
     RESULTS.mkdir(exist_ok=True)
     name = "layout_choice" if threads == 1 else f"layout_choice_{threads}threads"
     fields = ["model", "nodes", "degree", "layer", "count", "dense_ms", "gather", "gather_estimate", "scatter",
-              "scatter_estimate", "auto", "auto_one_thread", "fastest"]
+              "scatter_estimate", "sparse", "auto", "auto_one_thread", "fastest"]
     with open(RESULTS / f"{name}.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fields)
         writer.writeheader()
@@ -143,6 +172,9 @@ def write(rows, threads):
 
     def cell(row, layout):
         return f"{row[layout]:.3f} ({row[layout + '_estimate']:.2f})" if layout in row else "–"
+
+    def sparse_cell(row):
+        return f"{row['sparse']:.3f}" if row.get("sparse") not in (None, "") else "–"
 
     def time_of(row, choice):
         return row["count"] * row["dense_ms"] * (1.0 if choice == "dense" else row[choice])
@@ -153,7 +185,9 @@ def write(rows, threads):
         f"`python benchmarks/layout_choice.py{f' --threads {threads}' if threads > 1 else ''}` — each distinct "
         f"masked layer alone, LiteRT {threads} thread(s); latency / dense latency of the same layer (median over "
         f"{ROUNDS} alternating rounds of medians of {RUNS} invocations), the estimate in parentheses. `auto` is what "
-        f"`export_tflite(threads={threads})` picks; `fastest` what was measured fastest.",
+        f"`export_tflite(threads={threads})` picks; `fastest` what was measured fastest among dense, gather and "
+        "scatter; `sparse`: Dense layers sparse-encoded (`export_tflite(compact=False)`), never picked by "
+        "`compact=True`.",
         "",
         "| model | n/k | picks as fast as the fastest (layers) | time of auto's picks / fastest | / all dense |"
         + (" time of one-thread picks / fastest |" if threads > 1 else ""),
@@ -176,11 +210,16 @@ def write(rows, threads):
     hits = sum(row["count"] for row in rows if row["auto"] == row["fastest"])
     lines += ["", f"In all: auto picks the fastest for {hits} of {sum(row['count'] for row in rows)} layers; "
                   f"its picks take at most {100 * (worst - 1):.1f} % longer than the fastest (per model and n/k)."]
-    lines += ["", "| model | n/k | layer (HxW Cin->Cout window/stride) | x | dense ms | gather | scatter | auto | "
-              "fastest |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "The whole MLP 784-512x3-10 (its two 512 -> 512 layers masked), latency / dense file:", "",
+              "| n/k | sparsity | sparse-encoded (compact=False) | export_tflite() (compact=True) |", "|---|---|---|---|"]
+    lines += [f"| {nodes}/{degree} | {100 * (1 - degree / nodes):g} % | {sparse:.3f} | {compact:.3f} |"
+              for nodes, degree, sparse, compact in whole]
+    lines += ["", "| model | n/k | layer (HxW Cin->Cout window/stride) | x | dense ms | gather | scatter | sparse | auto | "
+              "fastest |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['model']} | {row['nodes']}/{row['degree']} | {row['layer']} | {row['count']} | "
-                     f"{row['dense_ms']:.3f} | {cell(row, 'gather')} | {cell(row, 'scatter')} | {row['auto']} | "
+                     f"{row['dense_ms']:.3f} | {cell(row, 'gather')} | {cell(row, 'scatter')} | "
+                     f"{sparse_cell(row)} | {row['auto']} | "
                      f"{row['fastest']} |")
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS / f'{name}.md'}")

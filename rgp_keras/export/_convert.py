@@ -213,9 +213,11 @@ def _converter_options(model, quantize, samples, compact):
     # The converter's sparse encoding shrinks the layers left sparse. A
     # convolution's is densified at load time (speed unchanged); a Dense
     # layer's runs on LiteRT's block-sparse FULLY_CONNECTED kernel, outside
-    # XNNPACK: two 512 -> 512 layers at 75 % zeros made an MLP 1.47x slower
-    # than dense, at 87.5 % 1.08x, at 93.75 % 0.91x. So a compact export (made
-    # for speed) stores Dense layers it left uncompacted dense. Combined with
+    # XNNPACK, and splits the model's XNNPACK partition: with two 512 -> 512
+    # layers at 75 % zeros an MLP ran 1.42x dense, at 87.5 % 1.04-1.05x, at
+    # 93.75 % 0.87-1.12x (`python benchmarks/layout_choice.py`, whole MLP), and
+    # compact=True beat it at every n/k. So a compact export (made for speed)
+    # stores Dense layers it left uncompacted dense. Combined with
     # any quantization, LiteRT 2.3 cannot run the result (XNNPACK refuses the
     # nodes, float16 gives NaN), so quantized files are stored dense.
     optimizations, notes, options = [], [], {}
@@ -232,14 +234,14 @@ def _converter_options(model, quantize, samples, compact):
             notes.append(
                 "converter sparsity encoding not used: the Dense layers left uncompacted "
                 f"({', '.join(slow)}) would run on LiteRT's block-sparse FULLY_CONNECTED kernel, slower than dense "
-                "below ~90 % zeros"
+                "unless nearly all zeros"
             )
         else:
             optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
             if slow:
                 notes.append(
                     f"sparse-encoded Dense layers ({', '.join(slow)}) run on LiteRT's block-sparse FULLY_CONNECTED "
-                    "kernel, slower than dense below ~90 % zeros; compact=True exports them faster"
+                    "kernel, slower than dense unless nearly all zeros; compact=True exports them faster"
                 )
     if quantize:
         optimizations.append(tf.lite.Optimize.DEFAULT)
