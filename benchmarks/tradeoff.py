@@ -296,14 +296,17 @@ def calibration_images(train, seed):
     return train[0][np.random.default_rng(seed).choice(len(train[0]), CALIBRATION, replace=False)]
 
 
-def fine_tuned(method, name, dense, sparsity, seed, train, calibration, epochs, rate, kept):
-    """The model of `method` (one of FINE_TUNED but TF-MOT) after `epochs` epochs from peak rate `rate`."""
+def fine_tuned(method, name, dense, sparsity, seed, train, calibration, epochs, rate, width):
+    """The model of `method` (one of FINE_TUNED but TF-MOT) after `epochs` epochs from peak rate `rate`.
+
+    `width`: L1's channel scale, the one whose MACs match RGP's compact model (`width_matching`).
+    """
     if method == "RGP plain + FT":
         model = rgp(dense, sparsity, seed, assign_channels=False)
     elif method == "RGP data-aware + FT":
         model = rgp(dense, sparsity, seed, calibration_data=calibration, calibration_mixes=0)
-    else:  # L1 filters + FT: the width whose MACs match RGP's compact model
-        model = l1_filters(dense, name, width_matching(name, kept))
+    else:  # L1 filters + FT
+        model = l1_filters(dense, name, width)
     return trained(model, train, epochs, rate)
 
 
@@ -322,7 +325,7 @@ def probe_rates(work, models):
         if not todo:
             continue
         dense = keras.saving.load_model(dense_files("full", name, seed, work, train)[0])
-        kept = macs(rgp(dense, sparsity, seed, assign_channels=False))["kept_macs"]
+        width = width_matching(name, macs(rgp(dense, sparsity, seed, assign_channels=False))["kept_macs"])
         epochs = MODELS[name]["epochs"]
         for method, rate in todo:
             keras.utils.set_random_seed(seed)
@@ -330,7 +333,7 @@ def probe_rates(work, models):
                 result = tfmot_magnitude(name, dense, sparsity, seed, train, test, epochs, rate, work / "probe.tflite")
             else:
                 result = accuracy(fine_tuned(method, name, dense, sparsity, seed, train, calibration, epochs, rate,
-                                             kept), test)
+                                             width), test)
             append(RATES_CSV, ["model", "method", "sparsity", "seed", "epochs", "rate", "accuracy"],
                    dict(model=name, method=method, sparsity=sparsity, seed=seed, epochs=epochs, rate=rate,
                         accuracy=round(result, 4)))
@@ -392,18 +395,19 @@ def run(profile, work, seeds=None):
                     started = time.perf_counter()
                     stem = work / f"{profile}-{name}-{seed}-{sparsity}-{method.replace(' ', '_')}"
                     path = stem.with_suffix(".tflite")
-                    epochs, graph = budget["epochs"], ""
+                    epochs, graph, width = budget["epochs"], "", None
                     if method == "TF-MOT magnitude":
                         result = tfmot_magnitude(name, dense, sparsity, seed, train, test, epochs,
                                                  rates[(name, method)], path)
                         # unstructured: LiteRT computes every MAC (no MACs ratio)
                         record(method, sparsity, result, path, epochs=epochs, seconds=time.perf_counter() - started)
                         continue
+                    if method in ("thin dense", "L1 filters + FT"):  # the width whose MACs match RGP's compact model
+                        width = width_matching(name, kept)
+                        graph = f"width {width:.3f}"
                     if method in FINE_TUNED:
                         model = fine_tuned(method, name, dense, sparsity, seed, train, calibration, epochs,
-                                           rates[(name, method)], kept)
-                        if method == "L1 filters + FT":
-                            graph = f"width {width_matching(name, kept):.3f}"
+                                           rates[(name, method)], width)
                     elif method == "RGP data-aware":
                         model = rgp(dense, sparsity, seed, calibration_data=calibration, calibration_mixes=0)
                         epochs = 0
@@ -421,9 +425,7 @@ def run(profile, work, seeds=None):
                         rgp_keras.reinitialize(model, seed=seed)
                         epochs = budget["dense_epochs"] + budget["epochs"]
                         model = trained(model, train, epochs, budget["rate"])
-                    else:  # thin dense: the width whose MACs match RGP's compact model
-                        width = width_matching(name, kept)
-                        graph = f"width {width:.3f}"
+                    else:  # thin dense
                         epochs = budget["dense_epochs"] + budget["epochs"]
                         model = trained(build(keras, name, width), train, epochs, budget["rate"])
                     summary = rgp_keras.pruning_summary(model)
