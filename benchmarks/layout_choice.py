@@ -9,7 +9,8 @@ dense (the masked kernel as it is: what a sparse file computes), compact
 "gather" and compact "scatter" (forced with `compact_model(layout=...)`),
 and, for Dense layers, sparse-encoded (`export_tflite(compact=False)`: the
 converter's sparsity encoding, which LiteRT runs on its block-sparse
-FULLY_CONNECTED kernel; convolutions are densified at load), and timed in LiteRT (1 thread, or --threads N): each layout's ratio to dense
+FULLY_CONNECTED kernel; convolutions are densified at load), and timed in
+LiteRT (1 thread, or --threads N): each layout's ratio to dense
 is export_bench's `ratio`, the median over alternating rounds of medians of
 30 invocations after warm-up. Beside each measured ratio stands
 `estimated_latency_ratios`'s estimate for that thread count, and the layout
@@ -174,7 +175,7 @@ def write(rows, whole, threads):
         return f"{row[layout]:.3f} ({row[layout + '_estimate']:.2f})" if layout in row else "–"
 
     def sparse_cell(row):
-        return f"{row['sparse']:.3f}" if row.get("sparse") not in (None, "") else "–"
+        return f"{row['sparse']:.3f}" if "sparse" in row else "–"
 
     def time_of(row, choice):
         return row["count"] * row["dense_ms"] * (1.0 if choice == "dense" else row[choice])
