@@ -4,7 +4,7 @@ For the VGG-style net and MobileNetV2 of benchmarks/export_bench.py and an MLP
 784-512x3-10 on vectors (the tradeoff benchmark's; its Dense layers run at one
 position per call), pruned at n = 16 (k = 2, 4) and n = 64 (k = 4, 8, 16), and
 the MLP also at n = 32 (k = 2, 4, 8), each distinct masked layer
-(input shape, kernel, strides) is converted alone to .tflite three ways:
+(input shape, kernel, strides) is converted alone to .tflite three ways (Dense layers four):
 dense (the masked kernel as it is: what a sparse file computes), compact
 "gather" and compact "scatter" (forced with `compact_model(layout=...)`),
 and, for Dense layers, sparse-encoded (`export_tflite(compact=False)`: the
