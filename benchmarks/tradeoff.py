@@ -7,7 +7,8 @@ methods train D + F epochs; in the full profile, fine-tuning starts from a
 peak rate picked per model and method among RATES on seed 0, see
 `probe_rates`; the quick and smoke profiles fine-tune from 5e-4, since their
 epochs are 4x and 60x shorter and the full profile's rates do not carry over:
-the quick CNN's TF-MOT row fell from 87.26 % at 5e-4 to 85.60 % at 4e-3):
+in one quick run with them, discarded, the CNN's TF-MOT row fell from 87.26 %
+at 5e-4 to 85.60 % at 4e-3):
 
   RGP plain + FT        the paper's mask on the trained weights (channel order kept), F epochs
   RGP data-aware        prune_regular_graph with 512 calibration images: channel assignment +
@@ -31,8 +32,8 @@ Every RGP model uses `nodes="auto"` (the sparsity exactly, the widest channel
 groups the layers allow). Where the layers allow no sparser graph than at an
 earlier sparsity (the IRN's 16-channel layers cap it at 16/2 = 87.5 %), only
 TF-MOT runs at the higher one: the other rows would repeat. Every row is
-exported to its own .tflite (RGP: compact kernels) and timed against the dense file in alternating rounds
-(LiteRT, 1 thread, median of ROUNDS ratios of medians); the size ratio is the
+exported to its own .tflite (RGP: compact kernels) and timed against the
+dense file in alternating rounds (LiteRT, 1 thread, median of ROUNDS ratios of medians); the size ratio is the
 files', the MACs ratio the model's kept MACs (what its compact file runs where
 export_tflite compacts every masked layer; layers it leaves dense run all theirs).
 
@@ -340,11 +341,16 @@ def probe_rates(work, models):
             print(f"rates: {name} {method:22s} {rate:g} acc {result:.4f}", flush=True)
 
 
-def chosen_rates():
-    """(model, method) -> the rate of RATES with the best probe accuracy, for the pairs probed at every rate."""
+def probed():
+    """(model, method) -> {rate: test accuracy} from the rate probe's CSV."""
     found = {}
     for row in done_rows(RATES_CSV):
         found.setdefault((row["model"], row["method"]), {})[float(row["rate"])] = float(row["accuracy"])
+    return found
+
+
+def chosen_rates(found):
+    """(model, method) -> the rate of RATES with the best accuracy in `found`, for the pairs probed at every rate."""
     return {key: max(by_rate, key=by_rate.get) for key, by_rate in found.items() if set(by_rate) >= set(RATES)}
 
 
@@ -354,7 +360,7 @@ def run(profile, work, seeds=None):
     rates = {(name, method): RATES[0] for name in MODELS for method in FINE_TUNED}
     if profile == "full":  # the rates are probed on full data: shorter epochs want others (see the docstring)
         probe_rates(work, settings["models"])
-        rates.update(chosen_rates())
+        rates.update(chosen_rates(probed()))
     train, test = fashion_mnist(settings["train"])
     done = {(r["profile"], r["model"], r["method"], r["sparsity"], r["seed"]) for r in done_rows(CSV)}
     # seed outermost: a run cut short (the full profile spans sessions) has every model at seed 0
@@ -492,10 +498,10 @@ def report():
 
 def rates_table():
     """The fine-tuning rate probe (`probe_rates`) as a Markdown table: accuracy per rate, the chosen one in bold."""
-    rows = done_rows(RATES_CSV)
-    if not rows:
+    found = probed()
+    if not found:
         return []
-    chosen = chosen_rates()
+    chosen = chosen_rates(found)
     lines = ["## Fine-tuning rates", "",
              "Peak rate of the fine-tuning (Adam, cosine decay over the F epochs) for each model and method: the "
              "best of these on seed 0 at 87.5 %, full data (test accuracy %, chosen in bold; seeds 1 and 2 are "
@@ -503,11 +509,8 @@ def rates_table():
              "from 5e-4.",
              "", "| model | method | " + " | ".join(f"{rate:g}" for rate in RATES) + " |",
              "|---|---|" + "---|" * len(RATES)]
-    table = {}
-    for row in rows:
-        table.setdefault((row["model"], row["method"]), {})[float(row["rate"])] = 100 * float(row["accuracy"])
-    for (model, method), by_rate in sorted(table.items()):
-        cells = [("**{:.2f}**" if chosen.get((model, method)) == rate else "{:.2f}").format(by_rate[rate])
+    for (model, method), by_rate in sorted(found.items()):
+        cells = [("**{:.2f}**" if chosen.get((model, method)) == rate else "{:.2f}").format(100 * by_rate[rate])
                  if rate in by_rate else "–" for rate in RATES]
         lines.append(f"| {model} | {method} | " + " | ".join(cells) + " |")
     return lines + [""]
