@@ -31,6 +31,8 @@ _EXPORTS = {
     "load_fashion_mnist": "rgp_keras.datasets",
     "PruningSummary": "rgp_keras.summary",
     "pruning_summary": "rgp_keras.summary",
+    "distiller": "rgp_keras.distill",
+    "SoftTargetDistillation": "rgp_keras.distill",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
