@@ -60,7 +60,8 @@ def distiller(student, teacher, temperature=1.0, label_weight=0.0, from_logits=N
             teacher's output (a softmax activation or `Softmax` layer means probabilities).
 
     Returns the Distiller, not compiled: compile it with an optimizer, the label loss (Keras requires
-    one even at label_weight=0) and metrics, `fit` it on labelled data, then use `student`.
+    one even at label_weight=0) and metrics, `fit` it, then use `student`. At label_weight=0 unlabelled
+    inputs are enough (`fit(x)`).
 
         trainer = rgp_keras.distiller(pruned, dense)
         trainer.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])

@@ -137,3 +137,12 @@ def test_teacher_that_cannot_be_copied_is_named():
     with pytest.raises(InputValueError, match="Cannot copy the teacher.*get_config/from_config"):
         rgp_keras.distiller(classifier(), teacher, from_logits=True)
     assert teacher.trainable
+
+
+def test_unlabelled_data_is_enough_at_label_weight_zero(data):
+    dense = trained(classifier(), data, epochs=5)
+    pruned = rgp_keras.prune_regular_graph(dense, sparsity=0.75, nodes=8, seed=0)
+    trainer = rgp_keras.distiller(pruned, dense)
+    trainer.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = trainer.fit(data[0], epochs=3, batch_size=64, verbose=0).history
+    assert history["distillation_loss"][-1] < history["distillation_loss"][0]
