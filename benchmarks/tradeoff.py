@@ -163,6 +163,11 @@ def rgp(dense, sparsity, seed, **options):
     return rgp_keras.prune_regular_graph(dense, sparsity=sparsity, seed=seed, **options)
 
 
+def data_aware(dense, sparsity, seed, calibration):
+    """One-shot data-aware RGP as when the profile was started: no calibration mixes (see the docstring)."""
+    return rgp(dense, sparsity, seed, calibration_data=calibration, calibration_mixes=0)
+
+
 def width_matching(name, target_macs):
     """The width multiplier r whose dense model's MACs are nearest `target_macs` (bisection)."""
     low, high = 0.02, 1.0
@@ -305,7 +310,7 @@ def fine_tuned(method, name, dense, sparsity, seed, train, calibration, epochs, 
     if method == "RGP plain + FT":
         model = rgp(dense, sparsity, seed, assign_channels=False)
     elif method == "RGP data-aware + FT":
-        model = rgp(dense, sparsity, seed, calibration_data=calibration, calibration_mixes=0)
+        model = data_aware(dense, sparsity, seed, calibration)
     else:  # L1 filters + FT
         model = l1_filters(dense, name, width)
     return trained(model, train, epochs, rate)
@@ -415,7 +420,7 @@ def run(profile, work, seeds=None):
                         model = fine_tuned(method, name, dense, sparsity, seed, train, calibration, epochs,
                                            rates[(name, method)], width)
                     elif method == "RGP data-aware":
-                        model = rgp(dense, sparsity, seed, calibration_data=calibration, calibration_mixes=0)
+                        model = data_aware(dense, sparsity, seed, calibration)
                         epochs = 0
                     elif method == "RGP scratch":
                         model = rgp(build(keras, name), sparsity, seed, assign_channels=False)
