@@ -1,5 +1,5 @@
-"""Keras 3 on the JAX and torch backends: prune, data-aware steps, fit, strip, save, then LiteRT export under
-TensorFlow; and keras.distribution.DataParallel on JAX. Each backend runs in its own process."""
+"""Keras 3 on the JAX and torch backends: prune, data-aware steps, fit (also with rgp_keras.distiller), strip,
+save, then LiteRT export under TensorFlow; and keras.distribution.DataParallel on JAX. Each backend runs in its own process."""
 
 import json
 import os
@@ -36,6 +36,10 @@ TRAIN_ON_BACKEND = textwrap.dedent(
     pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     pruned.fit(data, labels, epochs=2, batch_size=32, verbose=0,
                callbacks=[rgp_keras.RegularGraphSummaries(out + "/logs")])
+    trainer = rgp_keras.distiller(pruned, model)  # then an epoch towards the dense model's outputs
+    trainer.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    trainer.fit(data, labels, epochs=1, batch_size=32, verbose=0)
+    assert model.trainable
     wrappers = [w for w in pruned.layers if isinstance(w, rgp_keras.RegularGraphPruning)]
     assert len(wrappers) == 3
     for w in wrappers:
