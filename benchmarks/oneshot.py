@@ -330,8 +330,9 @@ def _goals(rows):
             if not ours or not theirs:
                 continue
             difference = 100 * (np.mean(ours) - np.mean(theirs))
+            met = "met" if difference >= bound else "not met"
             lines.append(f"| {text} | {method} | {against} | {100 * np.mean(ours):.2f} | "
-                         f"{100 * np.mean(theirs):.2f} | {difference:+.2f} | {'met' if difference >= bound else 'not met'} |")
+                         f"{100 * np.mean(theirs):.2f} | {difference:+.2f} | {met} |")
     return lines + [""]
 
 

@@ -74,9 +74,10 @@ def distiller(student, teacher, temperature=1.0, label_weight=0.0, from_logits=N
             raise InputTypeError(f"`{name}` must be a Keras 3 `keras.Model`, got {type(model).__module__}."
                                  f"{type(model).__name__} (tf_keras models: fine-tune with your own loss).")
     if student is teacher:
-        raise InputValueError("`student` and `teacher` are the same model: pass the pruned model as `student` "
-                              "and the dense model it was pruned from as `teacher`.")
-    if isinstance(label_weight, bool) or not isinstance(label_weight, (int, float)) or not 0 <= label_weight <= 1:
+        raise InputValueError("`student` and `teacher` are the same model: pass the pruned model as "
+                              "`student` and the dense model it was pruned from as `teacher`.")
+    weight_ok = isinstance(label_weight, (int, float)) and not isinstance(label_weight, bool)
+    if not weight_ok or not 0 <= label_weight <= 1:
         raise InputValueError(f"`label_weight` must be a number in [0, 1], got {label_weight!r}.")
     temperature = check_positive("temperature", temperature)
     if from_logits is None:
@@ -99,10 +100,11 @@ def _frozen_copy(model):
     try:
         copy = keras.models.clone_model(model)
     except Exception as error:  # a subclassed model without get_config / from_config
-        raise InputValueError(f"Cannot copy the teacher {model.name!r} (clone_model raised {type(error).__name__}); "
-                              "`distiller` copies it so that the Distiller's freezing leaves yours trainable. "
-                              "Give the model get_config/from_config, or use keras.distillation.Distiller "
-                              "directly (it sets teacher.trainable = False).") from error
+        raise InputValueError(f"Cannot copy the teacher {model.name!r} (clone_model raised "
+                              f"{type(error).__name__}); `distiller` copies it so that the Distiller's "
+                              "freezing leaves yours trainable. Give the model get_config/from_config, "
+                              "or use keras.distillation.Distiller directly (it sets teacher.trainable = "
+                              "False).") from error
     copy.set_weights(model.get_weights())
     copy.trainable = False
     return copy
@@ -113,7 +115,8 @@ def _ends_in_softmax(model):
     outputs = getattr(model, "outputs", None)
     if not outputs:
         raise InputValueError(f"Cannot tell whether {model.name!r} outputs logits or probabilities (a "
-                              "subclassed model has no output layer to look at): pass from_logits=True or False.")
+                              "subclassed model has no output layer to look at): pass from_logits=True or "
+                              "False.")
     layer = outputs[0]._keras_history.operation
     activation = getattr(layer, "activation", None)
     return isinstance(layer, keras.layers.Softmax) or activation in (keras.activations.softmax, "softmax")

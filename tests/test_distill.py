@@ -62,7 +62,8 @@ def test_loss_is_zero_for_equal_outputs_and_matches_kl_on_probabilities():
     expected = 4 * np.mean(np.sum(p * np.log(p / q), -1))
     assert float(SoftTargetDistillation(2.0).compute_loss(logits, other)) == pytest.approx(expected, rel=1e-4)
     # the same distributions given as probabilities (a model ending in softmax) give the same loss
-    on_probabilities = SoftTargetDistillation(2.0, from_logits=False).compute_loss(softmax(logits), softmax(other))
+    loss = SoftTargetDistillation(2.0, from_logits=False)
+    on_probabilities = loss.compute_loss(softmax(logits), softmax(other))
     assert float(on_probabilities) == pytest.approx(expected, rel=1e-3)
 
 
