@@ -119,4 +119,4 @@ def _ends_in_softmax(model):
                               "False.")
     layer = outputs[0]._keras_history.operation
     activation = getattr(layer, "activation", None)
-    return isinstance(layer, keras.layers.Softmax) or activation in (keras.activations.softmax, "softmax")
+    return isinstance(layer, keras.layers.Softmax) or activation is keras.activations.softmax
