@@ -27,6 +27,9 @@ at 5e-4 to 85.60 % at 4e-3):
                         (Li et al. 2017; no maintained Keras 3 library does it, so it is implemented here)
   RGP wide              2x channels, masked from scratch at 1/4 of the density, so that its compact MACs
                         match (D + F epochs)
+  RGP data-aware + FT, n=N   (full profile) the same as RGP data-aware + FT on an N-node graph, N in
+                        OTHER_NODES but auto's, where every layer auto masks carries it at the same sparsity
+                        (same MACs, narrower or wider channel groups): does a finer graph buy accuracy?
 
 Every RGP model uses `nodes="auto"` (the sparsity exactly, the widest channel
 groups the layers allow). Where the layers allow no sparser graph than at an
@@ -47,6 +50,7 @@ results/tradeoff.md, tradeoff.png (quick profile) and tradeoff_full.png.
     python benchmarks/tradeoff.py --profile quick   # <= 30 min
     python benchmarks/tradeoff.py --profile full    # 3 seeds, all data; several runs if need be
     python benchmarks/tradeoff.py --profile full --seeds 2   # one seed (a second process on the other core)
+    python benchmarks/tradeoff.py --profile full --models CNN MLP   # only these models' rows
     python benchmarks/tradeoff.py --report          # tables and plot from the CSV only
 
 In the full profile, the fine-tuning rate probe (results/tradeoff_rates.csv)
@@ -58,6 +62,7 @@ import argparse
 import os
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -81,8 +86,9 @@ METHODS = ("RGP plain + FT", "RGP data-aware", "RGP data-aware + FT", "RGP scrat
 PROFILES = {
     "quick": dict(train=15000, seeds=1, models=("CNN", "MLP", "IRN"), sparsities=(0.875,)),
     # the headline sparsity first: a run cut short (the profile spans sessions) still has it
-    "full": dict(train=60000, seeds=3, models=("CNN", "MLP", "IRN"), sparsities=(0.875, 0.75, 0.9375)),
-    "smoke": dict(train=1000, seeds=1, models=("CNN", "MLP", "IRN"), sparsities=(0.875,),
+    "full": dict(train=60000, seeds=3, models=("CNN", "MLP", "IRN"), sparsities=(0.875, 0.75, 0.9375),
+                 other_graphs=True),
+    "smoke": dict(train=1000, seeds=1, models=("CNN", "MLP", "IRN"), sparsities=(0.875,), other_graphs=True,
                   budget=dict(dense_epochs=1, epochs=1)),  # checks that every method runs; not reported
 }
 MODELS = {  # D: dense epochs, F: epochs after it; rates for Adam with cosine decay
@@ -94,6 +100,8 @@ MODELS = {  # D: dense epochs, F: epochs after it; rates for Adam with cosine de
 RATES = (5e-4, 1e-3, 2e-3, 4e-3, 8e-3)
 FINE_TUNED = ("RGP plain + FT", "RGP data-aware + FT", "TF-MOT magnitude", "L1 filters + FT")
 RATES_CSV = RESULTS / "tradeoff_rates.csv"
+# Full profile: RGP data-aware + FT also on these graph sizes where they differ from nodes="auto"'s (`other_graphs`)
+OTHER_NODES = (16, 32, 64)
 CALIBRATION = 512
 BATCH = 128
 ROUNDS = 5
@@ -163,9 +171,28 @@ def rgp(dense, sparsity, seed, **options):
     return rgp_keras.prune_regular_graph(dense, sparsity=sparsity, seed=seed, **options)
 
 
-def data_aware(dense, sparsity, seed, calibration):
+def data_aware(dense, sparsity, seed, calibration, nodes="auto"):
     """One-shot data-aware RGP as when the profile was started: no calibration mixes (see the docstring)."""
-    return rgp(dense, sparsity, seed, calibration_data=calibration, calibration_mixes=0)
+    return rgp(dense, sparsity, seed, nodes=nodes, calibration_data=calibration, calibration_mixes=0)
+
+
+def other_graphs(dense, sparsity, seed, kept, auto):
+    """The node counts of OTHER_NODES but `auto` whose graph gives `dense` the kept MACs `kept` (auto's): the same
+    sparsity on every layer, in narrower or wider channel groups. A graph some layer is too narrow for (left
+    dense: more MACs) or whose k / n is not the sparsity is left out."""
+    found = []
+    for nodes in OTHER_NODES:
+        if nodes == auto:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "layers left dense": the MACs check below leaves the graph out
+                model = rgp(dense, sparsity, seed, nodes=nodes, assign_channels=False)
+        except ValueError:  # no layer can carry the graph
+            continue
+        if macs(model)["kept_macs"] == kept:
+            found.append(nodes)
+    return found
 
 
 def width_matching(name, target_macs):
@@ -302,15 +329,16 @@ def calibration_images(train, seed):
     return train[0][np.random.default_rng(seed).choice(len(train[0]), CALIBRATION, replace=False)]
 
 
-def fine_tuned(method, name, dense, sparsity, seed, train, calibration, epochs, rate, width):
+def fine_tuned(method, name, dense, sparsity, seed, train, calibration, epochs, rate, width, nodes="auto"):
     """The model of `method` (one of FINE_TUNED but TF-MOT) after `epochs` epochs from peak rate `rate`.
 
-    `width`: L1's channel scale, the one whose MACs match RGP's compact model (`width_matching`).
+    `width`: L1's channel scale, the one whose MACs match RGP's compact model (`width_matching`);
+    `nodes`: the RGP graph's (see `finer_graphs`).
     """
     if method == "RGP plain + FT":
-        model = rgp(dense, sparsity, seed, assign_channels=False)
+        model = rgp(dense, sparsity, seed, nodes=nodes, assign_channels=False)
     elif method == "RGP data-aware + FT":
-        model = data_aware(dense, sparsity, seed, calibration)
+        model = data_aware(dense, sparsity, seed, calibration, nodes)
     else:  # L1 filters + FT
         model = l1_filters(dense, name, width)
     return trained(model, train, epochs, rate)
@@ -359,7 +387,7 @@ def chosen_rates(found):
     return {key: max(by_rate, key=by_rate.get) for key, by_rate in found.items() if set(by_rate) >= set(RATES)}
 
 
-def run(profile, work, seeds=None):
+def run(profile, work, seeds=None, models=None):
     settings = PROFILES[profile]
     work.mkdir(parents=True, exist_ok=True)
     rates = {(name, method): RATES[0] for name in MODELS for method in FINE_TUNED}
@@ -370,7 +398,7 @@ def run(profile, work, seeds=None):
     done = {(r["profile"], r["model"], r["method"], r["sparsity"], r["seed"]) for r in done_rows(CSV)}
     # seed outermost: a run cut short (the full profile spans sessions) has every model at seed 0
     for seed in seeds or range(settings["seeds"]):
-        for name in settings["models"]:
+        for name in models or settings["models"]:
             budget = {**MODELS[name], **settings.get("budget", {})}
             def record(method, sparsity, accuracy_, path, graph="", epochs=0, seconds=0.0, kept_macs=None):
                 row = dict(profile=profile, model=name, method=method, sparsity=sparsity, seed=seed, graph=graph,
@@ -384,6 +412,17 @@ def run(profile, work, seeds=None):
                 print(f"{name} seed {seed} {sparsity} {method:22s} acc {row['accuracy']:.4f}  MACs {row['macs_ratio']}"
                       f"  latency {row['latency_ratio']}  size {row['size_ratio']}", flush=True)
 
+            def record_model(method, sparsity, model, epochs, started, graph=""):
+                """Test accuracy, export to the row's own .tflite and `record`; RGP rows' `graph` is read back."""
+                summary = rgp_keras.pruning_summary(model)
+                if summary.graph is not None:
+                    graph = f"{summary.graph.nodes}/{summary.graph.degree}"
+                result = accuracy(model, test)
+                path = work / f"{profile}-{name}-{seed}-{sparsity}-{method.replace(' ', '_')}.tflite"
+                rgp_keras.export_tflite(model, path)
+                record(method, sparsity, result, path, graph, epochs, time.perf_counter() - started,
+                       summary.totals["kept_macs"])
+
             dense_keras, dense_file = dense_files(profile, name, seed, work, train)
             dense = keras.saving.load_model(dense_keras)
             dense_macs = macs(dense)["macs"]
@@ -395,7 +434,8 @@ def run(profile, work, seeds=None):
             for sparsity in settings["sparsities"]:
                 todo = [m for m in METHODS if (profile, name, m, str(sparsity), str(seed)) not in done]
                 # always measured: a resumed run must still see that an earlier sparsity had these MACs
-                kept = macs(rgp(dense, sparsity, seed, assign_channels=False))["kept_macs"]
+                plain = rgp(dense, sparsity, seed, assign_channels=False)
+                kept = macs(plain)["kept_macs"]
                 same = first_with.setdefault(kept, sparsity)
                 if same != sparsity:  # nodes="auto" capped the sparsity: every MACs-matched row would repeat
                     print(f"{name} seed {seed} {sparsity}: its layers allow no sparser graph than at {same}; "
@@ -404,10 +444,9 @@ def run(profile, work, seeds=None):
                 for method in todo:
                     keras.utils.set_random_seed(seed)
                     started = time.perf_counter()
-                    stem = work / f"{profile}-{name}-{seed}-{sparsity}-{method.replace(' ', '_')}"
-                    path = stem.with_suffix(".tflite")
                     epochs, graph, width = budget["epochs"], "", None
                     if method == "TF-MOT magnitude":
+                        path = work / f"{profile}-{name}-{seed}-{sparsity}-{method.replace(' ', '_')}.tflite"
                         result = tfmot_magnitude(name, dense, sparsity, seed, train, test, epochs,
                                                  rates[(name, method)], path)
                         # unstructured: LiteRT computes every MAC (no MACs ratio)
@@ -439,13 +478,19 @@ def run(profile, work, seeds=None):
                     else:  # thin dense
                         epochs = budget["dense_epochs"] + budget["epochs"]
                         model = trained(build(keras, name, width), train, epochs, budget["rate"])
-                    summary = rgp_keras.pruning_summary(model)
-                    if summary.graph is not None:
-                        graph = f"{summary.graph.nodes}/{summary.graph.degree}"
-                    result = accuracy(model, test)
-                    rgp_keras.export_tflite(model, path)
-                    record(method, sparsity, result, path, graph, epochs, time.perf_counter() - started,
-                           summary.totals["kept_macs"])
+                    record_model(method, sparsity, model, epochs, started, graph)
+                if not settings.get("other_graphs") or same != sparsity:
+                    continue
+                auto = rgp_keras.pruning_summary(plain).graph.nodes
+                for nodes in other_graphs(dense, sparsity, seed, kept, auto):
+                    method = f"RGP data-aware + FT, n={nodes}"
+                    if (profile, name, method, str(sparsity), str(seed)) in done:
+                        continue
+                    keras.utils.set_random_seed(seed)
+                    started = time.perf_counter()
+                    model = fine_tuned("RGP data-aware + FT", name, dense, sparsity, seed, train, calibration,
+                                       budget["epochs"], rates[(name, "RGP data-aware + FT")], None, nodes)
+                    record_model(method, sparsity, model, budget["epochs"], started)
 
 
 # --- report ---------------------------------------------------------------------------------------------
@@ -536,8 +581,11 @@ def plot(groups, profile, path):
             latency = statistics.median(float(r["latency_ratio"]) for r in members)
             acc = 100 * statistics.mean(float(r["accuracy"]) for r in members)
             points.append((latency, acc))
-            axes.scatter(latency, acc, marker=markers[key[3]], color=colors[key[3]], s=40,
-                         label=key[3] if key[3] not in axes.get_legend_handles_labels()[1] else None)
+            method, other_graph = key[3].split(", n=")[0], ", n=" in key[3]  # other graphs: hollow markers
+            label = f"{method}, other n" if other_graph else method
+            style = dict(facecolors="none", edgecolors=colors[method]) if other_graph else dict(color=colors[method])
+            axes.scatter(latency, acc, marker=markers[method], s=40, **style,
+                         label=label if label not in axes.get_legend_handles_labels()[1] else None)
             if key[2]:  # several sparsities share a panel: each point says its own
                 axes.annotate(f"{100 * key[2]:g}%", (latency, acc), fontsize=6, xytext=(4, -3),
                               textcoords="offset points")
@@ -562,9 +610,10 @@ def main():
     parser.add_argument("--report", action="store_true", help="only write the tables and plot from the CSV")
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="run only these seeds (one process per core: `--seeds 1` beside `--seeds 2`)")
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), help="run only these models")
     args = parser.parse_args()
     if not args.report:
-        run(args.profile, args.work, args.seeds)
+        run(args.profile, args.work, args.seeds, args.models)
     report()
 
 
