@@ -31,8 +31,8 @@ at 5e-4 to 85.60 % at 4e-3):
                         OTHER_NODES but auto's, where every layer auto masks carries it at the same sparsity
                         (same MACs, narrower or wider channel groups): does a finer graph buy accuracy?
 
-Every RGP model uses `nodes="auto"` (the sparsity exactly, the widest channel
-groups the layers allow). Where the layers allow no sparser graph than at an
+Every RGP model but the n=N rows uses `nodes="auto"` (the sparsity exactly, on
+the most nodes whose channel groups are >= 16 wide, see prune_regular_graph). Where the layers allow no sparser graph than at an
 earlier sparsity (the IRN's 16-channel layers cap it at 16/2 = 87.5 %), only
 TF-MOT runs at the higher one: the other rows would repeat. Every row is
 exported to its own .tflite (RGP: compact kernels) and timed against the
@@ -333,7 +333,7 @@ def fine_tuned(method, name, dense, sparsity, seed, train, calibration, epochs, 
     """The model of `method` (one of FINE_TUNED but TF-MOT) after `epochs` epochs from peak rate `rate`.
 
     `width`: L1's channel scale, the one whose MACs match RGP's compact model (`width_matching`);
-    `nodes`: the RGP graph's (see `finer_graphs`).
+    `nodes`: the RGP graph's (see `other_graphs`).
     """
     if method == "RGP plain + FT":
         model = rgp(dense, sparsity, seed, nodes=nodes, assign_channels=False)
