@@ -28,7 +28,7 @@ the last.
 Models: MLP 784-512x4-10 at n = 64 (dense: 10 epochs), the VGG-BN CNN of
 _architectures.py (44 M MACs) at n = 16 (n = 32, k = 2 for 93.75 %: a
 regular graph needs k >= 2; dense: 4 epochs). Sparsities 75 / 87.5 / 93.75 %.
-Every row is fine-tuned (a CNN epoch costs ~4 min of one core here).
+Every row is fine-tuned (a CNN epoch costs ~3.5 min of one core here).
 
 Resumable: every finished row is appended to results/oneshot.csv at once and
 rows already there are skipped, so a run can be completed across sessions;
