@@ -412,13 +412,16 @@ def run(profile, work, seeds=None, models=None):
                 print(f"{name} seed {seed} {sparsity} {method:22s} acc {row['accuracy']:.4f}  MACs {row['macs_ratio']}"
                       f"  latency {row['latency_ratio']}  size {row['size_ratio']}", flush=True)
 
+            def tflite(method, sparsity):
+                return work / f"{profile}-{name}-{seed}-{sparsity}-{method.replace(' ', '_')}.tflite"
+
             def record_model(method, sparsity, model, epochs, started, graph=""):
                 """Test accuracy, export to the row's own .tflite and `record`; RGP rows' `graph` is read back."""
                 summary = rgp_keras.pruning_summary(model)
                 if summary.graph is not None:
                     graph = f"{summary.graph.nodes}/{summary.graph.degree}"
                 result = accuracy(model, test)
-                path = work / f"{profile}-{name}-{seed}-{sparsity}-{method.replace(' ', '_')}.tflite"
+                path = tflite(method, sparsity)
                 rgp_keras.export_tflite(model, path)
                 record(method, sparsity, result, path, graph, epochs, time.perf_counter() - started,
                        summary.totals["kept_macs"])
@@ -446,7 +449,7 @@ def run(profile, work, seeds=None, models=None):
                     started = time.perf_counter()
                     epochs, graph, width = budget["epochs"], "", None
                     if method == "TF-MOT magnitude":
-                        path = work / f"{profile}-{name}-{seed}-{sparsity}-{method.replace(' ', '_')}.tflite"
+                        path = tflite(method, sparsity)
                         result = tfmot_magnitude(name, dense, sparsity, seed, train, test, epochs,
                                                  rates[(name, method)], path)
                         # unstructured: LiteRT computes every MAC (no MACs ratio)
