@@ -47,7 +47,7 @@ Resumable: each finished row is appended to results/tradeoff.csv and rows
 already there are skipped; dense models are cached in --work. Writes
 results/tradeoff.md, tradeoff.png (quick profile) and tradeoff_full.png.
 
-    python benchmarks/tradeoff.py --profile quick   # <= 30 min
+    python benchmarks/tradeoff.py --profile quick --jobs 2   # models in 2 processes: <= 30 min on 2 cores
     python benchmarks/tradeoff.py --profile full    # 3 seeds, all data; several runs if need be
     python benchmarks/tradeoff.py --profile full --seeds 2   # one seed (a second process on the other core)
     python benchmarks/tradeoff.py --profile full --models CNN MLP   # only these models' rows
@@ -59,6 +59,7 @@ hours on one core.
 """
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import time
@@ -84,7 +85,8 @@ SPARSITIES = (0.75, 0.875, 0.9375)
 METHODS = ("RGP plain + FT", "RGP data-aware", "RGP data-aware + FT", "RGP scratch", "TF-MOT magnitude",
            "thin dense", "L1 filters + FT", "RGP wide")
 PROFILES = {
-    "quick": dict(train=15000, seeds=1, models=("CNN", "MLP", "IRN"), sparsities=(0.875,)),
+    # models in this order: with --jobs, the two longest start first
+    "quick": dict(train=15000, seeds=1, models=("CNN", "IRN", "MLP"), sparsities=(0.875,)),
     # the headline sparsity first: a run cut short (the profile spans sessions) still has it
     "full": dict(train=60000, seeds=3, models=("CNN", "MLP", "IRN"), sparsities=(0.875, 0.75, 0.9375),
                  other_graphs=True),
@@ -392,7 +394,7 @@ def run(profile, work, seeds=None, models=None):
     work.mkdir(parents=True, exist_ok=True)
     rates = {(name, method): RATES[0] for name in MODELS for method in FINE_TUNED}
     if profile == "full":  # the rates are probed on full data: shorter epochs want others (see the docstring)
-        probe_rates(work, settings["models"])
+        probe_rates(work, models or settings["models"])
         rates.update(chosen_rates(probed()))
     train, test = fashion_mnist(settings["train"])
     done = {(r["profile"], r["model"], r["method"], r["sparsity"], r["seed"]) for r in done_rows(CSV)}
@@ -494,6 +496,17 @@ def run(profile, work, seeds=None, models=None):
                     model = fine_tuned("RGP data-aware + FT", name, dense, sparsity, seed, train, calibration,
                                        budget["epochs"], rates[(name, "RGP data-aware + FT")], None, nodes)
                     record_model(method, sparsity, model, budget["epochs"], started)
+
+
+def run_in_parallel(profile, work, seeds, models, jobs):
+    """`run` with each model in a process of its own, `jobs` at a time in the profile's order, each with
+    cores / jobs TensorFlow threads. Each process appends its rows to the CSV as it finishes them."""
+    if not CSV.exists():  # one header, not one per process
+        CSV.write_text(",".join(FIELDS) + "\n")
+    os.environ["TF_NUM_INTRAOP_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))  # read by the children's TF
+    with multiprocessing.get_context("spawn").Pool(jobs, maxtasksperchild=1) as pool:
+        pool.starmap(run, [(profile, work, seeds, [name]) for name in models or PROFILES[profile]["models"]],
+                     chunksize=1)
 
 
 # --- report ---------------------------------------------------------------------------------------------
@@ -614,8 +627,15 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="run only these seeds (one process per core: `--seeds 1` beside `--seeds 2`)")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), help="run only these models")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="models run at once, one process each (2 on a 2-core machine: the quick profile's "
+                             "<= 30 min)")
     args = parser.parse_args()
-    if not args.report:
+    if args.jobs < 1:
+        parser.error(f"--jobs must be a whole number >= 1, got {args.jobs}")
+    if not args.report and args.jobs > 1:
+        run_in_parallel(args.profile, args.work, args.seeds, args.models, args.jobs)
+    elif not args.report:
         run(args.profile, args.work, args.seeds, args.models)
     report()
 
