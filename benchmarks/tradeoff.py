@@ -47,7 +47,8 @@ Resumable: each finished row is appended to results/tradeoff.csv and rows
 already there are skipped; dense models are cached in --work. Writes
 results/tradeoff.md, tradeoff.png (quick profile) and tradeoff_full.png.
 
-    python benchmarks/tradeoff.py --profile quick --jobs 2   # models in 2 processes: <= 30 min on 2 cores
+    python benchmarks/tradeoff.py --profile quick   # ~45 min in one process on 2 cores
+    python benchmarks/tradeoff.py --profile quick --jobs 2   # the models in 2 processes: ~41 min, noisier latency
     python benchmarks/tradeoff.py --profile full    # 3 seeds, all data; several runs if need be
     python benchmarks/tradeoff.py --profile full --seeds 2   # one seed (a second process on the other core)
     python benchmarks/tradeoff.py --profile full --models CNN MLP   # only these models' rows
@@ -627,9 +628,7 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="run only these seeds (one process per core: `--seeds 1` beside `--seeds 2`)")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), help="run only these models")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="models run at once, one process each (2 on a 2-core machine: the quick profile's "
-                             "<= 30 min)")
+    parser.add_argument("--jobs", type=int, default=1, help="models run at once, one process each (one per core)")
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error(f"--jobs must be a whole number >= 1, got {args.jobs}")
