@@ -632,10 +632,11 @@ def main():
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error(f"--jobs must be a whole number >= 1, got {args.jobs}")
-    if not args.report and args.jobs > 1:
-        run_in_parallel(args.profile, args.work, args.seeds, args.models, args.jobs)
-    elif not args.report:
-        run(args.profile, args.work, args.seeds, args.models)
+    if not args.report:
+        if args.jobs > 1:
+            run_in_parallel(args.profile, args.work, args.seeds, args.models, args.jobs)
+        else:
+            run(args.profile, args.work, args.seeds, args.models)
     report()
 
 
