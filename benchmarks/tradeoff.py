@@ -6,7 +6,7 @@ every method gets the same training budget after it, F epochs (from-scratch
 methods train D + F epochs; in the full profile, fine-tuning starts from a
 peak rate picked per model and method among RATES on seed 0, see
 `probe_rates`; the quick and smoke profiles fine-tune from 5e-4, since their
-epochs are 4x and 60x shorter and the full profile's rates do not carry over:
+epochs are 8x and 60x shorter and the full profile's rates do not carry over:
 in one quick run with them, discarded, the CNN's TF-MOT row fell from 87.26 %
 at 5e-4 to 85.60 % at 4e-3):
 
@@ -47,8 +47,8 @@ Resumable: each finished row is appended to results/tradeoff.csv and rows
 already there are skipped; dense models are cached in --work. Writes
 results/tradeoff.md, tradeoff.png (quick profile) and tradeoff_full.png.
 
-    python benchmarks/tradeoff.py --profile quick   # ~45 min in one process on 2 cores
-    python benchmarks/tradeoff.py --profile quick --jobs 2   # the models in 2 processes: ~41 min, noisier latency
+    python benchmarks/tradeoff.py --profile quick   # 28 min in one process on 2 cores
+    python benchmarks/tradeoff.py --profile quick --jobs 2   # the models in 2 processes: noisier latency
     python benchmarks/tradeoff.py --profile full    # 3 seeds, all data; several runs if need be
     python benchmarks/tradeoff.py --profile full --seeds 2   # one seed (a second process on the other core)
     python benchmarks/tradeoff.py --profile full --models CNN MLP   # only these models' rows
@@ -87,7 +87,8 @@ METHODS = ("RGP plain + FT", "RGP data-aware", "RGP data-aware + FT", "RGP scrat
            "thin dense", "L1 filters + FT", "RGP wide")
 PROFILES = {
     # models in this order: with --jobs, the two longest start first
-    "quick": dict(train=15000, seeds=1, models=("CNN", "IRN", "MLP"), sparsities=(0.875,)),
+    # 1/8 of the training set: with every model and method, one process fits 30 min on this 2-core machine
+    "quick": dict(train=7500, seeds=1, models=("CNN", "IRN", "MLP"), sparsities=(0.875,)),
     # the headline sparsity first: a run cut short (the profile spans sessions) still has it
     "full": dict(train=60000, seeds=3, models=("CNN", "MLP", "IRN"), sparsities=(0.875, 0.75, 0.9375),
                  other_graphs=True),
@@ -316,7 +317,7 @@ def fashion_mnist(images):
 
 def dense_files(profile, name, seed, work, train):
     """The trained dense model's .keras and .tflite paths in `work`, training and exporting it the first time."""
-    dense_keras = work / f"{profile}-{name}-{seed}-dense.keras"
+    dense_keras = work / f"{profile}-{len(train[0])}-{name}-{seed}-dense.keras"  # keyed by the images it saw
     if not dense_keras.exists():
         budget = {**MODELS[name], **PROFILES[profile].get("budget", {})}
         keras.utils.set_random_seed(seed)
