@@ -21,12 +21,15 @@ data: $(STAMP)
 demo: $(STAMP) data
 	$(BIN)/python examples/demo.py
 
+# one pytest worker per core (pytest-xdist); a worker that runs out of tests takes some of the other's
+PYTEST := $(BIN)/python -m pytest -n auto --dist worksteal
+
 test: $(STAMP) data
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 # the inner loop: everything but the tests marked slow (examples, real architectures, fresh processes)
 test-fast: $(STAMP) data
-	$(BIN)/python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench-graph: $(STAMP)
 	$(BIN)/python benchmarks/graph_bench.py

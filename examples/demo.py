@@ -9,6 +9,7 @@ export sparse and compact .tflite files, run them on the 10,000 test images
 with the LiteRT interpreter, and print one table.
 
     python examples/demo.py [--epochs 2] [--fine-tune-epochs 2] [--out demo-output]
+                            [--calibration-samples 1024] [--test-samples 10000]
 """
 
 import argparse
@@ -59,6 +60,9 @@ def main():
     parser.add_argument("--epochs", type=int, default=2, help="dense training epochs (skipped when cached)")
     parser.add_argument("--fine-tune-epochs", type=int, default=2, help="fine-tuning epochs after pruning")
     parser.add_argument("--train-samples", type=int, default=60000, help="training images used (smoke runs: fewer)")
+    parser.add_argument("--calibration-samples", type=int, default=CALIBRATION,
+                        help="unlabelled training images for data-aware pruning (smoke runs: fewer)")
+    parser.add_argument("--test-samples", type=int, default=10000, help="test images evaluated (smoke runs: fewer)")
     parser.add_argument("--out", default="demo-output", help="folder for models, .tflite files and plots")
     args = parser.parse_args()
     out = Path(args.out)
@@ -68,7 +72,8 @@ def main():
     (x_train, y_train), (x_test, y_test) = rgp_keras.load_mnist()
     x_train = (x_train[: args.train_samples, ..., None] / 255.0).astype("float32")
     y_train = y_train[: args.train_samples]
-    x_test = (x_test[..., None] / 255.0).astype("float32")
+    x_test = (x_test[: args.test_samples, ..., None] / 255.0).astype("float32")
+    y_test = y_test[: args.test_samples]
 
     cached = out / f"dense-{args.train_samples}-{args.epochs}.keras"
     if cached.exists():
@@ -88,9 +93,9 @@ def main():
     plot_aspl_history({f"n={NODES}, k={DEGREE}": result.history}, out / "aspl_history.png",
                       moore_bound=graph.moore_bound)
 
-    print(f"[3/5] Pruning to {100 * graph.sparsity:.1f} % with {CALIBRATION} calibration images, then fine-tuning "
+    print(f"[3/5] Pruning to {100 * graph.sparsity:.1f} % with {args.calibration_samples} calibration images, then fine-tuning "
           f"({args.fine_tune_epochs} epochs)")
-    calibration = x_train[np.random.default_rng(0).choice(len(x_train), CALIBRATION, replace=False)]
+    calibration = x_train[np.random.default_rng(0).choice(len(x_train), args.calibration_samples, replace=False)]
     blind = rgp_keras.prune_regular_graph(dense, graph=graph, assign_channels=False)  # the paper's one-shot mask
     one_shot_blind = compile_for_training(blind, 1e-3).evaluate(x_test, y_test, verbose=0)[1]
     start = time.perf_counter()
@@ -112,7 +117,7 @@ def main():
     }
     print(reports["compact"])
 
-    print("[5/5] Running the .tflite files with the LiteRT interpreter on 10,000 test images")
+    print(f"[5/5] Running the .tflite files with the LiteRT interpreter on {len(x_test):,} test images")
     accuracy = {"dense": dense.evaluate(x_test, y_test, verbose=0)[1],
                 "pruned": pruned.evaluate(x_test, y_test, verbose=0)[1]}
     for name, report in reports.items():

@@ -1,6 +1,6 @@
 """Quickstart (Keras 3): prune a trained CNN with RGP and calibration data, fine-tune, strip, export to LiteRT.
 
-    python examples/quickstart.py [--train-samples 60000] [--epochs 1]
+    python examples/quickstart.py [--train-samples 60000] [--test-samples 10000] [--epochs 1]
 """
 
 import argparse
@@ -18,13 +18,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-samples", type=int, default=60000)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--test-samples", type=int, default=10000, help="test images evaluated (smoke runs: fewer)")
     parser.add_argument("--out", default="quickstart.tflite")
     args = parser.parse_args()
 
     (x_train, y_train), (x_test, y_test) = rgp_keras.load_fashion_mnist()
     x_train = x_train[: args.train_samples, ..., None].astype("float32") / 255
     y_train = y_train[: args.train_samples]
-    x_test = x_test[..., None].astype("float32") / 255
+    x_test = x_test[: args.test_samples, ..., None].astype("float32") / 255
+    y_test = y_test[: args.test_samples]
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([

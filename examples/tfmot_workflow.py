@@ -56,6 +56,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-samples", type=int, default=60000)
     parser.add_argument("--epochs", type=int, default=2, help="epochs for each of: dense, RGP fine-tune, PQAT")
+    parser.add_argument("--test-samples", type=int, default=10000, help="test images evaluated (smoke runs: fewer)")
     parser.add_argument("--out", default="tfmot-output")
     args = parser.parse_args()
     out = Path(args.out)
@@ -65,7 +66,8 @@ def main():
     (x_train, y_train), (x_test, y_test) = rgp_keras.load_mnist()
     x_train = (x_train[: args.train_samples, ..., None] / 255.0).astype("float32")
     y_train = y_train[: args.train_samples]
-    x_test = (x_test[..., None] / 255.0).astype("float32")
+    x_test = (x_test[: args.test_samples, ..., None] / 255.0).astype("float32")
+    y_test = y_test[: args.test_samples]
 
     dense = compiled(cnn())
     dense.fit(x_train, y_train, epochs=args.epochs, batch_size=128, verbose=2)

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow  # each example runs in its own process, on real d
 def test_demo_runs_end_to_end_and_litert_agrees_with_keras(tmp_path):
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "demo.py"), "--train-samples", "3000", "--epochs", "1",
-         "--fine-tune-epochs", "1", "--out", str(tmp_path)],
+         "--fine-tune-epochs", "1", "--calibration-samples", "256", "--test-samples", "2000",
+         "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
@@ -36,7 +37,7 @@ def test_demo_runs_end_to_end_and_litert_agrees_with_keras(tmp_path):
 def test_tfmot_workflow_pqat_int8_litert_matches_keras_on_real_mnist(tmp_path):
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "tfmot_workflow.py"), "--train-samples", "6000", "--epochs", "1",
-         "--out", str(tmp_path)],
+         "--test-samples", "2000", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
@@ -91,7 +92,8 @@ def test_every_readme_cli_line_runs_as_written(tmp_path, monkeypatch, capsys):
 
 
 def test_quickstart_example(tmp_path):
-    stdout = run_example(ROOT / "examples" / "quickstart.py", "--train-samples", "4000", "--out", tmp_path / "q.tflite")
+    stdout = run_example(ROOT / "examples" / "quickstart.py", "--train-samples", "4000", "--test-samples", "2000",
+                         "--out", tmp_path / "q.tflite")
     dense, one_shot, pruned, litert = map(float, re.search(
         r"dense ([\d.]+), RGP one-shot ([\d.]+), RGP ([\d.]+), RGP LiteRT ([\d.]+)", stdout).groups())
     assert one_shot > 0.3
