@@ -7,8 +7,8 @@ methods train D + F epochs; in the full profile, fine-tuning starts from a
 peak rate picked per model and method among RATES on seed 0, see
 `probe_rates`; the quick and smoke profiles fine-tune from 5e-4, since their
 epochs are 8x and 60x shorter and the full profile's rates do not carry over:
-in one quick run with them, discarded, the CNN's TF-MOT row fell from 87.26 %
-at 5e-4 to 85.60 % at 4e-3):
+in one quick run with them on 15k images, discarded, the CNN's TF-MOT row fell
+from 87.26 % at 5e-4 to 85.60 % at 4e-3):
 
   RGP plain + FT        the paper's mask on the trained weights (channel order kept), F epochs
   RGP data-aware        prune_regular_graph with 512 calibration images: channel assignment +
