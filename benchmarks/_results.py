@@ -11,11 +11,15 @@ def done_rows(path):
         return list(csv.DictReader(handle))
 
 
+def start(path, fields):
+    """Write the CSV header at `path` if the file does not exist yet (before processes append to it at once)."""
+    if not path.exists():
+        with path.open("w", newline="") as handle:
+            csv.DictWriter(handle, fields).writeheader()
+
+
 def append(path, fields, row):
     """Append `row` to the CSV at `path` at once, writing the header first for a new file."""
-    new = not path.exists()
+    start(path, fields)
     with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fields)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+        csv.DictWriter(handle, fields).writerow(row)

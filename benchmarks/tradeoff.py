@@ -73,7 +73,7 @@ import keras
 import numpy as np
 
 import rgp_keras
-from _results import append, done_rows
+from _results import append, done_rows, start
 from rgp_keras.assign import _permuted_weights, channel_spaces
 from rgp_keras.model_graph import model_graph, to_numpy
 from rgp_keras.plots import new_figure
@@ -503,8 +503,7 @@ def run(profile, work, seeds=None, models=None):
 def run_in_parallel(profile, work, seeds, models, jobs):
     """`run` with each model in a process of its own, `jobs` at a time in the profile's order, each with
     cores / jobs TensorFlow threads. Each process appends its rows to the CSV as it finishes them."""
-    if not CSV.exists():  # one header, not one per process
-        CSV.write_text(",".join(FIELDS) + "\n")
+    start(CSV, FIELDS)  # one header, not one per process
     os.environ["TF_NUM_INTRAOP_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))  # read by the children's TF
     with multiprocessing.get_context("spawn").Pool(jobs, maxtasksperchild=1) as pool:
         pool.starmap(run, [(profile, work, seeds, [name]) for name in models or PROFILES[profile]["models"]],
