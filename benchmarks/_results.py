@@ -12,7 +12,7 @@ def done_rows(path):
 
 
 def start(path, fields):
-    """Write the CSV header at `path` if the file does not exist yet (before processes append to it at once)."""
+    """Write the CSV header at `path` if the file does not exist yet (before processes append to it)."""
     if not path.exists():
         with path.open("w", newline="") as handle:
             csv.DictWriter(handle, fields).writeheader()

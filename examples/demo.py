@@ -93,8 +93,8 @@ def main():
     plot_aspl_history({f"n={NODES}, k={DEGREE}": result.history}, out / "aspl_history.png",
                       moore_bound=graph.moore_bound)
 
-    print(f"[3/5] Pruning to {100 * graph.sparsity:.1f} % with {args.calibration_samples} calibration images, then fine-tuning "
-          f"({args.fine_tune_epochs} epochs)")
+    print(f"[3/5] Pruning to {100 * graph.sparsity:.1f} % with {args.calibration_samples} calibration images, "
+          f"then fine-tuning ({args.fine_tune_epochs} epochs)")
     calibration = x_train[np.random.default_rng(0).choice(len(x_train), args.calibration_samples, replace=False)]
     blind = rgp_keras.prune_regular_graph(dense, graph=graph, assign_channels=False)  # the paper's one-shot mask
     one_shot_blind = compile_for_training(blind, 1e-3).evaluate(x_test, y_test, verbose=0)[1]
