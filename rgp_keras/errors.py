@@ -24,3 +24,7 @@ class MissingDependencyError(InputError, ImportError):
 
 class BackendError(InputError, RuntimeError):
     """A step that needs the TensorFlow backend (LiteRT export) was called under another Keras backend."""
+
+
+class ExportCheckError(RuntimeError):
+    """A converted .tflite file did not run in LiteRT, or did not reproduce the Keras model (nothing was written)."""

@@ -174,12 +174,12 @@ def test_export_and_bench_commands(tmp_path, pruned_file, capsys):
     out = tmp_path / "model.tflite"
     assert main(["export", str(pruned_file), "-o", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "compact, float32" in printed and "MACs/sample" in printed and out.is_file()
+    assert "dense, float32" in printed and "MACs/sample" in printed and "LiteRT ran the file" in printed and out.is_file()
     samples = tmp_path / "samples.npy"
     np.save(samples, np.random.default_rng(0).random((20, 64)).astype("float32"))
     int8 = tmp_path / "int8.tflite"
     assert main(["export", str(pruned_file), "-o", str(int8), "--quantize", "int8", "--calibration", str(samples)]) == 0
-    assert "compact, int8" in capsys.readouterr().out
+    assert "dense, int8" in capsys.readouterr().out
     scattered = tmp_path / "scatter.tflite"
     assert main(["export", str(pruned_file), "-o", str(scattered), "--layout", "scatter"]) == 0
     assert "scatter)" in capsys.readouterr().out

@@ -68,11 +68,10 @@ def vgg(channels=(64, 128, 256)):
         (layers.Conv2D(64, 3, dilation_rate=2, padding="same", use_bias=False), (12, 12, 72)),
         (layers.Conv2D(64, (1, 3), strides=(2, 1), padding="same"), (8, 9, 64)),
         (layers.Conv1D(80, 5, padding="causal", activation="tanh"), (20, 72)),
-        (layers.Conv3D(64, 2), (5, 5, 5, 64)),
         (layers.Dense(70, activation="relu"), (90,)),
         (layers.Dense(96), (7, 64)),
     ],
-    ids=["same", "uneven-strided-valid", "dilated-nobias", "rect-kernel", "conv1d-causal", "conv3d",
+    ids=["same", "uneven-strided-valid", "dilated-nobias", "rect-kernel", "conv1d-causal",
          "dense-uneven", "dense-3d-input"],
 )
 @pytest.mark.parametrize("layout", ["gather", "scatter"])
@@ -430,3 +429,89 @@ def test_a_compact_model_saves_and_reloads(tmp_path, vgg_model, layout):
     assert [type(layer).__name__ for layer in reloaded.layers] == [type(layer).__name__ for layer in compact.layers]
     x = np.random.default_rng(0).normal(size=(4, 16, 16, 3)).astype("float32")
     np.testing.assert_allclose(to_numpy(reloaded(x)), to_numpy(compact(x)), atol=1e-5)
+
+
+# Every layer type the masks support (and the depthwise one they leave alone), alone in a model of two:
+# (input shape, layer factory). Pruned: both layers masked (a depthwise layer sits between two masked 1x1 convs).
+LAYER_TYPES = {
+    "Dense": ((32,), lambda: layers.Dense(32)),
+    "Conv1D": ((8, 32), lambda: layers.Conv1D(32, 3, padding="same")),
+    "Conv2D": ((8, 8, 32), lambda: layers.Conv2D(32, 3, padding="same")),
+    "dilated Conv2D": ((8, 8, 32), lambda: layers.Conv2D(32, 3, padding="same", dilation_rate=2)),
+    "Conv3D": ((4, 4, 4, 32), lambda: layers.Conv3D(32, 3, padding="same")),
+    "Conv2DTranspose": ((4, 4, 32), lambda: layers.Conv2DTranspose(32, 3, strides=2, padding="same")),
+    "SeparableConv1D": ((8, 32), lambda: layers.SeparableConv1D(32, 3, padding="same")),
+    "SeparableConv2D": ((8, 8, 32), lambda: layers.SeparableConv2D(32, 3, padding="same")),
+    "DepthwiseConv2D": ((8, 8, 32), lambda: layers.DepthwiseConv2D(3, padding="same")),
+}
+
+
+@pytest.mark.parametrize("pruned", [False, True], ids=["plain", "pruned"])
+@pytest.mark.parametrize("kind", list(LAYER_TYPES))
+def test_every_layer_type_exports_a_file_that_runs_like_keras(kind, pruned, tmp_path):
+    shape, make = LAYER_TYPES[kind]
+    keras.utils.set_random_seed(0)
+    if kind == "DepthwiseConv2D":
+        model = keras.Sequential([keras.Input(shape), layers.Conv2D(32, 1), make(), layers.Conv2D(32, 1)])
+    else:
+        model = keras.Sequential([keras.Input(shape), make(), make()])
+    randomize_kernels(model)
+    if pruned:
+        model = prune_regular_graph(model, degree=2, nodes=8, skip_first=False, skip_last=False, seed=0)
+    report = export_tflite(model, tmp_path / "m.tflite")
+    x = np.random.default_rng(1).normal(size=(3, *shape)).astype("float32")
+    expected = to_numpy(model(x))
+    np.testing.assert_allclose(run_tflite(report.path, x), expected, atol=1e-5 * max(1, np.abs(expected).max()))
+    assert report.max_difference < 1e-4 and report.check_samples > 0
+    if pruned:  # every masked layer is compacted or named with the reason it is not
+        masked = {layer.layer.name for layer in model.layers if layer.__class__.__name__ == "RegularGraphPruning"}
+        assert masked and masked == set(report.compacted) | set(report.not_compacted)
+        assert report.format != "dense" or any("sparsity encoding not used" in note for note in report.notes)
+    else:
+        assert report.format == "dense" and not report.not_compacted
+
+
+def test_a_pruned_conv3d_stays_dense_shaped_since_litert_conv3d_has_no_groups(tmp_path):
+    model = keras.Sequential([keras.Input((4, 4, 4, 32)), layers.Conv3D(32, 3, padding="same"),
+                              layers.Conv3D(32, 3, padding="same")])
+    pruned = prune_regular_graph(model, degree=2, nodes=8, skip_first=False, skip_last=False, seed=0)
+    report = export_tflite(pruned, tmp_path / "m.tflite", layout="gather")
+    assert not report.compacted
+    assert all("CONV_3D has no groups" in reason for reason in report.not_compacted.values())
+
+
+def test_a_file_litert_cannot_run_is_not_written_and_an_existing_one_is_kept(graph16, tmp_path, monkeypatch):
+    from rgp_keras.errors import ExportCheckError
+    from rgp_keras.export import _convert
+
+    target = tmp_path / "m.tflite"
+    target.write_bytes(b"previous export")
+    pruned = prune_regular_graph(vgg((32, 64, 64)), graph=graph16)
+
+    def cannot_run(*args, **kwargs):
+        raise RuntimeError("tflite/kernels/conv3d.cc:129 failed to prepare")
+
+    monkeypatch.setattr(_convert, "run_tflite", cannot_run)
+    with pytest.raises(ExportCheckError, match="does not run in LiteRT.*conv3d.cc.*Nothing was written.*compact=False"):
+        export_tflite(pruned, target)
+    assert target.read_bytes() == b"previous export" and os.listdir(tmp_path) == ["m.tflite"]
+
+    real = run_tflite
+    monkeypatch.setattr(_convert, "run_tflite", lambda *args, **kwargs: real(*args, **kwargs) + 0.5)
+    with pytest.raises(ExportCheckError, match=r"differ from the Keras model's by up to 0\.5.*accepted: 0\.001"):
+        export_tflite(pruned, target)
+    monkeypatch.setattr(_convert, "run_tflite", lambda *args, **kwargs: real(*args, **kwargs) * np.nan)
+    with pytest.raises(ExportCheckError, match="non-finite outputs"):
+        export_tflite(pruned, target)
+    assert target.read_bytes() == b"previous export" and os.listdir(tmp_path) == ["m.tflite"]
+
+
+def test_the_report_says_what_format_the_file_holds(graph16, tmp_path):
+    dense = vgg((32, 64, 64))
+    report = export_tflite(dense, tmp_path / "dense.tflite")
+    assert report.format == "dense" and "dense, float32" in str(report) and "compact" not in str(report).split(
+        "\n")[1]
+    pruned = prune_regular_graph(dense, graph=graph16)
+    assert export_tflite(pruned, tmp_path / "c.tflite").format == "compact"
+    assert export_tflite(pruned, tmp_path / "s.tflite", compact=False).format == "sparse"
+    assert export_tflite(pruned, tmp_path / "q.tflite", compact=False, quantize="dynamic").format == "dense"

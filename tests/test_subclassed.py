@@ -50,3 +50,21 @@ def test_strip_and_compact_export_say_what_works_instead(trained, tmp_path):
     report = rgp_keras.export_tflite(model, tmp_path / "s.tflite", compact=False)
     assert report.params == model.count_params()  # the mask is not a parameter, in Keras or in the file
     np.testing.assert_allclose(rgp_keras.run_tflite(tmp_path / "s.tflite", x), model(x).numpy(), atol=1e-5)
+
+
+def test_an_unpruned_subclassed_model_exports_as_it_is(tmp_path):
+    class Plain(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.hidden, self.head = keras.layers.Dense(32, activation="relu"), keras.layers.Dense(4)
+
+        def call(self, x):
+            return self.head(self.hidden(x))
+
+    model = Plain()
+    x = np.random.default_rng(0).random((8, 16), dtype="float32")
+    model(x)
+    report = rgp_keras.export_tflite(model, tmp_path / "p.tflite")
+    assert report.format == "dense" and not report.compacted
+    assert "wrapper" not in str(report) and "no RGP layers: exported as it is" in str(report)
+    np.testing.assert_allclose(rgp_keras.run_tflite(report.path, x), model(x).numpy(), atol=1e-5)

@@ -13,9 +13,10 @@ from keras.src.models.functional import Functional
 
 from rgp_keras._checks import check_int
 from rgp_keras._files import normal_file_mode
-from rgp_keras.errors import BackendError, InputTypeError, InputValueError
+from rgp_keras.errors import BackendError, ExportCheckError, InputTypeError, InputValueError
 from rgp_keras.export._kernels import LAYOUTS, _class_name
-from rgp_keras.export._rewrite import _has_zeros, compact_model
+from rgp_keras.export._rewrite import compact_model, masked_kernel_of
+from rgp_keras.litert import run_tflite
 from rgp_keras.model_graph import leaves, reject_tf_keras, to_numpy
 from rgp_keras.prune import strip_pruning
 from rgp_keras.summary import pruning_summary
@@ -24,6 +25,11 @@ from rgp_keras.wrapper import RegularGraphPruning
 
 QUANTIZE = (None, "dynamic", "float16", "int8")
 _CALIBRATION_SAMPLES = 200
+_CHECK_SAMPLES = 4
+# A float32 file must reproduce Keras to this share of the outputs' largest magnitude (float32 rounding of
+# a reordered sum is ~1e-6); quantized files are only required to run with finite outputs, their error is
+# reported.
+_FLOAT32_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -32,13 +38,18 @@ class ExportReport:
 
     `params`/`macs` are those of the exported computation (per sample), beside
     the dense model's; `nonzero_params` counts the non-zero weights among
-    `params`. `compacted` maps the layers rewritten to compact kernels to
-    their layout ("gather" or "scatter"); `not_compacted` maps the other
-    masked-looking layers to the reason.
+    `params`. `format` is what the file holds: "compact" (some layers
+    rewritten to compact kernels), "sparse" (zeros sparse-encoded by the
+    converter) or "dense". `compacted` maps the layers rewritten to compact
+    kernels to their layout ("gather" or "scatter"); `not_compacted` maps the
+    other layers holding zeros to the reason. `max_difference` is the largest
+    difference between the written file's outputs (run once by LiteRT) and
+    the Keras model's, on `check_samples` inputs.
     """
 
     path: str
     compact: bool
+    format: str
     quantize: str | None
     size_bytes: int
     gzip_bytes: int
@@ -47,6 +58,8 @@ class ExportReport:
     nonzero_params: int
     dense_macs: int
     macs: int
+    max_difference: float
+    check_samples: int
     compacted: dict = field(default_factory=dict)
     not_compacted: dict = field(default_factory=dict)
     notes: tuple = ()
@@ -55,12 +68,14 @@ class ExportReport:
         ratio = lambda new, old: f"{new / old:.3f}x" if old else "-"
         rows = [
             ("file", self.path),
-            ("format", f"{'compact' if self.compact else 'sparse'}, {self.quantize or 'float32'}"),
+            ("format", f"{self.format}, {self.quantize or 'float32'}"),
             ("size", f"{self.size_bytes:,} B (gzip {self.gzip_bytes:,} B)"),
             ("params", f"{self.dense_params:,} -> {self.params:,} ({ratio(self.params, self.dense_params)}), "
                        f"non-zero {self.nonzero_params:,}"),
             ("MACs/sample", f"{self.dense_macs:,} -> {self.macs:,} ({ratio(self.macs, self.dense_macs)})"),
             ("compacted", f"{len(self.compacted)} layers" + _layout_counts(self.compacted)),
+            ("checked", f"LiteRT ran the file on {self.check_samples} inputs: outputs within "
+                        f"{self.max_difference:.2g} of Keras"),
         ]
         rows += [(f"  kept as is: {name}", reason) for name, reason in self.not_compacted.items()]
         rows += [("note", note) for note in self.notes]
@@ -83,7 +98,7 @@ def export_tflite(
         model: a model from `prune_regular_graph`, or its `strip_pruning` result.
         path: the .tflite file to write (written atomically: on error nothing
             is left behind and an existing file is untouched).
-        compact: rewrite each masked Dense/Conv1D/Conv2D/Conv3D into a grouped
+        compact: rewrite each masked Dense/Conv1D/Conv2D into a grouped
             convolution holding only the kept weights (fewer bytes and MACs),
             in the layout estimated fastest (see `compact_model`). With
             `compact=False` the stripped model is converted with the
@@ -105,9 +120,16 @@ def export_tflite(
             GEMMs share out over threads and the compact layouts' channel
             gathers do not.
 
+    Before the file is put at `path`, LiteRT runs it once on a few inputs
+    (`representative_data` if given, else random values of the input shape)
+    and its outputs are compared with the Keras model's: a file that does not
+    run, gives non-finite outputs, or (float32) differs from Keras by more
+    than 1e-3 of the outputs' magnitude raises `ExportCheckError` and is not
+    written.
+
     Returns:
         An `ExportReport` (sizes, params and MACs before/after, which layers
-        were compacted).
+        were compacted, the check's largest output difference).
 
     Example:
     >>> report = export_tflite(pruned_model, "model.tflite")  # doctest: +SKIP
@@ -133,7 +155,8 @@ def export_tflite(
     if threads != 1 and not compact:
         raise InputValueError(f"`threads` chooses compact layouts; it needs compact=True, got threads={threads}.")
     subclassed = not isinstance(model, (keras.Sequential, Functional))
-    if subclassed and compact:
+    wrapped = any(isinstance(layer, RegularGraphPruning) for layer in leaves(model))
+    if subclassed and compact and wrapped:
         raise InputTypeError(
             f"Compact kernels rewrite a model layer by layer, which the subclassed model {model.name!r} "
             f"({type(model).__name__}) does not allow. Export it with compact=False (its RGP wrappers compute with "
@@ -143,21 +166,25 @@ def export_tflite(
     samples = _calibration_samples(model, quantize, representative_data)
     path = _writable_path(path)
 
-    wrapped = any(isinstance(layer, RegularGraphPruning) for layer in leaves(model))
-    stripped = strip_pruning(model) if wrapped and not subclassed else model
-    exported, compacted, not_compacted = stripped, {}, {}
-    if compact:
-        exported, compacted, not_compacted = compact_model(
-            stripped, layout, int8=quantize == "int8", threads=threads
-        )
-    options, notes = _converter_options(exported, quantize, samples, compact)
-    _write_atomically(exported, path, options)
+    exported = strip_pruning(model) if wrapped and not subclassed else model
+    compacted, not_compacted, notes = {}, {}, []
+    if compact and subclassed:
+        notes.append(f"subclassed model {model.name!r} ({type(model).__name__}) with no RGP layers: exported as it "
+                     "is (nothing to compact)")
+    elif compact:
+        exported, compacted, not_compacted = compact_model(exported, layout, int8=quantize == "int8", threads=threads)
+    options, sparse_encoded, option_notes = _converter_options(exported, quantize, samples, compact)
+    check_inputs = _check_inputs(model, samples)
+    expected = [to_numpy(output) for output in keras.tree.flatten(model(check_inputs, training=False))]
+    check = lambda file: _check_file(file, check_inputs, expected, quantize)
+    difference = _write_atomically(exported, path, options, check)
 
     dense, after = pruning_summary(model).totals, pruning_summary(exported).totals
     data = path.read_bytes()
     return ExportReport(
         path=str(path),
         compact=compact,
+        format="compact" if compacted else "sparse" if sparse_encoded else "dense",
         quantize=quantize,
         size_bytes=len(data),
         gzip_bytes=len(gzip.compress(data, compresslevel=9)),
@@ -166,9 +193,11 @@ def export_tflite(
         nonzero_params=sum(int(np.count_nonzero(to_numpy(w))) for w in exported.weights),
         dense_macs=dense["macs"],
         macs=after["macs"],
+        max_difference=difference,
+        check_samples=len(keras.tree.flatten(check_inputs)[0]),
         compacted=dict(compacted),
         not_compacted=dict(not_compacted),
-        notes=tuple(notes),
+        notes=tuple(notes + option_notes),
     )
 
 
@@ -221,8 +250,9 @@ def _converter_options(model, quantize, samples, compact):
     # any quantization, LiteRT 2.3 cannot run the result (XNNPACK refuses the
     # nodes, float16 gives NaN), so quantized files are stored dense.
     optimizations, notes, options = [], [], {}
+    zeros = [layer for layer in leaves(model) if _has_zeros(layer)]
     if not quantize:
-        sparse = _sparse_dense_layers(model)
+        sparse = [layer for layer in zeros if _class_name(layer) == "Dense"]
         unsafe = [layer.name for layer in sparse if layer.kernel.shape[0] % 4]
         slow = [layer.name for layer in sparse]
         if unsafe:
@@ -243,6 +273,7 @@ def _converter_options(model, quantize, samples, compact):
                     f"sparse-encoded Dense layers ({', '.join(slow)}) run on LiteRT's block-sparse FULLY_CONNECTED "
                     "kernel, slower than dense unless nearly all zeros; compact=True exports them faster"
                 )
+    sparse_encoded = bool(zeros) and tf.lite.Optimize.EXPERIMENTAL_SPARSITY in optimizations
     if quantize:
         optimizations.append(tf.lite.Optimize.DEFAULT)
     if quantize == "float16":
@@ -251,21 +282,71 @@ def _converter_options(model, quantize, samples, compact):
         options["representative_dataset"] = lambda: ([sample[None]] for sample in samples)
         options["target_spec"] = {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]}
     options["optimizations"] = optimizations
-    return options, notes
+    return options, sparse_encoded, notes
 
 
-def _sparse_dense_layers(model):
-    """The Dense layers of `model` with zero weights."""
-    return [layer for layer in leaves(model) if _class_name(layer) == "Dense" and _has_zeros(layer)]
+def _has_zeros(layer):
+    kernel = masked_kernel_of(layer)
+    return kernel is not None and bool(np.any(kernel == 0))
 
 
-def _write_atomically(model, path, options):
+def _check_inputs(model, samples):
+    """Inputs to run the written file on: the first int8 calibration samples, else seeded random values
+    (uniform in [0, 1); integer inputs 0) of the input shapes, 16 where a size is variable."""
+    if samples is not None:
+        return samples[:_CHECK_SAMPLES]
+    from keras.src.export.export_utils import get_input_signature  # a subclassed model's inputs, from its build
+
+    rng = np.random.default_rng(0)
+    arrays = []
+    for tensor in getattr(model, "inputs", None) or keras.tree.flatten(get_input_signature(model)):
+        shape = (_CHECK_SAMPLES, *(16 if size is None else size for size in tensor.shape[1:]))
+        dtype = keras.backend.standardize_dtype(tensor.dtype)
+        floating = np.issubdtype(np.dtype(dtype), np.floating)
+        arrays.append(rng.uniform(size=shape).astype(dtype) if floating else np.zeros(shape, dtype))
+    return arrays[0] if len(arrays) == 1 else arrays
+
+
+def _check_file(file, inputs, expected, quantize):
+    """Run the .tflite `file` on `inputs`; the largest difference from the Keras outputs `expected`.
+
+    Raises `ExportCheckError` when LiteRT cannot run it, an output is not finite, or a float32 file differs
+    from Keras by more than `_FLOAT32_TOLERANCE` of the outputs' largest magnitude.
+    """
+    try:
+        produced = run_tflite(file, inputs)
+    except (RuntimeError, ValueError) as error:
+        raise ExportCheckError(
+            f"The converted file does not run in LiteRT ({error}). Nothing was written. Export with compact=False "
+            "to keep every layer in its Keras form, and report the model's layer types to rgp_keras."
+        ) from error
+    produced = produced if isinstance(produced, list) else [produced]
+    if not all(np.all(np.isfinite(output)) for output in produced):
+        raise ExportCheckError(
+            f"The converted file ({quantize or 'float32'}) gives non-finite outputs in LiteRT where Keras does not. "
+            "Nothing was written. Export without quantization, or with another `quantize` setting."
+        )
+    difference = max(float(np.max(np.abs(got - want), initial=0.0)) for got, want in zip(produced, expected))
+    scale = max(1.0, *(float(np.max(np.abs(want), initial=0.0)) for want in expected))
+    if quantize is None and difference > _FLOAT32_TOLERANCE * scale:
+        raise ExportCheckError(
+            f"The converted float32 file's outputs differ from the Keras model's by up to {difference:.3g} (outputs "
+            f"up to {scale:.3g}; accepted: {_FLOAT32_TOLERANCE:g} of that). Nothing was written. Export with "
+            "compact=False to keep every layer in its Keras form, and report the model to rgp_keras."
+        )
+    return difference
+
+
+def _write_atomically(model, path, options, check):
+    """Convert `model` into a temporary file beside `path`, return `check(file)`, then move it to `path`."""
     handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tflite")
     os.close(handle)
     try:
         model.export(partial, format="litert", verbose=False, **options)
+        result = check(partial)
         os.chmod(partial, normal_file_mode())
         os.replace(partial, path)
+        return result
     finally:
         if os.path.exists(partial):
             os.unlink(partial)

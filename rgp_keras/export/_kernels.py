@@ -11,8 +11,9 @@ from rgp_keras.masks import PRUNABLE, channel_groups
 from rgp_keras.model_graph import to_numpy
 
 
-_CONV_CLASS = {"Dense": keras.layers.Conv2D, "Conv1D": keras.layers.Conv1D, "Conv2D": keras.layers.Conv2D,
-               "Conv3D": keras.layers.Conv3D}
+# What each compactable class computes with: Dense as a 1x1 Conv2D. Conv3D is not here: LiteRT's CONV_3D
+# has no groups, so a grouped Conv3D converts but cannot run.
+_CONV_CLASS = {"Dense": keras.layers.Conv2D, "Conv1D": keras.layers.Conv1D, "Conv2D": keras.layers.Conv2D}
 
 
 class CompactKernel(keras.layers.Layer):

@@ -45,9 +45,10 @@ def compact_model(model, layout="auto", *, int8=False, threads=1):
     def rewrite(layer):
         if id(layer) in folded:
             return FoldedAway(name=layer.name)
-        if layer.count_params() and prunable_kernel(layer)[0]:
+        kernel = masked_kernel_of(layer)
+        if kernel is not None:
             reason = _why_not_compact(layer)
-            blocks = None if reason else channel_blocks(to_numpy(layer.kernel))
+            blocks = None if reason else channel_blocks(kernel)
             if blocks is not None:
                 ratios = estimated_latency_ratios(layer, blocks, threads)
                 if int8 and layout == "auto":
@@ -62,9 +63,9 @@ def compact_model(model, layout="auto", *, int8=False, threads=1):
                     folded.add(id(norm))
                     return KERNELS[chosen](_fold_batch_norm(layer, norm), blocks)
                 reason = _too_slow(layer, blocks, ratios, chosen, threads)
-            if reason or _has_zeros(layer):
+            if np.any(kernel == 0):
                 not_compacted[layer.name] = (reason or "kernel zeros have no channel-group block structure") + (
-                    _dense_cost(layer))
+                    _dense_cost(layer, kernel))
         return clone_layer(layer)
 
     clone = clone_model(model, rewrite)
@@ -74,10 +75,16 @@ def compact_model(model, layout="auto", *, int8=False, threads=1):
     return clone, compacted, not_compacted
 
 
-def _dense_cost(layer):
+def masked_kernel_of(layer):
+    """The channel-pair kernel RGP masks in `layer` (a numpy array), or None for a layer without one."""
+    attribute = prunable_kernel(layer)[0] if layer.count_params() else None
+    return None if attribute is None else to_numpy(getattr(layer, attribute))
+
+
+def _dense_cost(layer, kernel):
     """What leaving a masked layer dense-shaped costs, for the report."""
     _, kernel_macs = layer_macs(layer, layer)
-    zeros = 1 - float(kept_pairs(to_numpy(layer.kernel)).mean())
+    zeros = 1 - float(kept_pairs(kernel).mean())
     if not kernel_macs or not zeros:
         return ""
     return f"; so its {kernel_macs:,} kernel MACs per sample all run, {100 * zeros:.0f}% of them on zero weights"
@@ -139,12 +146,12 @@ def _fold_batch_norm(layer, norm):
 
 
 def _why_not_compact(layer):
-    if _class_name(layer) not in _CONV_CLASS:
-        return f"{type(layer).__name__}: compact rewrite covers Dense and Conv1D/2D/3D only"
+    name = _class_name(layer)
+    if name == "Conv3D":
+        return ("Conv3D: LiteRT's CONV_3D has no groups, so a grouped compact kernel cannot run there; "
+                "kept dense-shaped, the zeros sparse-encoded")
+    if name not in _CONV_CLASS:
+        return f"{type(layer).__name__}: compact rewrite covers Dense, Conv1D and Conv2D only"
     if getattr(layer, "data_format", "channels_last") != "channels_last":
         return "channels_first layout: compact rewrite needs channels_last"
     return None
-
-
-def _has_zeros(layer):
-    return bool(np.any(to_numpy(layer.kernel) == 0))
