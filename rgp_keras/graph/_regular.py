@@ -8,7 +8,6 @@ import secrets
 import tempfile
 import zipfile
 
-import igraph
 import numpy as np
 
 from rgp_keras._checks import check_fraction, check_int
@@ -213,7 +212,7 @@ class RegularGraph:
             adjacency[edges[:, 0], edges[:, 1]] = adjacency[edges[:, 1], edges[:, 0]] = True
             if complement:
                 adjacency = ~adjacency & ~np.eye(nodes, dtype=bool)
-            if igraph.Graph(n=nodes, edges=np.argwhere(np.triu(adjacency)).tolist()).is_connected():
+            if _is_connected(adjacency):
                 break
         return cls(adjacency, {"method": "random", "seed": seed})
 
@@ -396,6 +395,8 @@ class RegularGraph:
 
     def to_igraph(self):
         """The same graph as an `igraph.Graph`."""
+        import igraph  # on use: with matplotlib installed, importing igraph takes about a second
+
         return igraph.Graph(n=self.nodes, edges=self.edges.tolist())
 
     def __eq__(self, other):
@@ -440,3 +441,12 @@ def _validated_adjacency(adjacency):
         )
     check_size(nodes, int(degrees[0]))
     return array
+
+
+def _is_connected(adjacency):
+    """Whether the graph of a boolean adjacency matrix is connected (breadth-first from node 0)."""
+    reached = frontier = np.eye(len(adjacency), 1, dtype=bool)[:, 0]
+    while frontier.any():
+        frontier = adjacency[frontier].any(axis=0) & ~reached
+        reached = reached | frontier
+    return bool(reached.all())
