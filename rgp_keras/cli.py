@@ -39,11 +39,14 @@ def _objective(text):
 
 
 def _graph(args):
-    from rgp_keras.graph import RegularGraph, auto_symmetry, degree_for_sparsity, optimize
+    from rgp_keras.graph import RegularGraph, auto_symmetry, degree_for_sparsity, optimize, warn_if_sparsity_differs
 
     if not args.out.endswith(".npz"):
         raise InputValueError(f"--out must end in .npz (a graph file is a NumPy archive), got {args.out}")
-    degree = args.degree if args.degree is not None else degree_for_sparsity(args.nodes, args.sparsity)
+    degree = args.degree
+    if degree is None:
+        degree = degree_for_sparsity(args.nodes, args.sparsity)
+        warn_if_sparsity_differs(args.sparsity, args.nodes, degree)
     symmetry = auto_symmetry(args.nodes, degree, args.objective) if args.symmetry == "auto" else args.symmetry
     start = RegularGraph.random(args.nodes, degree, seed=args.seed, symmetry=symmetry)
     result = optimize(
@@ -248,9 +251,10 @@ def _parser():
     graph.add_argument("--nodes", type=int, default=64, help="nodes n (channel groups; default 64)")
     size = graph.add_mutually_exclusive_group(required=True)
     size.add_argument("--degree", type=int, help="degree k: each layer keeps k/n of its weights")
-    size.add_argument("--sparsity", type=float, help="fraction to prune; the nearest valid degree is used")
+    size.add_argument("--sparsity", type=float, help="fraction to prune; the nearest valid degree is used (a warning says when that is over 2 points off)")
     graph.add_argument("--seed", type=int, help="random seed: with --attempts (or the default budget) the same seed "
-                       "gives the same graph; a --time-limit run stops wherever the clock says, so it may not")
+                       "gives the same graph; a --time-limit run stops after however many attempts this machine "
+                       "made in that time, so the same seed is not guaranteed to give the same graph")
     graph.add_argument("--objective", type=_objective, default="min", help="'min' (default), 'max' or a target ASPL")
     budget = graph.add_mutually_exclusive_group()
     budget.add_argument("--attempts", type=int, help="swap attempts (default: scaled to the graph size)")

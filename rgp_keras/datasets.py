@@ -96,7 +96,9 @@ def _find(name, root):
             return folder
     looked = ", ".join(str(c) for c in dict.fromkeys(candidates))
     raise FileNotFoundError(
-        f"{name} is not installed (looked in {looked}). Install it with `make data`, "
+        f"{name} is not installed (looked in {looked}). If a copy is installed elsewhere (`make data` puts one in "
+        f"the checkout's data/ folder), point at that folder: load_{name}(root='/path/to/data') or "
+        f"RGP_KERAS_DATA=/path/to/data. Else install it with `make data`, "
         f"`python scripts/install_data.py {data_root(root)}` (in a checkout), or: " + " && ".join(install_commands(name, root))
     )
 

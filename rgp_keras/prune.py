@@ -9,7 +9,7 @@ from keras.src.models.functional import Functional
 from rgp_keras import data_aware
 from rgp_keras._checks import check_fraction, check_int
 from rgp_keras.errors import InputTypeError, InputValueError
-from rgp_keras.graph import RegularGraph, degree_for_sparsity, optimize
+from rgp_keras.graph import RegularGraph, degree_for_sparsity, optimize, warn_if_sparsity_differs
 from rgp_keras.model_graph import (
     clone_layer,
     clone_model,
@@ -66,7 +66,9 @@ def prune_regular_graph(
             `rgp_keras.tfmot_adapter`).
         sparsity: fraction of each masked layer's weights to prune; with an
             explicit `nodes`, the nearest valid degree on that many nodes is
-            used (read `graph.sparsity` for the one achieved).
+            used (read `graph.sparsity` for the one achieved). A warning says
+            when the graph prunes more than 2 points away from `sparsity`, and
+            names the `nodes` that give it exactly.
         degree: graph degree k; each masked layer keeps k / `nodes` of its weights.
         graph: a `RegularGraph` or the path of a graph file from `rgp graph`
             (then `nodes` must stay "auto": the graph has its own).
@@ -129,9 +131,14 @@ def prune_regular_graph(
             "refits masked layers to reproduce the dense model's outputs. Prune the model that holds the layer "
             "(select it with `layers=`), or wrap the layer without calibration data."
         )
-    if graph is None and nodes == "auto" and sparsity is not None:
-        nodes, degree = _auto_nodes(to_prune, sparsity, self_loops, layers, skip_first, skip_last)
-        sparsity = None
+    _check_graph_arguments(sparsity, degree, graph, nodes)
+    if sparsity is not None:  # the degree for it, said when it is far from what was asked
+        if nodes == "auto":
+            nodes, degree = _auto_nodes(to_prune, sparsity, self_loops, layers, skip_first, skip_last)
+        else:
+            nodes = check_int("nodes", nodes, minimum=3)
+            degree = degree_for_sparsity(nodes, sparsity, self_loops)
+        warn_if_sparsity_differs(sparsity, nodes, degree, self_loops)
     if check_int("graph_candidates", graph_candidates, minimum=1) > 1:
         if graph is not None:
             raise InputValueError(
@@ -143,11 +150,10 @@ def prune_regular_graph(
         arrays = data_aware.checked_arrays(to_prune, calibration_data, calibration_samples)
         options = dict(self_loops=self_loops, skip_first=skip_first, skip_last=skip_last, layers=layers,
                        calibration_data=arrays, calibration_mixes=calibration_mixes, assign_channels=assign_channels)
-        graphs = (resolve_graph(sparsity=sparsity, degree=degree, graph=None, nodes=nodes,
-                                seed=None if seed is None else seed + i) for i in range(graph_candidates))
+        graphs = (_graph_for(degree, None, nodes, None if seed is None else seed + i) for i in range(graph_candidates))
         return data_aware.best_of(to_prune, arrays, (lambda g=g: prune_regular_graph(to_prune, graph=g, **options)
                                                      for g in graphs))
-    graph = resolve_graph(sparsity=sparsity, degree=degree, graph=graph, nodes=nodes, seed=seed)
+    graph = _graph_for(degree, graph, nodes, seed)
     if is_tf_keras(to_prune):
         from rgp_keras import tfmot_adapter
 
@@ -270,8 +276,22 @@ def reinitialize(model, seed=None):
     return model
 
 
-def resolve_graph(*, sparsity, degree, graph, nodes, seed):
-    """The `RegularGraph` asked for by exactly one of sparsity / degree / graph (nodes "auto" means 64 here)."""
+def _graph_for(degree, graph, nodes, seed):
+    """The `RegularGraph` asked for by checked arguments: `graph` itself or its file, else a generated
+    `degree`-regular graph on `nodes` nodes ("auto": 64) optimised for minimum ASPL."""
+    if graph is not None:
+        if isinstance(graph, (str, os.PathLike)):
+            return RegularGraph.load(graph)
+        if not isinstance(graph, RegularGraph):
+            raise InputTypeError(f"`graph` must be a RegularGraph or a graph file path, got {type(graph).__name__}.")
+        return graph
+    nodes = 64 if nodes == "auto" else check_int("nodes", nodes, minimum=3)
+    start = RegularGraph.random(nodes, degree, seed=seed)
+    return optimize(start, seed=start.metadata["seed"]).graph
+
+
+def _check_graph_arguments(sparsity, degree, graph, nodes):
+    """Exactly one of sparsity / degree / graph, and `nodes` an int or "auto" (and "auto" with a graph)."""
     given = {name: value for name, value in (("sparsity", sparsity), ("degree", degree), ("graph", graph)) if value is not None}
     if len(given) != 1:
         raise InputValueError(
@@ -281,21 +301,8 @@ def resolve_graph(*, sparsity, degree, graph, nodes, seed):
         )
     if isinstance(nodes, str) and nodes != "auto":
         raise InputValueError(f"`nodes` must be an integer >= 3 or 'auto', got {nodes!r}.")
-    if graph is not None:
-        if nodes != "auto":
-            raise InputValueError(
-                f"`nodes`={nodes!r} conflicts with `graph`, which has its own node count; pass one of them."
-            )
-        if isinstance(graph, (str, os.PathLike)):
-            return RegularGraph.load(graph)
-        if not isinstance(graph, RegularGraph):
-            raise InputTypeError(f"`graph` must be a RegularGraph or a graph file path, got {type(graph).__name__}.")
-        return graph
-    nodes = 64 if nodes == "auto" else check_int("nodes", nodes, minimum=3)
-    if sparsity is not None:
-        degree = degree_for_sparsity(nodes, sparsity)
-    start = RegularGraph.random(nodes, degree, seed=seed)
-    return optimize(start, seed=start.metadata["seed"]).graph
+    if graph is not None and nodes != "auto":
+        raise InputValueError(f"`nodes`={nodes!r} conflicts with `graph`, which has its own node count; pass one of them.")
 
 
 def _auto_nodes(to_prune, sparsity, self_loops, layers, skip_first, skip_last):

@@ -5,10 +5,9 @@ Shared by the Keras 3 path (`prune`), the tf_keras path (`tfmot_adapter`),
 """
 
 import math
-from fractions import Fraction
 
 from rgp_keras.errors import InputValueError
-from rgp_keras.graph._regular import nearest_degree
+from rgp_keras.graph import exact_nodes, nearest_degree
 from rgp_keras.masks import kernel_channels, prunable_kernel
 from rgp_keras.model_graph import leaves
 
@@ -138,16 +137,6 @@ def auto_nodes(layers, sparsity, self_loops=False):
     candidates = [(n, _nearest_degree(n, sparsity, self_loops)) for n in range(3, max(3, min(MAX_AUTO_NODES,
                                                                                           narrowest)) + 1)]
     return min((c for c in candidates if c[1] is not None), key=error)
-
-
-def exact_nodes(density, limit, self_loops=False):
-    """The largest n <= `limit` with a valid degree k, (k + self_loops) / n == `density` exactly; None if none."""
-    density = Fraction(density).limit_denominator(10_000)
-    for nodes in range(limit, 2, -1):
-        degree = density * nodes - self_loops
-        if degree.denominator == 1 and 2 <= degree < nodes and nodes * degree % 2 == 0:
-            return nodes
-    return None
 
 
 def _nearest_degree(nodes, sparsity, self_loops):

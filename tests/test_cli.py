@@ -18,7 +18,14 @@ def test_version_and_help_run_as_console_script():
     assert out.returncode == 0 and "example: rgp graph" in out.stdout
     help_text = " ".join(out.stdout.split())  # argparse wraps lines
     assert "with --attempts (or the default budget) the same seed gives the same graph" in help_text
-    assert "a --time-limit run stops wherever the clock says, so it may not" in help_text
+    assert ("a --time-limit run stops after however many attempts this machine made in that time, so the same "
+            "seed is not guaranteed to give the same graph") in help_text
+
+
+def test_graph_says_when_the_nearest_degree_is_far_from_the_sparsity_asked(tmp_path):
+    with pytest.warns(UserWarning, match=r"Asked for sparsity 0\.75; on 4 nodes .* graph 4/2 prunes 0\.5, 25\.0 "
+                                         r"points less than asked: nodes=64, 60, .* give 0\.75 exactly"):
+        assert main(["graph", "--nodes", "4", "--sparsity", "0.75", "--out", str(tmp_path / "g.npz"), "--quiet"]) == 0
 
 
 def test_graph_writes_an_optimised_graph_and_reports(tmp_path, capsys):

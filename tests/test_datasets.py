@@ -1,4 +1,5 @@
 import gzip
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,6 +40,21 @@ def test_missing_data_says_how_to_install(tmp_path):
         datasets.load_mnist(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"apt-get download dataset-fashion-mnist.*dpkg -x"):
         datasets.load_fashion_mnist(tmp_path)
+
+
+def test_run_from_another_folder_the_error_says_how_to_point_at_an_installed_copy(tmp_path, monkeypatch):
+    installed = Path(__file__).resolve().parents[1] / "data"  # `make test` installs both there first (`make data`)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RGP_KERAS_DATA", raising=False)
+    if Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("Fashion-MNIST is installed system-wide here")
+    with pytest.raises(FileNotFoundError, match=r"installed elsewhere.*load_fashion_mnist\(root='/path/to/data'\) or "
+                                                r"RGP_KERAS_DATA=/path/to/data"):
+        datasets.load_fashion_mnist()
+    monkeypatch.setenv("RGP_KERAS_DATA", str(installed))
+    assert datasets.load_fashion_mnist()[1][0].shape == (10000, 28, 28)
+    monkeypatch.delenv("RGP_KERAS_DATA")
+    assert datasets.load_fashion_mnist(root=installed)[1][0].shape == (10000, 28, 28)
 
 
 def test_wrong_split_size_is_reported(tmp_path):

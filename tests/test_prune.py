@@ -284,9 +284,28 @@ def test_summary_counts_params_and_macs(vgg_model, graph16):
     [({}, "none"), ({"sparsity": 0.5, "degree": 4}, "sparsity=0.5, degree=4"),
      ({"degree": 4, "graph": "g.npz"}, "degree=4, graph='g.npz'")],
 )
-def test_exactly_one_of_sparsity_degree_graph(mlp_model, kwargs, message):
+@pytest.mark.parametrize("nodes", [16, "auto"])
+def test_exactly_one_of_sparsity_degree_graph(mlp_model, kwargs, message, nodes):
+    if nodes == "auto" and "graph" in kwargs:
+        kwargs = {**kwargs, "graph": RegularGraph.ring_lattice(16, 4)}
+        message = message.replace("'g.npz'", ".*")
     with pytest.raises(ValueError, match=f"exactly one of `sparsity`, `degree` or `graph`; got {message}"):
-        prune_regular_graph(mlp_model, nodes=16, **kwargs)
+        prune_regular_graph(mlp_model, nodes=nodes, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"nodes": 4, "sparsity": 0.75}, r"on 4 nodes the nearest valid degree is 2, so the graph 4/2 prunes 0\.5, "
+                                      r"25\.0 points less than asked: nodes=64, 60, 56, 52, 48, \.\.\. give 0\.75"),
+     ({"nodes": 8, "sparsity": 0.75, "self_loops": True}, r"degree is 2 \(plus self-loops\), so the graph 8/2 "
+                                                          r"prunes 0\.625, 12\.5 points less"),
+     ({"nodes": 4, "sparsity": 0.123}, "no node count up to 64 gives it exactly")],
+)
+def test_a_graph_far_from_the_sparsity_asked_is_announced(mlp_model, kwargs, message):
+    with pytest.warns(UserWarning, match=f"Asked for sparsity {kwargs['sparsity']:g}; .*{message}") as caught:
+        prune_regular_graph(mlp_model, seed=0, **kwargs)
+    assert len(caught) == 1
+    prune_regular_graph(mlp_model, nodes=16, sparsity=0.75, self_loops=True, seed=0)  # 16/3 + self-loops: exact, silent
 
 
 def test_unbuilt_model_is_rejected(graph16):

@@ -6,8 +6,8 @@ import keras
 import pytest
 
 import rgp_keras
-from rgp_keras.graph import RegularGraph
-from rgp_keras.selection import auto_nodes, exact_nodes
+from rgp_keras.graph import RegularGraph, exact_nodes
+from rgp_keras.selection import auto_nodes
 
 L = keras.layers
 

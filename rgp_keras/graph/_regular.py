@@ -6,7 +6,9 @@ import json
 import os
 import secrets
 import tempfile
+import warnings
 import zipfile
+from fractions import Fraction
 
 import numpy as np
 
@@ -14,6 +16,9 @@ from rgp_keras._checks import check_fraction, check_int
 from rgp_keras._files import normal_file_mode
 from rgp_keras.errors import InputValueError
 from rgp_keras.graph._bfs import distance_stats
+
+# A graph pruning further than this from the sparsity asked for is announced by a warning.
+SPARSITY_TOLERANCE = 0.02
 
 FORMAT_NAME = "rgp_keras.RegularGraph"
 FORMAT_VERSION = 1
@@ -116,10 +121,11 @@ def nearest_degree(nodes, wanted):
     return min(valid, key=lambda k: (abs(k - wanted), k), default=None)
 
 
-def degree_for_sparsity(nodes, sparsity):
-    """The valid degree whose sparsity `1 - degree / nodes` is nearest to `sparsity`.
+def degree_for_sparsity(nodes, sparsity, self_loops=False):
+    """The valid degree whose sparsity `1 - (degree + self_loops) / nodes` is nearest to `sparsity`.
 
-    Read the sparsity actually achieved back as `1 - degree / nodes`.
+    Read the sparsity actually achieved back as `1 - (degree + self_loops) / nodes`;
+    `warn_if_sparsity_differs` says when it is far from the one asked for.
 
     Example:
     >>> degree_for_sparsity(64, 0.875)
@@ -127,16 +133,54 @@ def degree_for_sparsity(nodes, sparsity):
     """
     nodes = check_int("nodes", nodes, minimum=3)
     sparsity = check_fraction("sparsity", sparsity)
-    wanted = (1 - sparsity) * nodes
+    wanted = (1 - sparsity) * nodes - self_loops
     valid = [k for k in range(2, nodes) if nodes * k % 2 == 0]
     best = nearest_degree(nodes, wanted)
     if abs(best - wanted) > 1:
         raise InputValueError(
             f"`sparsity`={sparsity} needs degree {wanted:.3g} on {nodes} nodes, but degrees "
-            f"{valid[0]}..{valid[-1]} are possible: sparsity between {1 - valid[-1] / nodes:.4g} "
-            f"and {1 - valid[0] / nodes:.4g} is accepted on {nodes} nodes."
+            f"{valid[0]}..{valid[-1]} are possible: sparsity between {1 - (valid[-1] + self_loops) / nodes:.4g} "
+            f"and {1 - (valid[0] + self_loops) / nodes:.4g} is accepted on {nodes} nodes."
         )
     return best
+
+
+def exact_nodes(density, limit, self_loops=False):
+    """The largest n <= `limit` with a valid degree k, (k + self_loops) / n == `density` exactly; None if none.
+
+    Example:
+    >>> exact_nodes(0.25, 64), exact_nodes(0.25, 15)
+    (64, 8)
+    """
+    density = Fraction(density).limit_denominator(10_000)
+    for nodes in range(limit, 2, -1):
+        degree = density * nodes - self_loops
+        if degree.denominator == 1 and 2 <= degree < nodes and nodes * degree % 2 == 0:
+            return nodes
+    return None
+
+
+def warn_if_sparsity_differs(sparsity, nodes, degree, self_loops=False):
+    """Warn when the `nodes`/`degree` graph prunes more than `SPARSITY_TOLERANCE` away from the `sparsity` asked.
+
+    The warning says what was asked and what is built, and names the node
+    counts up to 64 that give `sparsity` exactly.
+    """
+    built = 1 - (degree + self_loops) / nodes
+    if abs(built - sparsity) <= SPARSITY_TOLERANCE:
+        return
+    exact = [n for n in range(64, 2, -1) if exact_nodes(1 - sparsity, n, self_loops) == n]
+    if exact:
+        listed = ", ".join(map(str, exact[:5])) + (", ..." if len(exact) > 5 else "")
+        fix = f"nodes={listed} give {sparsity:g} exactly."
+    else:
+        fix = "no node count up to 64 gives it exactly; pass `nodes` and `degree` for the graph you want."
+    warnings.warn(
+        f"Asked for sparsity {sparsity:g}; on {nodes} nodes the nearest valid degree is {degree}"
+        f"{' (plus self-loops)' if self_loops else ''}, so the graph {nodes}/{degree} prunes {built:.4g}, "
+        f"{100 * abs(built - sparsity):.1f} points {'more' if built > sparsity else 'less'} than asked: {fix}",
+        stacklevel=3,
+    )
 
 
 class RegularGraph:
