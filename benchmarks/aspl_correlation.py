@@ -31,10 +31,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 import numpy as np
+from _results import append, done_rows
 from scipy import stats
 
 import rgp_keras
-from _results import append, done_rows
 from rgp_keras.graph import RegularGraph, optimize
 from rgp_keras.plots import new_figure
 

@@ -48,10 +48,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 import numpy as np
-
-import rgp_keras
 from _architectures import ARCHITECTURES, build
 from _results import append, done_rows
+
+import rgp_keras
 from rgp_keras.graph import RegularGraph, optimize
 
 RESULTS = Path(__file__).parent / "results"
@@ -136,8 +136,8 @@ def run_rgp(method, dense, graph, calibration, train, test, seed):
 
 def run_tfmot(dense, spec, sparsity, train, test, seed):
     """TF-MOT's magnitude pruning of the tf_keras twin of `dense`: one-shot masks, then one epoch."""
-    import tf_keras
     import tensorflow_model_optimization as tfmot
+    import tf_keras
 
     tf_keras.utils.set_random_seed(seed)
     twin = build(tf_keras, spec)

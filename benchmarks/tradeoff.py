@@ -71,10 +71,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 import numpy as np
+from _results import append, done_rows, start
 
 import rgp_keras
-from _results import append, done_rows, start
-from rgp_keras.assign import _permuted_weights, channel_spaces
+from rgp_keras.data_aware.assign import _permuted_weights, channel_spaces
 from rgp_keras.model_graph import model_graph, to_numpy
 from rgp_keras.plots import new_figure
 
@@ -244,7 +244,7 @@ def l1_filters(dense, name, width):
     """The thin architecture holding the dense model's highest-L1 filters of every hidden tensor.
 
     Channels tied by residual Adds (and passed through BatchNorm / depthwise layers) form one channel
-    space (`rgp_keras.assign.channel_spaces`, the graph walk channel assignment uses); each space is
+    space (`rgp_keras.data_aware.assign.channel_spaces`, the graph walk channel assignment uses); each space is
     ordered by the summed L1 norm of the filters writing it, consistently in every layer (a function-
     preserving permutation), and the thin model takes the first channels of each weight.
     """

@@ -13,8 +13,8 @@ import sys
 
 # framework module -> the rgp_keras modules that register our classes with it.
 LAYER_MODULES = {
-    "keras": ("rgp_keras.wrapper", "rgp_keras.export._kernels"),
-    "tensorflow_model_optimization": ("rgp_keras.tfmot_layers",),
+    "keras": ("rgp_keras.masking.wrapper", "rgp_keras.export._kernels"),
+    "tensorflow_model_optimization": ("rgp_keras.tfmot.layers",),
 }
 
 

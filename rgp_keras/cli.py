@@ -99,8 +99,8 @@ def _load_keras_model(path):
 
 
 def _prune(args):
+    from rgp_keras.masking.summary import pruning_summary
     from rgp_keras.prune import prune_regular_graph
-    from rgp_keras.summary import pruning_summary
 
     if not args.output.endswith(".keras"):
         raise InputValueError(f"-o/--output must end in .keras, got {args.output}")
@@ -126,7 +126,7 @@ def _prune(args):
 
 
 def _summary(args):
-    from rgp_keras.summary import pruning_summary
+    from rgp_keras.masking.summary import pruning_summary
 
     summary = pruning_summary(_load_keras_model(args.model))
     if args.json:
@@ -227,7 +227,7 @@ def _plot(args):
             plots.plot_aspl_history({f"n={graph.nodes}, k={graph.degree}": history}, args.output,
                                     moore_bound=graph.moore_bound)
     else:
-        from rgp_keras.summary import pruning_summary
+        from rgp_keras.masking.summary import pruning_summary
 
         model = _load_keras_model(args.source)
         plots.plot_layer_sparsity(pruning_summary(model), args.output, title=model.name)

@@ -124,11 +124,6 @@ def to_numpy(value):
     return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
 
 
-def class_names(layer):
-    """Names of the layer's class and its bases: Keras 3, tf_keras and user subclasses match alike."""
-    return {cls.__name__ for cls in type(layer).__mro__}
-
-
 def leaves(model):
     """Layers in model order, descending into nested models; wrappers count as leaves.
 

@@ -10,6 +10,10 @@ from rgp_keras import data_aware
 from rgp_keras._checks import check_fraction, check_int
 from rgp_keras.errors import InputTypeError, InputValueError
 from rgp_keras.graph import RegularGraph, degree_for_sparsity, optimize, warn_if_sparsity_differs
+from rgp_keras.masking.layer_types import layer_type
+from rgp_keras.masking.selection import auto_nodes, select, skip_reason, wanted
+from rgp_keras.masking.summary import warn_if_short
+from rgp_keras.masking.wrapper import RegularGraphPruning
 from rgp_keras.model_graph import (
     clone_layer,
     clone_model,
@@ -20,9 +24,6 @@ from rgp_keras.model_graph import (
     to_numpy,
     variable_index,
 )
-from rgp_keras.selection import auto_nodes, select, skip_reason, wanted
-from rgp_keras.summary import warn_if_short
-from rgp_keras.wrapper import INITIALIZER_OF, RegularGraphPruning
 
 
 def prune_regular_graph(
@@ -63,7 +64,7 @@ def prune_regular_graph(
             models included), or a single layer to wrap inside a model definition.
             tf_keras models and layers are accepted too: they get TF-MOT
             `PruneLowMagnitude` subclasses with the same masks (see
-            `rgp_keras.tfmot_adapter`).
+            `rgp_keras.tfmot.adapter`).
         sparsity: fraction of each masked layer's weights to prune; with an
             explicit `nodes`, the nearest valid degree on that many nodes is
             used (read `graph.sparsity` for the one achieved). A warning says
@@ -155,7 +156,7 @@ def prune_regular_graph(
                                                      for g in graphs))
     graph = _graph_for(degree, graph, nodes, seed)
     if is_tf_keras(to_prune):
-        from rgp_keras import tfmot_adapter
+        from rgp_keras.tfmot import adapter as tfmot_adapter
 
         return tfmot_adapter.prune_regular_graph(
             to_prune, graph, self_loops=self_loops, skip_first=skip_first, skip_last=skip_last, layers=layers,
@@ -217,7 +218,7 @@ def strip_pruning(model):
     ['Dense', 'Dense', 'Dense']
     """
     if is_tf_keras(model):
-        from rgp_keras import tfmot_adapter
+        from rgp_keras.tfmot import adapter as tfmot_adapter
 
         return tfmot_adapter.strip_pruning(model)
     if isinstance(model, RegularGraphPruning):
@@ -266,7 +267,7 @@ def reinitialize(model, seed=None):
     if not wrappers:
         raise InputValueError("`model` has no RegularGraphPruning layers to re-initialise; prune it first.")
     for index, wrapper in enumerate(wrappers):
-        initializer = getattr(wrapper.layer, INITIALIZER_OF[wrapper.kernel_attribute])
+        initializer = getattr(wrapper.layer, layer_type(wrapper.layer)[1].initializer)
         config = keras.initializers.serialize(initializer)
         if seed is not None and "seed" in config.get("config", {}):
             config["config"]["seed"] = seed + index
@@ -310,7 +311,7 @@ def _auto_nodes(to_prune, sparsity, self_loops, layers, skip_first, skip_last):
     check_fraction("sparsity", sparsity)
     if isinstance(getattr(to_prune, "layers", None), list) and getattr(to_prune, "built", False):
         if is_tf_keras(to_prune):
-            from rgp_keras.tfmot_adapter import tf_keras_skip_reason as reason_of
+            from rgp_keras.tfmot.adapter import tf_keras_skip_reason as reason_of
         else:
             reason_of = skip_reason
         candidates = [layer for layer, _ in wanted(to_prune, layers, skip_first, skip_last, reason_of)]

@@ -1,15 +1,15 @@
-"""Tests for rgp_keras.assign: channel permutations keep the dense model's function and raise the kept importance."""
+"""Tests for rgp_keras.data_aware.assign: channel permutations keep the dense model's function and raise the kept importance."""
 
 import keras
 import numpy as np
 import pytest
 
 from rgp_keras import prune_regular_graph
-from rgp_keras.assign import assign_channels
+from rgp_keras.data_aware.assign import assign_channels
 from rgp_keras.graph import RegularGraph
+from rgp_keras.masking.selection import select
 from rgp_keras.model_graph import leaves, to_numpy
 from rgp_keras.prune import with_weights
-from rgp_keras.selection import select
 
 
 def randomise_batchnorm(model, seed=0):

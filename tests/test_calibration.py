@@ -1,4 +1,4 @@
-"""Tests for rgp_keras.calibration through prune_regular_graph(calibration_data=...): accepted forms, bad inputs."""
+"""Tests for rgp_keras.data_aware.calibration through prune_regular_graph(calibration_data=...): accepted forms, bad inputs."""
 
 import keras
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from rgp_keras import prune_regular_graph, pruning_summary
-from rgp_keras.calibration import calibration_arrays, mix_count, with_mixes
+from rgp_keras.data_aware.calibration import calibration_arrays, mix_count, with_mixes
 from rgp_keras.graph import RegularGraph
 
 

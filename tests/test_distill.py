@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import rgp_keras
-from rgp_keras.distill import SoftTargetDistillation
+from rgp_keras.data_aware.distill import SoftTargetDistillation
 from rgp_keras.errors import InputTypeError, InputValueError
 from rgp_keras.model_graph import to_numpy
 

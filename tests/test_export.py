@@ -19,7 +19,7 @@ from rgp_keras.export import (
     estimated_latency_ratios,
 )
 from rgp_keras.graph import RegularGraph
-from rgp_keras.masks import kernel_mask
+from rgp_keras.masking.masks import kernel_mask
 from rgp_keras.model_graph import to_numpy
 
 layers = keras.layers

@@ -1,6 +1,5 @@
 """Tests for rgp_keras.graph: regular graphs, ASPL, the Moore bound, optimisation, the file format."""
 
-import io
 import json
 import os
 import subprocess

@@ -1,10 +1,10 @@
-"""Tests for rgp_keras.masks: channel groups and kernel masks (numpy only)."""
+"""Tests for rgp_keras.masking.masks: channel groups and kernel masks (numpy only)."""
 
 import numpy as np
 import pytest
 
 from rgp_keras.graph import RegularGraph
-from rgp_keras.masks import channel_groups, kernel_mask
+from rgp_keras.masking.masks import channel_groups, kernel_mask
 
 
 @pytest.mark.parametrize("channels, nodes", [(64, 64), (96, 64), (100, 16), (17, 16), (256, 64)])

@@ -14,7 +14,7 @@ import pytest
 import rgp_keras
 from rgp_keras import RegularGraphPruning, prune_regular_graph, pruning_summary, reinitialize, strip_pruning
 from rgp_keras.graph import RegularGraph
-from rgp_keras.masks import channel_blocks
+from rgp_keras.masking.masks import channel_blocks
 from rgp_keras.model_graph import leaves, to_numpy
 
 

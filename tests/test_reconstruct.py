@@ -1,4 +1,4 @@
-"""Tests for rgp_keras.reconstruct: conv features, least-squares refit, BatchNorm statistics, reports."""
+"""Tests for rgp_keras.data_aware.reconstruct: conv features, least-squares refit, BatchNorm statistics, reports."""
 
 import warnings
 
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from rgp_keras import prune_regular_graph, pruning_summary
+from rgp_keras.data_aware.reconstruct import _features
 from rgp_keras.graph import RegularGraph
 from rgp_keras.model_graph import to_numpy
-from rgp_keras.reconstruct import _features
 
 
 @pytest.mark.parametrize(

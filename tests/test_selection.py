@@ -7,7 +7,7 @@ import pytest
 
 import rgp_keras
 from rgp_keras.graph import RegularGraph, exact_nodes
-from rgp_keras.selection import auto_nodes
+from rgp_keras.masking.selection import auto_nodes
 
 L = keras.layers
 

@@ -12,10 +12,10 @@ import tensorflow as tf  # noqa: E402
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude  # noqa: E402
 
 import rgp_keras  # noqa: E402
-from rgp_keras import tfmot_adapter  # noqa: E402
 from rgp_keras.graph import RegularGraph  # noqa: E402
-from rgp_keras.masks import kernel_mask  # noqa: E402
-from rgp_keras.tfmot_layers import PruneRegularGraph  # noqa: E402
+from rgp_keras.masking.masks import kernel_mask  # noqa: E402
+from rgp_keras.tfmot import adapter as tfmot_adapter  # noqa: E402
+from rgp_keras.tfmot.layers import PruneRegularGraph  # noqa: E402
 
 layers = tf_keras.layers
 
@@ -177,7 +177,7 @@ def test_keras_3_and_tf_keras_helpers_name_both_paths(graph16, tmp_path):
 def test_missing_tfmot_says_how_to_install(graph16, monkeypatch):
     tfmot_adapter._api.cache_clear()
     monkeypatch.setitem(sys.modules, "tensorflow_model_optimization", None)
-    monkeypatch.delitem(sys.modules, "rgp_keras.tfmot_layers")
+    monkeypatch.delitem(sys.modules, "rgp_keras.tfmot.layers")
     try:
         with pytest.raises(ImportError, match="pip install 'tensorflow-model-optimization"):
             rgp_keras.prune_regular_graph(cnn(), graph=graph16)

@@ -24,14 +24,15 @@ export alike.
 
 Modules: `_convert` (conversion, quantisation, atomic write, report),
 `_rewrite` (the Keras-level compact rewrite), `_kernels` (the compact layers)
-and `_latency` (the per-layer latency estimate).
+and `_latency` (the per-layer latency estimate). Running and timing .tflite
+files is `rgp_keras.litert` (no TensorFlow needed).
 """
 
 from rgp_keras.export._convert import QUANTIZE, ExportReport, export_tflite
 from rgp_keras.export._kernels import LAYOUTS, CompactKernel, FoldedAway, GatherKernel, ScatterKernel
 from rgp_keras.export._latency import estimated_latency_ratios
 from rgp_keras.export._rewrite import compact_model
-from rgp_keras.masks import channel_blocks
+from rgp_keras.masking.masks import channel_blocks
 
 __all__ = [
     "ExportReport", "export_tflite", "compact_model", "channel_blocks", "estimated_latency_ratios", "CompactKernel",

@@ -14,14 +14,14 @@ from keras.src.models.functional import Functional
 from rgp_keras._checks import check_int
 from rgp_keras._files import normal_file_mode
 from rgp_keras.errors import BackendError, ExportCheckError, InputTypeError, InputValueError
-from rgp_keras.export._kernels import LAYOUTS, _class_name
+from rgp_keras.export._kernels import LAYOUTS
 from rgp_keras.export._rewrite import compact_model, masked_kernel_of
 from rgp_keras.litert import run_tflite
+from rgp_keras.masking.layer_types import layer_type
+from rgp_keras.masking.summary import pruning_summary
+from rgp_keras.masking.wrapper import RegularGraphPruning
 from rgp_keras.model_graph import leaves, reject_tf_keras, to_numpy
 from rgp_keras.prune import strip_pruning
-from rgp_keras.summary import pruning_summary
-from rgp_keras.wrapper import RegularGraphPruning
-
 
 QUANTIZE = (None, "dynamic", "float16", "int8")
 _CALIBRATION_SAMPLES = 200
@@ -252,7 +252,7 @@ def _converter_options(model, quantize, samples, compact):
     optimizations, notes, options = [], [], {}
     zeros = [layer for layer in leaves(model) if _has_zeros(layer)]
     if not quantize:
-        sparse = [layer for layer in zeros if _class_name(layer) == "Dense"]
+        sparse = [layer for layer in zeros if layer_type(layer)[1].layout == "dense"]
         unsafe = [layer.name for layer in sparse if layer.kernel.shape[0] % 4]
         slow = [layer.name for layer in sparse]
         if unsafe:

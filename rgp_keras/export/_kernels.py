@@ -7,13 +7,9 @@ import numpy as np
 
 from rgp_keras.errors import InputValueError
 from rgp_keras.export._latency import _scatter_applies
-from rgp_keras.masks import PRUNABLE, channel_groups
+from rgp_keras.masking.layer_types import layer_type
+from rgp_keras.masking.masks import channel_groups
 from rgp_keras.model_graph import to_numpy
-
-
-# What each compactable class computes with: Dense as a 1x1 Conv2D. Conv3D is not here: LiteRT's CONV_3D
-# has no groups, so a grouped Conv3D converts but cannot run.
-_CONV_CLASS = {"Dense": keras.layers.Conv2D, "Conv1D": keras.layers.Conv1D, "Conv2D": keras.layers.Conv2D}
 
 
 class CompactKernel(keras.layers.Layer):
@@ -42,7 +38,7 @@ class CompactKernel(keras.layers.Layer):
         kernel = to_numpy(layer.kernel) if layer.built else _zero_kernel(layer, channels_in)
         self.channels_in, self.units = (int(size) for size in kernel.shape[-2:])
         self.nodes = blocks.shape[0]
-        self.is_dense = _class_name(layer) == "Dense"
+        self.is_dense = layer_type(layer)[1].layout == "dense"
         config = layer.get_config()
         bias = None
         if config["use_bias"]:
@@ -62,7 +58,7 @@ class CompactKernel(keras.layers.Layer):
         )
         if not self.is_dense:
             conv_args.update(strides=config["strides"], padding=config["padding"], dilation_rate=config["dilation_rate"])
-        self.conv = _CONV_CLASS[_class_name(layer)](**conv_args)
+        self.conv = getattr(keras.layers, layer_type(layer)[1].compact_as)(**conv_args)
         self.conv_input_width = compact.shape[-2] * self.nodes  # the grouped conv's kernel holds one group's
 
     def build(self, input_shape):
@@ -233,7 +229,7 @@ class FoldedAway(keras.layers.Layer):
 def _zero_kernel(layer, channels_in):
     """Zeros shaped like the kernel of the unbuilt Dense/ConvND `layer` reading `channels_in` channels."""
     config = layer.get_config()
-    window = () if _class_name(layer) == "Dense" else tuple(config["kernel_size"])
+    window = () if layer_type(layer)[1].layout == "dense" else tuple(config["kernel_size"])
     return np.zeros((*window, channels_in, config.get("units") or config["filters"]), "float32")
 
 
@@ -265,7 +261,3 @@ def _group_members(channels, nodes):
         members[g, : len(chosen)] = chosen
     return members
 
-
-def _class_name(layer):
-    """The prunable Keras class `layer` is or subclasses (e.g. "Conv2D"), else None."""
-    return next((cls.__name__ for cls in type(layer).__mro__ if cls.__name__ in PRUNABLE), None)

@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 
-
 # Latency estimate, fitted to single layers in LiteRT 2.3's XNNPACK on x86
 # AVX2, one thread (benchmarks/layout_choice.py checks it per layer): a GEMM
 # runs at full speed with >= 16 output channels per group (fewer use that

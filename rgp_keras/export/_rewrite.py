@@ -7,11 +7,12 @@ import numpy as np
 
 from rgp_keras._checks import check_int
 from rgp_keras.errors import InputValueError
-from rgp_keras.export._kernels import KERNELS, LAYOUTS, _CONV_CLASS, CompactKernel, FoldedAway, _class_name
+from rgp_keras.export._kernels import KERNELS, LAYOUTS, CompactKernel, FoldedAway
 from rgp_keras.export._latency import _MAX_LATENCY_RATIO, estimated_latency_ratios, output_positions
-from rgp_keras.masks import channel_blocks, kept_pairs, prunable_kernel
-from rgp_keras.model_graph import clone_layer, clone_model, leaves, paired_leaves, to_numpy
-from rgp_keras.selection import layer_macs
+from rgp_keras.masking.layer_types import REGISTRY, layer_type
+from rgp_keras.masking.masks import channel_blocks, kept_pairs, prunable_kernel
+from rgp_keras.masking.selection import layer_macs
+from rgp_keras.model_graph import clone_layer, clone_model, paired_leaves, to_numpy
 
 
 def compact_model(model, layout="auto", *, int8=False, threads=1):
@@ -146,12 +147,13 @@ def _fold_batch_norm(layer, norm):
 
 
 def _why_not_compact(layer):
-    name = _class_name(layer)
+    name, kind = layer_type(layer)
     if name == "Conv3D":
         return ("Conv3D: LiteRT's CONV_3D has no groups, so a grouped compact kernel cannot run there; "
                 "kept dense-shaped, the zeros sparse-encoded")
-    if name not in _CONV_CLASS:
-        return f"{type(layer).__name__}: compact rewrite covers Dense, Conv1D and Conv2D only"
+    if kind is None or kind.compact_as is None:
+        covered = ", ".join(name for name, other in REGISTRY.items() if other.compact_as)
+        return f"{type(layer).__name__}: compact rewrite covers {covered} only"
     if getattr(layer, "data_format", "channels_last") != "channels_last":
         return "channels_first layout: compact rewrite needs channels_last"
     return None

@@ -21,22 +21,9 @@ the report says why.
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from rgp_keras.masks import channel_groups, group_mask, prunable_kernel
-from rgp_keras.model_graph import class_names, model_graph, to_numpy, variable_index
-
-# Layers that act on each channel on its own (same channel count in and out, channels last).
-_CHANNELWISE = {
-    "Activation", "ReLU", "LeakyReLU", "ELU", "Softmax", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
-    "SpatialDropout3D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization", "Identity",
-    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
-    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D", "GlobalAveragePooling1D",
-    "GlobalAveragePooling2D", "GlobalAveragePooling3D", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
-    "Cropping1D", "Cropping2D", "Cropping3D", "UpSampling1D", "UpSampling2D", "UpSampling3D",
-    "BatchNormalization", "LayerNormalization", "DepthwiseConv1D", "DepthwiseConv2D", "PReLU",
-}
-_MERGES = {"Add", "Subtract", "Multiply", "Maximum", "Minimum", "Average"}
-# Kernel layers whose (in, out) axes are the kernel's last two: they end one space and start another.
-_KERNEL_LAYOUTS = ("dense", "conv")
+from rgp_keras.masking.layer_types import layer_type
+from rgp_keras.masking.masks import channel_groups, group_mask
+from rgp_keras.model_graph import model_graph, to_numpy, variable_index
 
 
 class _Spaces:
@@ -67,38 +54,29 @@ def _channels_last(layer):
     return getattr(layer, "data_format", "channels_last") in ("channels_last", None)
 
 
-def _kernel_layout(layer):
-    attribute, layout = prunable_kernel(layer)
-    if attribute == "kernel" and layout in _KERNEL_LAYOUTS and _channels_last(layer):
-        return layout
-    return None
+def _is_kernel(layer):
+    """Whether `layer`'s kernel maps every input channel to every output channel, channels last."""
+    kind = layer_type(layer)[1]
+    return kind is not None and kind.channels == "kernel" and getattr(layer, "groups", 1) == 1 and _channels_last(
+        layer)
 
 
 def _kind(call, shapes):
     """"kernel", "channelwise", "merge" or None (anything else: its tensors keep channel order)."""
     layer = call.layer
-    if _kernel_layout(layer) and len(call.inputs) == 1 and len(call.outputs) == 1:
+    _, kind = layer_type(layer)
+    if kind is None:
+        return None
+    single = len(call.inputs) == 1
+    if _is_kernel(layer) and single and len(call.outputs) == 1:
         return "kernel"
-    # Only Keras layers count: a backend op such as keras.ops.add may carry a per-channel constant operand.
-    names = {cls.__name__ for cls in type(layer).__mro__ if "layers" in cls.__module__.split(".")}
     rank = len(shapes[call.inputs[0]])
-    if names & _CHANNELWISE and len(call.inputs) == 1 and _channels_last(layer) and _acts_per_channel(layer, names, rank):
+    if kind.channels == "channelwise" and single and _channels_last(layer) and (
+            kind.per_channel is None or kind.per_channel(layer, rank)):
         return "channelwise"
-    if names & _MERGES and len({shapes[key][-1] for key in (*call.inputs, *call.outputs)}) == 1:
+    if kind.channels == "merge" and len({shapes[key][-1] for key in (*call.inputs, *call.outputs)}) == 1:
         return "merge"
     return None
-
-
-def _acts_per_channel(layer, names, rank):
-    last = {-1, rank - 1}
-    if names & {"BatchNormalization", "LayerNormalization", "Softmax"}:
-        axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
-        return len(axis) == 1 and axis[0] in last
-    if names & {"DepthwiseConv1D", "DepthwiseConv2D"}:
-        return layer.depth_multiplier == 1
-    if "PReLU" in names:
-        return not any(axis % rank == rank - 1 for axis in (layer.shared_axes or ()))
-    return True
 
 
 def channel_spaces(graph):
@@ -172,7 +150,7 @@ def assign_channels(model, graph, wrapped, *, self_loops=False, input_energy=Non
     nodes = graph.nodes
     importance = {}
     for call in structure.calls:
-        if id(call.layer) in wrapped and _kernel_layout(call.layer):
+        if id(call.layer) in wrapped and _is_kernel(call.layer):
             kernel = to_numpy(call.layer.kernel)
             weight = np.square(kernel.astype(np.float64)).reshape(-1, *kernel.shape[-2:]).sum(axis=0)
             if input_energy is not None and id(call.layer) in input_energy:
@@ -271,10 +249,7 @@ def _permuted_weights(structure, spaces, members, slots):
             values[kernel_index] = np.take(values[kernel_index], order, axis=-2)
         for call in member["channelwise"]:
             values = current(call.layer)
-            names = class_names(call.layer)
+            axis = layer_type(call.layer)[1].channel_axis
             for i, value in enumerate(values):
-                if names & {"DepthwiseConv1D", "DepthwiseConv2D"} and value.ndim > 1:
-                    values[i] = np.take(value, order, axis=-2)
-                else:
-                    values[i] = np.take(value, order, axis=-1)
+                values[i] = np.take(value, order, axis=axis if value.ndim > 1 else -1)
     return weights

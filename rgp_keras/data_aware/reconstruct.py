@@ -21,9 +21,9 @@ import numpy as np
 import scipy.linalg
 from numpy.lib.stride_tricks import sliding_window_view
 
-from rgp_keras.calibration import MIX_BELOW
-from rgp_keras.masks import prunable_kernel
-from rgp_keras.model_graph import class_names, consumers, is_rgp_wrapper, leaves, model_graph, run_call, to_numpy
+from rgp_keras.data_aware.calibration import MIX_BELOW
+from rgp_keras.masking.layer_types import REGISTRY, layer_type
+from rgp_keras.model_graph import consumers, is_rgp_wrapper, leaves, model_graph, run_call, to_numpy
 
 # Rows x features per chunk of the X^T X accumulation (~64 MB of float32 features).
 _CHUNK_ELEMENTS = 1 << 24
@@ -34,17 +34,15 @@ HOLD_OUT = 5  # every 5th calibration sample judges the ridge strength
 
 def unsupported_reason(layer):
     """Why reconstruction cannot refit `layer` (the inner layer of a wrapper), or None."""
-    names = class_names(layer)
+    _, kind = layer_type(layer)
+    if kind is None or not kind.refit or getattr(layer, "groups", 1) != 1:
+        refit = ", ".join(name for name, other in REGISTRY.items() if other.refit)
+        return f"{type(layer).__name__} (reconstruction refits {refit})"
     if getattr(layer, "data_format", "channels_last") not in ("channels_last", None):
         return "channels_first layout"
-    if "Dense" in names:
-        return None
-    if names & {"Conv1D", "Conv2D"} and not names & {"Conv1DTranspose", "Conv2DTranspose", "SeparableConv1D",
-                                                      "SeparableConv2D", "DepthwiseConv1D", "DepthwiseConv2D"}:
-        if str(layer.padding).lower() not in ("valid", "same"):
-            return f"padding {layer.padding!r}"
-        return None
-    return f"{type(layer).__name__} (reconstruction refits Dense, Conv1D and Conv2D)"
+    if kind.layout != "dense" and str(layer.padding).lower() not in ("valid", "same"):
+        return f"padding {layer.padding!r}"
+    return None
 
 
 def input_channel_energy(model, arrays, layer_ids):
@@ -72,7 +70,7 @@ def reconstruct(reference, pruned, arrays, *, samples=None, progress=False):
             BatchNormalization moving statistics change.
         arrays: calibration inputs, one array per model input.
         samples: the first `samples` rows are real calibration samples, the
-            rest mixes of them (`rgp_keras.calibration.with_mixes`): fits short
+            rest mixes of them (`rgp_keras.data_aware.calibration.with_mixes`): fits short
             of rows (fewer than MIX_BELOW per weight from the samples alone) use
             every row, the others and BatchNormalization statistics the real
             ones only (a mix has less variance than a sample). Default: all real.
@@ -105,13 +103,13 @@ def reconstruct(reference, pruned, arrays, *, samples=None, progress=False):
                 report[id(layer)] = {"reconstruction": f"not refit: {reason}"}
             else:
                 refit(layer, layer.layer, to_numpy(layer.mask).astype(bool), *inputs)
-        elif changed and prunable_kernel(layer)[0] == "kernel" and not unsupported_reason(layer):
+        elif changed and not unsupported_reason(layer):
             refit(layer, layer, None, *inputs)  # a dense layer downstream of masked ones
         elif hasattr(layer, "layers"):
             for inner in leaves(layer):
                 if is_rgp_wrapper(inner):
                     report[id(inner)] = {"reconstruction": f"not refit: inside nested model {layer.name!r}"}
-        elif changed and "BatchNormalization" in class_names(layer):
+        elif changed and layer_type(layer)[0] == "BatchNormalization":
             _reestimate(layer, pruned_values[call.inputs[0]][:samples], reference_inputs[0][:samples])
         if bar is not None:
             bar.add(1)
@@ -209,7 +207,7 @@ def _reestimate(layer, x_pruned, x_dense):
 
 def _features(layer, x):
     """Rows of inputs the layer's kernel multiplies: (positions, kernel window x input channels)."""
-    if "Dense" in class_names(layer):
+    if layer_type(layer)[1].layout == "dense":
         return x.reshape(-1, x.shape[-1])
     if all(k == 1 for k in layer.kernel_size) and all(s == 1 for s in layer.strides):
         return x.reshape(-1, x.shape[-1])  # a 1x1 convolution is a Dense layer over positions

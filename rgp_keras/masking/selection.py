@@ -1,6 +1,6 @@
 """Which layers carry the mask, how many graph nodes they can take, and what each costs (params, MACs).
 
-Shared by the Keras 3 path (`prune`), the tf_keras path (`tfmot_adapter`),
+Shared by the Keras 3 path (`rgp_keras.prune`), the tf_keras path (`rgp_keras.tfmot.adapter`),
 `pruning_summary` and the export.
 """
 
@@ -8,7 +8,7 @@ import math
 
 from rgp_keras.errors import InputValueError
 from rgp_keras.graph import exact_nodes, nearest_degree
-from rgp_keras.masks import kernel_channels, prunable_kernel
+from rgp_keras.masking.masks import kernel_channels, prunable_kernel
 from rgp_keras.model_graph import leaves
 
 # nodes="auto" prefers channel groups this wide (XNNPACK's grouped convolution is fast from 16

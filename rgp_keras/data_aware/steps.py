@@ -1,7 +1,7 @@
 """Data-aware pruning, the steps `prune_regular_graph` runs around cloning: channel assignment, reconstruction.
 
 Shared by the Keras 3 path (`rgp_keras.prune`) and the tf_keras path
-(`rgp_keras.tfmot_adapter`): `plan` runs before the pruned model is built
+(`rgp_keras.tfmot.adapter`): `plan` runs before the pruned model is built
 (calibration data checked, channel permutations chosen: new weights per
 layer), `finish` after it (reconstruction, per-layer reports on the wrappers).
 """
@@ -11,12 +11,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from rgp_keras import assign
-from rgp_keras.calibration import calibration_arrays, mix_count, with_mixes
+from rgp_keras.data_aware import assign
+from rgp_keras.data_aware.calibration import calibration_arrays, mix_count, with_mixes
+from rgp_keras.data_aware.reconstruct import HOLD_OUT, input_channel_energy, reconstruct
 from rgp_keras.errors import InputTypeError, InputValueError
-from rgp_keras.masks import prunable_kernel
-from rgp_keras.model_graph import leaves, to_numpy
-from rgp_keras.reconstruct import HOLD_OUT, input_channel_energy, reconstruct
+from rgp_keras.masking.masks import prunable_kernel
+from rgp_keras.model_graph import is_rgp_wrapper, leaves, to_numpy
 
 # Show a progress bar over layer calls when this many layers or more are masked.
 _PROGRESS_LAYERS = 16
@@ -128,7 +128,7 @@ def finish(plan, reference, pruned, pairs):
         reconstruction = reconstruct(reference, pruned, plan.arrays, samples=plan.samples, progress=plan.progress)
     for original, new in pairs:
         report = {}
-        if hasattr(new, "masked_kernel") and hasattr(new, "graph"):
+        if is_rgp_wrapper(new):
             if plan.assign_channels:
                 report.update(plan.assignment.get(id(original), {"kept_order": "inside a nested model"}))
             if plan.arrays is not None:

@@ -6,13 +6,13 @@ from keras import ops
 
 from rgp_keras.errors import InputTypeError, InputValueError
 from rgp_keras.graph import RegularGraph
-from rgp_keras.masks import group_mask, kernel_mask, prunable_kernel
+from rgp_keras.masking.layer_types import layer_type
+from rgp_keras.masking.masks import group_mask, kernel_mask, prunable_kernel
 from rgp_keras.model_graph import to_numpy
 
 # 2: the mask is rebuilt from the graph, not saved (1: it was a non-trainable weight; such files still load).
 FORMAT_VERSION = 2
 # Name of the initializer attribute that belongs to each maskable kernel attribute.
-INITIALIZER_OF = {"kernel": "kernel_initializer", "pointwise_kernel": "pointwise_initializer"}
 
 
 @keras.saving.register_keras_serializable(package="rgp_keras")
@@ -73,7 +73,7 @@ class RegularGraphPruning(keras.layers.Wrapper):
         if not self.layer.built:
             # Draw the kernel with its masked weights already zero: inside a symbolic build (a subclassed
             # model's first call) the `assign` below is only recorded, never applied.
-            name = INITIALIZER_OF[self.kernel_attribute]
+            name = layer_type(self.layer)[1].initializer
             initializer = getattr(self.layer, name)
             setattr(self.layer, name, _MaskedInitializer(initializer, self))
             try:

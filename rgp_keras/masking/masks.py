@@ -1,4 +1,4 @@
-"""Graph -> kernel masks (numpy only), and which layer types carry a maskable kernel.
+"""Graph -> kernel masks (numpy only), and whether a layer carries a maskable kernel (read off the registry).
 
 A layer's input channels and output channels are each split into `graph.nodes`
 groups; the weights joining input group i to output group j are kept iff
@@ -10,27 +10,7 @@ import numpy as np
 
 from rgp_keras._checks import check_int
 from rgp_keras.errors import InputValueError
-
-LAYOUTS = ("dense", "conv", "conv_transpose")
-
-# Layer classes with a channel-pair kernel: class name -> (kernel attribute, layout).
-# Matched against the class and its bases by name, so Keras 3, tf_keras and
-# user subclasses resolve the same way.
-PRUNABLE = {
-    "Dense": ("kernel", "dense"),
-    "Conv1D": ("kernel", "conv"),
-    "Conv2D": ("kernel", "conv"),
-    "Conv3D": ("kernel", "conv"),
-    "Conv1DTranspose": ("kernel", "conv_transpose"),
-    "Conv2DTranspose": ("kernel", "conv_transpose"),
-    "Conv3DTranspose": ("kernel", "conv_transpose"),
-    "SeparableConv1D": ("pointwise_kernel", "conv"),
-    "SeparableConv2D": ("pointwise_kernel", "conv"),
-}
-NOT_PRUNABLE = {
-    "DepthwiseConv1D": "depthwise convolution: no (in, out) channel pairs to prune",
-    "DepthwiseConv2D": "depthwise convolution: no (in, out) channel pairs to prune",
-}
+from rgp_keras.masking.layer_types import KERNEL_LAYOUTS, layer_type
 
 
 def channel_groups(channels, nodes, seed=None):
@@ -87,8 +67,8 @@ def kernel_mask(graph, kernel_shape, layout, self_loops=False):
     >>> float(mask.mean())
     0.25
     """
-    if layout not in LAYOUTS:
-        raise InputValueError(f"`layout` must be one of {LAYOUTS}, got {layout!r}.")
+    if layout not in KERNEL_LAYOUTS:
+        raise InputValueError(f"`layout` must be one of {KERNEL_LAYOUTS}, got {layout!r}.")
     kernel_shape = tuple(int(d) for d in kernel_shape)
     wanted_rank = 2 if layout == "dense" else 3
     if len(kernel_shape) < wanted_rank or (layout == "dense" and len(kernel_shape) != 2):
@@ -108,15 +88,14 @@ def prunable_kernel(layer):
     Only the layer type and its settings are looked at here; whether the layer
     has enough channels for the graph is decided with the graph.
     """
-    names = [cls.__name__ for cls in type(layer).__mro__]
-    for name in names:
-        if name in NOT_PRUNABLE:
-            return None, NOT_PRUNABLE[name]
-        if name in PRUNABLE:
-            if getattr(layer, "groups", 1) != 1:
-                return None, f"grouped convolution (groups={layer.groups}): channel pairs are already sparse"
-            return PRUNABLE[name]
-    return None, f"{type(layer).__name__} has no channel-pair kernel"
+    _, kind = layer_type(layer)
+    if kind is not None and kind.not_prunable:
+        return None, kind.not_prunable
+    if kind is None or kind.kernel is None:
+        return None, f"{type(layer).__name__} has no channel-pair kernel"
+    if getattr(layer, "groups", 1) != 1:
+        return None, f"grouped convolution (groups={layer.groups}): channel pairs are already sparse"
+    return kind.kernel, kind.layout
 
 
 def kernel_channels(kernel_shape, layout):

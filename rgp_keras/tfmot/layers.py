@@ -18,7 +18,7 @@ import tf_keras
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import PruneLowMagnitude
 
 from rgp_keras.graph import RegularGraph
-from rgp_keras.masks import kernel_mask, prunable_kernel
+from rgp_keras.masking.masks import kernel_mask, prunable_kernel
 
 
 @tf_keras.utils.register_keras_serializable(package="rgp_keras")

@@ -1,8 +1,8 @@
 """RGP for tf_keras (Keras 2) models through TF-MOT: pruning and stripping whole tf_keras models.
 
 The layer classes (`PruneRegularGraph`, a TF-MOT `PruneLowMagnitude`) live in
-`rgp_keras.tfmot_layers`. Selection of layers and the graph -> mask mapping
-are the Keras 3 path's (`rgp_keras.prune`, `rgp_keras.masks`). `rgp_keras`
+`rgp_keras.tfmot.layers`. Selection of layers and the graph -> mask mapping
+are the Keras 3 path's (`rgp_keras.prune`, `rgp_keras.masking.masks`). `rgp_keras`
 loads this module only when a tf_keras model is passed.
 """
 
@@ -10,10 +10,10 @@ import functools
 
 from rgp_keras import data_aware
 from rgp_keras.errors import InputTypeError, InputValueError, MissingDependencyError
-from rgp_keras.masks import prunable_kernel
+from rgp_keras.masking.masks import prunable_kernel
+from rgp_keras.masking.selection import select, skip_reason
+from rgp_keras.masking.summary import warn_if_short
 from rgp_keras.model_graph import leaves, paired_leaves
-from rgp_keras.selection import select, skip_reason
-from rgp_keras.summary import warn_if_short
 
 _INSTALL = "pip install 'tensorflow-model-optimization==0.8.1' 'tf_keras~=2.21.0'"
 
@@ -24,7 +24,7 @@ def _api():
     try:
         import tf_keras
 
-        from rgp_keras.tfmot_layers import PruneRegularGraph
+        from rgp_keras.tfmot.layers import PruneRegularGraph
     except ImportError as error:
         raise MissingDependencyError(f"The tf_keras path needs tf_keras and TF-MOT ({error}); install them: {_INSTALL}") from None
     return tf_keras, PruneRegularGraph
