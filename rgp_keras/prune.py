@@ -140,74 +140,84 @@ def prune_regular_graph(
             nodes = check_int("nodes", nodes, minimum=3)
             degree = degree_for_sparsity(nodes, sparsity, self_loops)
         warn_if_sparsity_differs(sparsity, nodes, degree, self_loops)
+    options = dict(self_loops=self_loops, skip_first=skip_first, skip_last=skip_last, layers=layers,
+                   calibration_data=calibration_data, calibration_samples=calibration_samples,
+                   calibration_mixes=calibration_mixes, assign_channels=assign_channels)
     if check_int("graph_candidates", graph_candidates, minimum=1) > 1:
         if graph is not None:
             raise InputValueError(
                 "`graph_candidates` picks among generated graphs, and an explicit `graph` leaves nothing to pick; "
                 "pass `sparsity` or `degree` instead, or graph_candidates=1."
             )
-        if calibration_data is None:
-            raise InputValueError("`graph_candidates` needs `calibration_data`: the candidates are judged on it.")
-        arrays = data_aware.checked_arrays(to_prune, calibration_data, calibration_samples)
-        options = dict(self_loops=self_loops, skip_first=skip_first, skip_last=skip_last, layers=layers,
-                       calibration_data=arrays, calibration_mixes=calibration_mixes, assign_channels=assign_channels)
-        graphs = (_graph_for(degree, None, nodes, None if seed is None else seed + i) for i in range(graph_candidates))
-        return data_aware.best_of(to_prune, arrays, (lambda g=g: prune_regular_graph(to_prune, graph=g, **options)
-                                                     for g in graphs))
+        return _best_of_graphs(to_prune, degree, nodes, seed, graph_candidates, options)
     graph = _graph_for(degree, graph, nodes, seed)
-    if is_tf_keras(to_prune):
-        from rgp_keras.tfmot import adapter as tfmot_adapter
+    framework = _framework_of(to_prune)
+    if not isinstance(getattr(to_prune, "layers", None), list):
+        return framework.wrap_layer(to_prune, graph, self_loops)
+    return _prune_model(framework, to_prune, graph, **options)
 
-        return tfmot_adapter.prune_regular_graph(
-            to_prune, graph, self_loops=self_loops, skip_first=skip_first, skip_last=skip_last, layers=layers,
-            calibration_data=calibration_data, calibration_samples=calibration_samples,
-            calibration_mixes=calibration_mixes, assign_channels=assign_channels,
-        )
-    if not isinstance(to_prune, keras.Model):
-        if not isinstance(to_prune, keras.layers.Layer):
-            raise InputTypeError(
-                f"`to_prune` must be a Keras 3 Sequential or functional Model, or a layer; "
-                f"got {type(to_prune).__name__}."
-            )
-        if isinstance(to_prune, RegularGraphPruning):
-            raise InputValueError(f"Layer {to_prune.name!r} is already pruned by rgp_keras.")
-        return RegularGraphPruning(to_prune, graph, self_loops=self_loops)
-    _check_model(to_prune)
-    selected = select(to_prune, graph, layers, skip_first, skip_last)
-    plan = data_aware.plan(to_prune, graph, selected, self_loops, calibration_data, calibration_samples,
-                           calibration_mixes, assign_channels)
+
+def _best_of_graphs(model, degree, nodes, seed, candidates, options):
+    """`model` pruned with each of `candidates` generated graphs; the one closest to it on the calibration data."""
+    if options["calibration_data"] is None:
+        raise InputValueError("`graph_candidates` needs `calibration_data`: the candidates are judged on it.")
+    arrays = data_aware.checked_arrays(model, options["calibration_data"], options["calibration_samples"])
+    options = {**options, "calibration_data": arrays, "calibration_samples": None}
+    graphs = (_graph_for(degree, None, nodes, None if seed is None else seed + i) for i in range(candidates))
+    return data_aware.best_of(model, arrays, (lambda g=g: prune_regular_graph(model, graph=g, **options)
+                                              for g in graphs))
+
+
+def _prune_model(framework, model, graph, *, self_loops, skip_first, skip_last, layers, calibration_data,
+                 calibration_samples, calibration_mixes, assign_channels):
+    """The pipeline, one for both frameworks: select, plan, clone and wrap, copy weights, mask, reconstruct."""
+    framework.check_model(model, layers)
+    selected = select(model, graph, layers, skip_first, skip_last, reason_of=framework.skip_reason)
+    plan = data_aware.plan(model, graph, selected, self_loops=self_loops, calibration_data=calibration_data,
+                           calibration_samples=calibration_samples, calibration_mixes=calibration_mixes,
+                           assign_channels=assign_channels)
 
     def wrap(layer):
-        clone = clone_layer(layer)
-        if id(layer) in selected:
-            return RegularGraphPruning(clone, graph, self_loops=self_loops)
-        return clone
+        clone = framework.clone_layer(layer, wrap)
+        return framework.wrap(clone, graph, self_loops) if id(layer) in selected else clone
 
-    pruned = clone_model(to_prune, wrap)
-    pairs = list(paired_leaves(to_prune, pruned))
+    pruned = framework.clone_model(model, wrap)
+    pairs = list(paired_leaves(model, pruned))
     for original, new in pairs:
-        target = new.layer if isinstance(new, RegularGraphPruning) else new
-        target.set_weights(plan.weights.get(id(original)) or original.get_weights())
-        if isinstance(new, RegularGraphPruning):
-            new.kernel.assign(new.masked_kernel())
-    reference = with_weights(to_prune, plan.weights) if plan.arrays is not None and plan.weights else to_prune
+        wrapped = id(original) in selected
+        target = new.layer if wrapped else new
+        if id(original) in plan.weights:
+            target.set_weights(plan.weights[id(original)])
+        else:
+            framework.copy_weights(original, target)
+        if wrapped:
+            framework.apply_mask(new)
+    reference = model
+    if plan.arrays is not None and plan.weights:
+        reference = with_weights(model, plan.weights, framework)
     data_aware.finish(plan, reference, pruned, pairs)
     warn_if_short(pruned)
     return pruned
 
 
-def with_weights(model, weights):
-    """A clone of Keras 3 `model` whose layers take `weights[id(layer)]` (new weight lists) where given."""
-    clone = clone_model(model, clone_layer)
-    for original, new in paired_leaves(model, clone):
+def with_weights(model, weights, framework=None):
+    """A clone of `model` whose layers take `weights[id(layer)]` (new weight lists) where given."""
+    framework = framework or _framework_of(model)
+
+    def clone(layer):
+        return framework.clone_layer(layer, clone)
+
+    copy = framework.clone_model(model, clone)
+    for original, new in paired_leaves(model, copy):
         new.set_weights(weights.get(id(original)) or original.get_weights())
-    return clone
+    return copy
 
 
 def strip_pruning(model):
     """An ordinary Keras model with the original layer classes and names, masked weights 0.0.
 
     Its outputs equal the pruned model's; `model` itself is left as it is.
+    tf_keras models lose TF-MOT's wrappers too (their weights times their masks).
 
     Example:
     >>> import keras
@@ -217,39 +227,15 @@ def strip_pruning(model):
     >>> [type(layer).__name__ for layer in stripped.layers]
     ['Dense', 'Dense', 'Dense']
     """
-    if is_tf_keras(model):
-        from rgp_keras.tfmot import adapter as tfmot_adapter
-
-        return tfmot_adapter.strip_pruning(model)
-    if isinstance(model, RegularGraphPruning):
-        raise InputTypeError("strip_pruning takes a model; for a single wrapper use `wrapper.layer` and `wrapper.masked_kernel()`.")
-    if not isinstance(model, keras.Model):
-        raise InputTypeError(f"`model` must be a Keras 3 model, got {type(model).__name__}.")
-    if not isinstance(model, (keras.Sequential, Functional)) and any(
-        isinstance(layer, RegularGraphPruning) for layer in leaves(model)
-    ):
-        raise InputTypeError(
-            f"strip_pruning rebuilds a model layer by layer, which the subclassed model {model.name!r} "
-            f"({type(model).__name__}) does not allow, so its RGP wrappers cannot be swapped for plain layers. Its "
-            "masked weights are already exactly zero: export it as it is with "
-            "`rgp_keras.export_tflite(model, path, compact=False)`, or build the architecture as a Sequential or "
-            "functional model to strip it and get compact kernels."
-        )
-    _check_model(model, pruned_ok=True)
+    framework = _framework_of(model)
+    framework.check_strippable(model)
 
     def unwrap(layer):
-        return clone_layer(layer.layer if isinstance(layer, RegularGraphPruning) else layer)
+        return framework.clone_layer(framework.unwrapped(layer), unwrap)
 
-    stripped = clone_model(model, unwrap)
+    stripped = framework.clone_model(model, unwrap)
     for original, new in paired_leaves(model, stripped):
-        if isinstance(original, RegularGraphPruning):
-            weights = original.layer.get_weights()
-            weights[variable_index(original.layer, original.kernel)] = to_numpy(
-                original.masked_kernel()
-            )
-        else:
-            weights = original.get_weights()
-        new.set_weights(weights)
+        framework.copy_stripped_weights(original, new)
     return stripped
 
 
@@ -310,10 +296,7 @@ def _auto_nodes(to_prune, sparsity, self_loops, layers, skip_first, skip_last):
     """(nodes, degree) for nodes="auto", for a model (its selected layers) or a single layer."""
     check_fraction("sparsity", sparsity)
     if isinstance(getattr(to_prune, "layers", None), list) and getattr(to_prune, "built", False):
-        if is_tf_keras(to_prune):
-            from rgp_keras.tfmot.adapter import tf_keras_skip_reason as reason_of
-        else:
-            reason_of = skip_reason
+        reason_of = _framework_of(to_prune).skip_reason
         candidates = [layer for layer, _ in wanted(to_prune, layers, skip_first, skip_last, reason_of)]
         return auto_nodes([layer for layer in candidates if reason_of(layer, None) is None], sparsity, self_loops)
     return auto_nodes([to_prune] if getattr(to_prune, "built", False) else [], sparsity, self_loops)
@@ -350,3 +333,82 @@ def _check_model(model, pruned_ok=False):
             f"Model {model.name!r} is already pruned by rgp_keras (layers {wrapped[:3]}); "
             "prune the original model, or strip this one first with rgp_keras.strip_pruning."
         )
+
+
+class _Keras3:
+    """The Keras 3 side of the pruning pipeline; the tf_keras side is `rgp_keras.tfmot.adapter.TfKeras`."""
+
+    skip_reason = staticmethod(skip_reason)
+    clone_model = staticmethod(clone_model)
+
+    @staticmethod
+    def check_model(model, layers):
+        _check_model(model)
+
+    @staticmethod
+    def check_strippable(model):
+        if isinstance(model, RegularGraphPruning):
+            raise InputTypeError(
+                "strip_pruning takes a model; for a single wrapper use `wrapper.layer` and `wrapper.masked_kernel()`."
+            )
+        if not isinstance(model, keras.Model):
+            raise InputTypeError(f"`model` must be a Keras 3 model, got {type(model).__name__}.")
+        if not isinstance(model, (keras.Sequential, Functional)) and any(
+            isinstance(layer, RegularGraphPruning) for layer in leaves(model)
+        ):
+            raise InputTypeError(
+                f"strip_pruning rebuilds a model layer by layer, which the subclassed model {model.name!r} "
+                f"({type(model).__name__}) does not allow, so its RGP wrappers cannot be swapped for plain layers. "
+                "Its masked weights are already exactly zero: export it as it is with "
+                "`rgp_keras.export_tflite(model, path, compact=False)`, or build the architecture as a Sequential "
+                "or functional model to strip it and get compact kernels."
+            )
+        _check_model(model, pruned_ok=True)
+
+    @staticmethod
+    def clone_layer(layer, clone_function):
+        return clone_layer(layer)  # Keras's clone_model(recursive=True) descends into nested models itself
+
+    @staticmethod
+    def wrap(layer, graph, self_loops):
+        return RegularGraphPruning(layer, graph, self_loops=self_loops)
+
+    @staticmethod
+    def wrap_layer(layer, graph, self_loops):
+        if not isinstance(layer, keras.layers.Layer):
+            raise InputTypeError(
+                f"`to_prune` must be a Keras 3 Sequential or functional Model, or a layer; got {type(layer).__name__}."
+            )
+        if isinstance(layer, RegularGraphPruning):
+            raise InputValueError(f"Layer {layer.name!r} is already pruned by rgp_keras.")
+        return RegularGraphPruning(layer, graph, self_loops=self_loops)
+
+    @staticmethod
+    def copy_weights(source, target):
+        target.set_weights(source.get_weights())
+
+    @staticmethod
+    def apply_mask(wrapper):
+        wrapper.kernel.assign(wrapper.masked_kernel())
+
+    @staticmethod
+    def unwrapped(layer):
+        return layer.layer if isinstance(layer, RegularGraphPruning) else layer
+
+    @staticmethod
+    def copy_stripped_weights(original, new):
+        if isinstance(original, RegularGraphPruning):
+            weights = original.layer.get_weights()
+            weights[variable_index(original.layer, original.kernel)] = to_numpy(original.masked_kernel())
+        else:
+            weights = original.get_weights()
+        new.set_weights(weights)
+
+
+def _framework_of(obj):
+    """The side of the pipeline for `obj`: tf_keras (through TF-MOT, imported on first use) or Keras 3."""
+    if is_tf_keras(obj):
+        from rgp_keras.tfmot.adapter import TfKeras
+
+        return TfKeras()
+    return _Keras3

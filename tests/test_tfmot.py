@@ -165,7 +165,7 @@ def test_keras_3_and_tf_keras_helpers_name_both_paths(graph16, tmp_path):
 
     keras_3 = keras.Sequential([keras.Input((8,)), keras.layers.Dense(32), keras.layers.Dense(32)])
     with pytest.raises(TypeError, match="tf_keras Model for the TF-MOT path.*Keras 3 models go through"):
-        tfmot_adapter.strip_pruning(keras_3)
+        tfmot_adapter.TfKeras().check_strippable(keras_3)
     pruned = rgp_keras.prune_regular_graph(cnn(), graph=graph16)
     with pytest.raises(TypeError, match="tf_keras \\(Keras 2\\).*`export_tflite` takes Keras 3.*TF-MOT path"):
         rgp_keras.export_tflite(pruned, tmp_path / "m.tflite")

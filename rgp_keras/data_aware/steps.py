@@ -33,7 +33,8 @@ class Plan(NamedTuple):
     progress: bool
 
 
-def plan(model, graph, selected, self_loops, calibration_data, calibration_samples, calibration_mixes, assign_channels):
+def plan(model, graph, selected, *, self_loops, calibration_data, calibration_samples, calibration_mixes,
+         assign_channels):
     """Check the calibration data and choose channel permutations, before anything is built."""
     if not isinstance(assign_channels, bool):
         raise InputTypeError(f"`assign_channels` must be True or False, got {assign_channels!r}.")

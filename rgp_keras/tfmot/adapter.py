@@ -1,19 +1,18 @@
-"""RGP for tf_keras (Keras 2) models through TF-MOT: pruning and stripping whole tf_keras models.
+"""The tf_keras (Keras 2) side of the pruning pipeline, through TF-MOT: `TfKeras`.
 
-The layer classes (`PruneRegularGraph`, a TF-MOT `PruneLowMagnitude`) live in
-`rgp_keras.tfmot.layers`. Selection of layers and the graph -> mask mapping
-are the Keras 3 path's (`rgp_keras.prune`, `rgp_keras.masking.masks`). `rgp_keras`
-loads this module only when a tf_keras model is passed.
+`rgp_keras.prune` runs one pipeline (select, plan, clone and wrap, copy
+weights, mask, reconstruct; strip) for both frameworks; this module holds what
+differs for tf_keras: TF-MOT's wrapper class (`PruneRegularGraph`, in
+`rgp_keras.tfmot.layers`), tf_keras cloning and variable-by-variable weight
+copies. `rgp_keras` loads it only when a tf_keras model is passed.
 """
 
 import functools
 
-from rgp_keras import data_aware
 from rgp_keras.errors import InputTypeError, InputValueError, MissingDependencyError
 from rgp_keras.masking.masks import prunable_kernel
-from rgp_keras.masking.selection import select, skip_reason
-from rgp_keras.masking.summary import warn_if_short
-from rgp_keras.model_graph import leaves, paired_leaves
+from rgp_keras.masking.selection import skip_reason
+from rgp_keras.model_graph import leaves
 
 _INSTALL = "pip install 'tensorflow-model-optimization==0.8.1' 'tf_keras~=2.21.0'"
 
@@ -49,91 +48,72 @@ def tf_keras_skip_reason(layer, graph):
     return skip_reason(layer, graph)
 
 
-def prune_regular_graph(
-    to_prune, graph, *, self_loops, skip_first, skip_last, layers, calibration_data, calibration_samples,
-    calibration_mixes, assign_channels
-):
-    """The tf_keras side of `rgp_keras.prune_regular_graph` (same arguments, graph resolved)."""
-    tf_keras, PruneRegularGraph = _api()
-    if not isinstance(to_prune, tf_keras.Model):
-        if _is_tfmot_wrapper(to_prune):
-            raise InputValueError(f"Layer {to_prune.name!r} is already pruned: {tf_keras_skip_reason(to_prune, graph)}.")
-        reason = tf_keras_skip_reason(to_prune, None)
-        if reason:
-            raise InputValueError(f"Layer {to_prune.name!r} cannot be pruned by RGP: {reason}.")
-        return PruneRegularGraph(to_prune, graph, self_loops=self_loops)
-    _check_model(to_prune, tf_keras)
-    walked = list(leaves(to_prune))
-    if layers is None and not any(tf_keras_skip_reason(layer, None) is None for layer in walked) and any(map(_is_tfmot_wrapper, walked)):
-        raise InputValueError(
-            f"Model {to_prune.name!r} is already pruned by TF-MOT's prune_low_magnitude on every prunable "
-            "layer; apply RGP to the original model, or strip it first (tfmot.sparsity.keras.strip_pruning)."
-        )
-    selected = select(to_prune, graph, layers, skip_first, skip_last, reason_of=tf_keras_skip_reason)
-    plan = data_aware.plan(to_prune, graph, selected, self_loops, calibration_data, calibration_samples,
-                           calibration_mixes, assign_channels)
+class TfKeras:
+    """The tf_keras side of `rgp_keras.prune`'s pipeline: TF-MOT wrappers, tf_keras cloning and weight copies."""
 
-    def wrap(layer):
-        clone = _clone(layer, wrap, tf_keras)
-        if id(layer) in selected:
-            return PruneRegularGraph(clone, graph, self_loops=self_loops)
-        return clone
+    skip_reason = staticmethod(tf_keras_skip_reason)
 
-    pruned = tf_keras.models.clone_model(to_prune, clone_function=wrap)
-    pairs = list(paired_leaves(to_prune, pruned))
-    for original, new in pairs:
-        target = new.layer if id(original) in selected else new
-        if id(original) in plan.weights:
-            target.set_weights(plan.weights[id(original)])
-        else:
-            _copy_variables(original, target)
-        if id(original) in selected:
-            for weight, mask, _ in new.pruning_vars:
-                weight.assign(weight * mask)
-    reference = to_prune
-    if plan.arrays is not None and plan.weights:
-        reference = tf_keras.models.clone_model(to_prune)
-        for original, new in paired_leaves(to_prune, reference):
-            new.set_weights(plan.weights.get(id(original)) or original.get_weights())
-    data_aware.finish(plan, reference, pruned, pairs)
-    warn_if_short(pruned)
-    return pruned
+    def __init__(self):
+        self.tf_keras, self.wrapper_class = _api()
 
+    def check_model(self, model, layers):
+        _check_model(model, self.tf_keras)
+        walked = list(leaves(model))
+        if layers is None and not any(tf_keras_skip_reason(layer, None) is None for layer in walked) and any(
+                map(_is_tfmot_wrapper, walked)):
+            raise InputValueError(
+                f"Model {model.name!r} is already pruned by TF-MOT's prune_low_magnitude on every prunable "
+                "layer; apply RGP to the original model, or strip it first (tfmot.sparsity.keras.strip_pruning)."
+            )
 
-def strip_pruning(model):
-    """tf_keras side of `rgp_keras.strip_pruning`: RGP and TF-MOT wrappers removed, weights * masks."""
-    tf_keras, _ = _api()
-    _check_model(model, tf_keras)
+    def check_strippable(self, model):
+        _check_model(model, self.tf_keras)
 
-    def unwrap(layer):
+    def clone_model(self, model, clone_function):
+        return self.tf_keras.models.clone_model(model, clone_function=clone_function)
+
+    def clone_layer(self, layer, clone_function):
+        if isinstance(layer, self.tf_keras.Model):
+            return self.tf_keras.models.clone_model(layer, clone_function=clone_function)
+        return layer.__class__.from_config(layer.get_config())
+
+    def wrap(self, layer, graph, self_loops):
+        return self.wrapper_class(layer, graph, self_loops=self_loops)
+
+    def wrap_layer(self, layer, graph, self_loops):
         if _is_tfmot_wrapper(layer):
-            return _clone(layer.layer, unwrap, tf_keras)
-        return _clone(layer, unwrap, tf_keras)
+            raise InputValueError(f"Layer {layer.name!r} is already pruned: {tf_keras_skip_reason(layer, graph)}.")
+        reason = tf_keras_skip_reason(layer, None)
+        if reason:
+            raise InputValueError(f"Layer {layer.name!r} cannot be pruned by RGP: {reason}.")
+        return self.wrap(layer, graph, self_loops)
 
-    stripped = tf_keras.models.clone_model(model, clone_function=unwrap)
-    for original, new in paired_leaves(model, stripped):
-        if _is_tfmot_wrapper(original):
-            _copy_variables(original.layer, new)
-            masks = {id(weight): mask for weight, mask, _ in original.pruning_vars}
-            for old, fresh in zip(original.layer.weights, new.weights):
-                if id(old) in masks:
-                    fresh.assign(old * masks[id(old)])
-        else:
-            _copy_variables(original, new)
-    return stripped
+    @staticmethod
+    def copy_weights(source, target):
+        # assigned variable by variable: set_weights would follow `weights`' order, which TF-MOT's wrapper changes
+        if len(source.weights) != len(target.weights):
+            raise AssertionError(f"cloning changed the variables of layer {source.name!r}")
+        for old, new in zip(source.weights, target.weights):
+            new.assign(old)
 
+    @staticmethod
+    def apply_mask(wrapper):
+        for weight, mask, _ in wrapper.pruning_vars:
+            weight.assign(weight * mask)
 
-def _clone(layer, clone_function, tf_keras):
-    if isinstance(layer, tf_keras.Model):
-        return tf_keras.models.clone_model(layer, clone_function=clone_function)
-    return layer.__class__.from_config(layer.get_config())
+    @staticmethod
+    def unwrapped(layer):
+        """RGP's and TF-MOT's own wrappers alike are removed."""
+        return layer.layer if _is_tfmot_wrapper(layer) else layer
 
-
-def _copy_variables(source, target):
-    if len(source.weights) != len(target.weights):
-        raise AssertionError(f"cloning changed the variables of layer {source.name!r}")
-    for old, new in zip(source.weights, target.weights):
-        new.assign(old)
+    def copy_stripped_weights(self, original, new):
+        if not _is_tfmot_wrapper(original):
+            return self.copy_weights(original, new)
+        self.copy_weights(original.layer, new)
+        masks = {id(weight): mask for weight, mask, _ in original.pruning_vars}
+        for old, fresh in zip(original.layer.weights, new.weights):
+            if id(old) in masks:
+                fresh.assign(old * masks[id(old)])
 
 
 def _check_model(model, tf_keras):
