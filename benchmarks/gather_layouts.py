@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from rgp_keras import benchmark_tflite
-from rgp_keras.export._kernels import _take_channels  # what export_tflite's gather layout emits
+from rgp_keras.export._kernels import take_channels  # what export_tflite's gather layout emits
 
 RESULTS = Path(__file__).parent / "results"
 SHAPES = ((32, 64), (16, 128), (8, 256), (4, 512))
@@ -43,7 +43,7 @@ def gathered(inputs, size, channels, nodes, degree, variant):
     group = channels // nodes
     neighbours = np.stack([(np.arange(nodes) + s) % nodes for s in range(degree)], axis=1).reshape(-1)
     if variant == "transpose":
-        return _take_channels(inputs, (neighbours[:, None] * group + np.arange(group)).reshape(-1))
+        return take_channels(inputs, (neighbours[:, None] * group + np.arange(group)).reshape(-1))
     if variant == "group axis":
         x = keras.ops.reshape(inputs, (1, size * size, nodes, group))
         x = keras.ops.take(x, neighbours, axis=2)

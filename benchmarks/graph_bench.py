@@ -17,7 +17,8 @@ import igraph
 import networkx as nx
 import numpy as np
 
-from rgp_keras.graph import RegularGraph, _anneal, moore_bound, optimize
+import rgp_keras.graph._anneal as kernel
+from rgp_keras.graph import RegularGraph, moore_bound, optimize
 from rgp_keras.plots import plot_aspl_history
 
 RESULTS = pathlib.Path(__file__).parent / "results"
@@ -122,10 +123,10 @@ def scale_section(long_seconds):
             neighbors = graph.neighbors.astype(np.int64)
             ours = {}
             for sources in (nodes, nodes // 16):
-                scratch = _anneal._scratch(nodes, sources)
-                _anneal.distance_sum(neighbors, sources, _anneal.NEVER, *scratch)  # compile / load
+                scratch = kernel.scratch(nodes, sources)
+                kernel.distance_sum(neighbors, sources, kernel.NEVER, *scratch)  # compile / load
                 ours[sources] = median_seconds(
-                    lambda: _anneal.distance_sum(neighbors, sources, _anneal.NEVER, *scratch), 20
+                    lambda: kernel.distance_sum(neighbors, sources, kernel.NEVER, *scratch), 20
                 )
             reference = graph.to_igraph()
             theirs = median_seconds(reference.average_path_length, 3)

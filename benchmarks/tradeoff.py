@@ -74,7 +74,7 @@ import numpy as np
 from _results import append, done_rows, start
 
 import rgp_keras
-from rgp_keras.data_aware.assign import _permuted_weights, channel_spaces
+from rgp_keras.data_aware.assign import channel_spaces, permuted_weights
 from rgp_keras.model_graph import model_graph, to_numpy
 from rgp_keras.plots import new_figure
 
@@ -257,7 +257,7 @@ def l1_filters(dense, name, width):
         norms = sum(np.abs(to_numpy(call.layer.kernel)).reshape(-1, call.layer.kernel.shape[-1]).sum(axis=0)
                     for call in member["producers"])
         slots[root] = np.argsort(np.argsort(-norms, kind="stable"))  # channel -> its rank by L1 norm
-    permuted = _permuted_weights(structure, spaces, members, slots)
+    permuted = permuted_weights(structure, spaces, members, slots)
     thin = build(keras, name, width)
     for old, new in zip(dense.layers, thin.layers):
         weights = permuted.get(id(old)) or old.get_weights()

@@ -383,7 +383,7 @@ _OPTIONS = {"representative_data": "--calibration", "calibration_data": "--calib
             "calibration_mixes": "--calibration-mixes", "graph_candidates": "--graph-candidates",
             "time_limit": "--time-limit", **{name: f"--{name}" for name in (
                 "nodes", "degree", "sparsity", "seed", "symmetry", "attempts", "jobs", "threads", "layout",
-                "quantize", "objective", "patience", "runs")}}
+                "quantize", "objective", "runs")}}
 
 
 def _in_cli_words(message):

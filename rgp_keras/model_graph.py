@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from rgp_keras._keras_src import functional_class
 from rgp_keras.errors import InputTypeError
 
 
@@ -187,10 +188,8 @@ def clone_layer(layer):
 def clone_model(model, clone_function):
     """`keras.models.clone_model` of a Keras 3 model, recursive, keeping a functional model's input names."""
     import keras
-    from keras.src.models.functional import Functional
-
     inputs = None
-    if isinstance(model, Functional) and not isinstance(model, keras.Sequential):
+    if isinstance(model, functional_class()) and not isinstance(model, keras.Sequential):
         # clone_model would rename the inputs; keep the user's names.
         inputs = keras.tree.map_structure(
             lambda tensor: keras.Input(

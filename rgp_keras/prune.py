@@ -4,10 +4,10 @@ import os
 
 import keras
 import numpy as np
-from keras.src.models.functional import Functional
 
 from rgp_keras import data_aware
 from rgp_keras._checks import check_fraction, check_int
+from rgp_keras._keras_src import is_rebuildable
 from rgp_keras.errors import InputTypeError, InputValueError
 from rgp_keras.graph import RegularGraph, degree_for_sparsity, optimize, warn_if_sparsity_differs
 from rgp_keras.masking.layer_types import layer_type
@@ -303,7 +303,7 @@ def _auto_nodes(to_prune, sparsity, self_loops, layers, skip_first, skip_last):
 
 
 def _check_model(model, pruned_ok=False):
-    if not isinstance(model, (keras.Sequential, Functional)):
+    if not is_rebuildable(model):
         raise InputTypeError(
             f"{type(model).__name__} is a subclassed model, which cannot be cloned layer by layer. "
             "Wrap its layers instead, in its __init__: "
@@ -318,7 +318,7 @@ def _check_model(model, pruned_ok=False):
         if isinstance(layer, keras.Model):
             # clone_model re-creates nested Sequential/functional models layer by layer, but a subclassed one
             # only through its config: its weights and masks would be lost without a word.
-            if not isinstance(layer, (keras.Sequential, Functional)):
+            if not is_rebuildable(layer):
                 raise InputTypeError(
                     f"Model {model.name!r} contains the subclassed model {layer.name!r} "
                     f"({type(layer).__name__}), which cannot be cloned layer by layer, so its layers cannot be "
@@ -353,7 +353,7 @@ class _Keras3:
             )
         if not isinstance(model, keras.Model):
             raise InputTypeError(f"`model` must be a Keras 3 model, got {type(model).__name__}.")
-        if not isinstance(model, (keras.Sequential, Functional)) and any(
+        if not is_rebuildable(model) and any(
             isinstance(layer, RegularGraphPruning) for layer in leaves(model)
         ):
             raise InputTypeError(

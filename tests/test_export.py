@@ -482,7 +482,6 @@ def test_a_pruned_conv3d_stays_dense_shaped_since_litert_conv3d_has_no_groups(tm
 
 def test_a_file_litert_cannot_run_is_not_written_and_an_existing_one_is_kept(graph16, tmp_path, monkeypatch):
     from rgp_keras.errors import ExportCheckError
-    from rgp_keras.export import _convert
 
     target = tmp_path / "m.tflite"
     target.write_bytes(b"previous export")
@@ -491,16 +490,16 @@ def test_a_file_litert_cannot_run_is_not_written_and_an_existing_one_is_kept(gra
     def cannot_run(*args, **kwargs):
         raise RuntimeError("tflite/kernels/conv3d.cc:129 failed to prepare")
 
-    monkeypatch.setattr(_convert, "run_tflite", cannot_run)
+    monkeypatch.setattr("rgp_keras.export._convert.run_tflite", cannot_run)
     with pytest.raises(ExportCheckError, match="does not run in LiteRT.*conv3d.cc.*Nothing was written.*compact=False"):
         export_tflite(pruned, target)
     assert target.read_bytes() == b"previous export" and os.listdir(tmp_path) == ["m.tflite"]
 
     real = run_tflite
-    monkeypatch.setattr(_convert, "run_tflite", lambda *args, **kwargs: real(*args, **kwargs) + 0.5)
+    monkeypatch.setattr("rgp_keras.export._convert.run_tflite", lambda *args, **kwargs: real(*args, **kwargs) + 0.5)
     with pytest.raises(ExportCheckError, match=r"differ from the Keras model's by up to 0\.5.*accepted: 0\.001"):
         export_tflite(pruned, target)
-    monkeypatch.setattr(_convert, "run_tflite", lambda *args, **kwargs: real(*args, **kwargs) * np.nan)
+    monkeypatch.setattr("rgp_keras.export._convert.run_tflite", lambda *args, **kwargs: real(*args, **kwargs) * np.nan)
     with pytest.raises(ExportCheckError, match="non-finite outputs"):
         export_tflite(pruned, target)
     assert target.read_bytes() == b"previous export" and os.listdir(tmp_path) == ["m.tflite"]

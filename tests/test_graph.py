@@ -218,18 +218,18 @@ def test_patience_stops_a_stalled_run():
 @settings(max_examples=25, deadline=None)
 @given(regular_sizes(), st.integers(min_value=0, max_value=1000))
 def test_compiled_distance_sum_equals_igraph_and_stops_early_above_the_bound(size, seed):
-    from rgp_keras.graph import _anneal
+    import rgp_keras.graph._anneal as kernel
 
     graph = RegularGraph.random(*size, seed=seed)
     nodes = graph.nodes
     neighbors = graph.neighbors.astype(np.int64)
     distances = np.array(graph.to_igraph().distances())
     sources = 1 + seed % nodes
-    scratch = _anneal._scratch(nodes, sources)
-    total, diameter = _anneal.distance_sum(neighbors, sources, _anneal.NEVER, *scratch)
+    scratch = kernel.scratch(nodes, sources)
+    total, diameter = kernel.distance_sum(neighbors, sources, kernel.NEVER, *scratch)
     assert total == distances[:sources].sum() and diameter == distances[:sources].max()
-    assert _anneal.distance_sum(neighbors, sources, total - 1, *scratch) == (_anneal.REJECTED, _anneal.REJECTED)
-    assert _anneal.distance_sum(neighbors, sources, total, *scratch) == (total, diameter)
+    assert kernel.distance_sum(neighbors, sources, total - 1, *scratch) == (kernel.REJECTED, kernel.REJECTED)
+    assert kernel.distance_sum(neighbors, sources, total, *scratch) == (total, diameter)
 
 
 @pytest.mark.parametrize("nodes, degree, symmetry", [(64, 8, 8), (30, 4, 3), (64, 4, 64), (64, 5, 8), (30, 3, 5)])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rgp_keras import prune_regular_graph, pruning_summary
-from rgp_keras.data_aware.reconstruct import _features
+from rgp_keras.data_aware.reconstruct import kernel_rows
 from rgp_keras.graph import RegularGraph
 from rgp_keras.model_graph import to_numpy
 
@@ -30,7 +30,7 @@ def test_features_times_the_kernel_equal_the_layer_output(layer, shape):
     x = np.random.default_rng(0).normal(size=shape).astype("float32")
     y = to_numpy(layer(x))
     kernel, bias = layer.get_weights()
-    got = _features(layer, x) @ kernel.reshape(-1, kernel.shape[-1]) + bias
+    got = kernel_rows(layer, x) @ kernel.reshape(-1, kernel.shape[-1]) + bias
     np.testing.assert_allclose(got, y.reshape(-1, y.shape[-1]), atol=1e-5)
 
 

@@ -220,10 +220,10 @@ def assign_channels(model, graph, wrapped, *, self_loops=False, input_energy=Non
             "importance_after": after[layer_id] / whole,
             "kept_order": "; ".join(reasons),
         }
-    return (_permuted_weights(structure, spaces, members, slots) if improved else {}), report
+    return (permuted_weights(structure, spaces, members, slots) if improved else {}), report
 
 
-def _permuted_weights(structure, spaces, members, slots):
+def permuted_weights(structure, spaces, members, slots):
     weights = {}
 
     def current(layer):

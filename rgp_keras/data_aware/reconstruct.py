@@ -182,7 +182,7 @@ def channel_moments(x, chunk=1 << 16):
 def _rows_per_weight(layer, mask, x, samples):
     """Least-squares rows per fitted weight of `layer`'s largest output group, from `samples` samples of `x`."""
     kept = int(mask.reshape(-1, mask.shape[-1]).sum(axis=0).max()) if mask is not None else math.prod(layer.kernel.shape[:-1])
-    return samples * len(_features(layer, x[:1])) / (kept + 1)
+    return samples * len(kernel_rows(layer, x[:1])) / (kept + 1)
 
 
 def _reestimate(layer, x_pruned, x_dense):
@@ -205,7 +205,7 @@ def _reestimate(layer, x_pruned, x_dense):
     layer.moving_variance.assign(np.maximum((variance + epsilon) * ratio**2 - epsilon, 0.0).astype("float32"))
 
 
-def _features(layer, x):
+def kernel_rows(layer, x):
     """Rows of inputs the layer's kernel multiplies: (positions, kernel window x input channels)."""
     if layer_type(layer)[1].layout == "dense":
         return x.reshape(-1, x.shape[-1])
@@ -282,7 +282,7 @@ def _refit(inner, mask, dense, x_dense, x_pruned):
         index = np.arange(start, min(start + chunk, len(x_dense)))
         for part, sums in ((index[index % HOLD_OUT != HOLD_OUT - 1], fit), (index[index % HOLD_OUT == HOLD_OUT - 1], held_out)):
             if len(part):
-                sums.add(_features(inner, x_pruned[part]), _features(inner, x_dense[part]) @ dense_kernel + dense_bias)
+                sums.add(kernel_rows(inner, x_pruned[part]), kernel_rows(inner, x_dense[part]) @ dense_kernel + dense_bias)
     judge = held_out if held_out.rows else fit
     total = fit + held_out
     kept = mask.reshape(-1, outputs)

@@ -41,7 +41,7 @@ def plan(model, graph, selected, *, self_loops, calibration_data, calibration_sa
     arrays = mixed = samples = calibration = None
     if calibration_data is not None:
         arrays = checked_arrays(model, calibration_data, calibration_samples)
-        rows = _rows_per_weight(model, selected, graph, self_loops, len(arrays[0]))
+        rows = _fewest_rows_per_weight(model, selected, graph, self_loops, len(arrays[0]))
         dtypes = [tensor.dtype for tensor in model.inputs]
         count, why_none = mix_count(calibration_mixes, arrays, dtypes, _input_names(model), rows)
         mixed, samples = with_mixes(arrays, count, HOLD_OUT), len(arrays[0])
@@ -59,7 +59,7 @@ def plan(model, graph, selected, *, self_loops, calibration_data, calibration_sa
     return Plan(mixed, samples, calibration, weights, report, assign_channels, len(selected) >= _PROGRESS_LAYERS)
 
 
-def _rows_per_weight(model, selected, graph, self_loops, samples):
+def _fewest_rows_per_weight(model, selected, graph, self_loops, samples):
     """The fewest least-squares rows per fitted weight among the masked layers (one row per sample and position)."""
     fewest = float("inf")
     for layer in leaves(model):

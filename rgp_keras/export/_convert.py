@@ -9,10 +9,10 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from keras.src.models.functional import Functional
 
 from rgp_keras._checks import check_int
 from rgp_keras._files import normal_file_mode
+from rgp_keras._keras_src import input_signature, is_rebuildable
 from rgp_keras.errors import BackendError, ExportCheckError, InputTypeError, InputValueError
 from rgp_keras.export._kernels import LAYOUTS
 from rgp_keras.export._rewrite import compact_model, masked_kernel_of
@@ -154,7 +154,7 @@ def export_tflite(
     threads = check_int("threads", threads, minimum=1)
     if threads != 1 and not compact:
         raise InputValueError(f"`threads` chooses compact layouts; it needs compact=True, got threads={threads}.")
-    subclassed = not isinstance(model, (keras.Sequential, Functional))
+    subclassed = not is_rebuildable(model)
     wrapped = any(isinstance(layer, RegularGraphPruning) for layer in leaves(model))
     if subclassed and compact and wrapped:
         raise InputTypeError(
@@ -295,11 +295,9 @@ def _check_inputs(model, samples):
     (uniform in [0, 1); integer inputs 0) of the input shapes, 16 where a size is variable."""
     if samples is not None:
         return samples[:_CHECK_SAMPLES]
-    from keras.src.export.export_utils import get_input_signature  # a subclassed model's inputs, from its build
-
     rng = np.random.default_rng(0)
     arrays = []
-    for tensor in getattr(model, "inputs", None) or keras.tree.flatten(get_input_signature(model)):
+    for tensor in getattr(model, "inputs", None) or keras.tree.flatten(input_signature(model)):
         shape = (_CHECK_SAMPLES, *(16 if size is None else size for size in tensor.shape[1:]))
         dtype = keras.backend.standardize_dtype(tensor.dtype)
         floating = np.issubdtype(np.dtype(dtype), np.floating)

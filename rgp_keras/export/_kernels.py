@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from rgp_keras.errors import InputValueError
-from rgp_keras.export._latency import _scatter_applies
+from rgp_keras.export._latency import scatter_applies
 from rgp_keras.masking.layer_types import layer_type
 from rgp_keras.masking.masks import channel_groups
 from rgp_keras.model_graph import to_numpy
@@ -128,7 +128,7 @@ class GatherKernel(CompactKernel):
         return config["activation"]
 
     def _before(self, inputs):
-        return _take_channels(inputs, self.gather_index)
+        return take_channels(inputs, self.gather_index)
 
     def _after(self, y):
         return y if self.output_index is None else keras.ops.take(y, self.output_index, axis=-1)
@@ -146,7 +146,7 @@ class ScatterKernel(CompactKernel):
 
     def _compact(self, kernel, blocks, out_members, bias, name):
         nodes = len(blocks)
-        if not _scatter_applies(kernel.shape[-2], blocks):
+        if not scatter_applies(kernel.shape[-2], blocks):
             raise InputValueError(
                 f"The scatter layout needs input channels divisible by the {nodes} groups and every output group "
                 f"reading equally many input groups; {name!r} has {kernel.shape[-2]} input channels and reads "
@@ -233,7 +233,7 @@ def _zero_kernel(layer, channels_in):
     return np.zeros((*window, channels_in, config.get("units") or config["filters"]), "float32")
 
 
-def _take_channels(x, index):
+def take_channels(x, index):
     """`x[..., index]`. LiteRT's GATHER on the channel axis copies element by
     element; moving channels to the front makes it copy whole planes
     (TRANSPOSE runs in XNNPACK), 3-10x faster in benchmarks/export_bench.py's

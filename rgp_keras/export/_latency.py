@@ -22,7 +22,7 @@ _TILE_CHANNELS = 16
 _FULL_REDUCTION = 32
 _MACS_PER_FLOAT_MOVED = 10
 _MACS_PER_CHANNEL_PICKED = 50
-_MAX_LATENCY_RATIO = 0.9
+MAX_LATENCY_RATIO = 0.9
 
 
 def estimated_latency_ratios(layer, blocks, threads=1, positions=None):
@@ -58,7 +58,7 @@ def estimated_latency_ratios(layer, blocks, threads=1, positions=None):
     picked = _MACS_PER_CHANNEL_PICKED * threads / positions
     ratios = {"gather": gather + moved * channels_in * (2 * fan_in + 1) * inputs_per_output
                         + picked * channels_in * fan_in}
-    if _scatter_applies(channels_in, blocks):
+    if scatter_applies(channels_in, blocks):
         scatter = gemm(taps * nodes * fan_out * group_in * group_out, fan_out * group_out, taps * group_in)
         # k partial sums to the front, gathered, summed, back: ~(3k + 2) floats per output channel
         ratios["scatter"] = scatter + moved * channels_out * (3 * fan_in + 2) + picked * channels_out * fan_in
@@ -74,6 +74,6 @@ def output_positions(layer):
     return math.inf if None in inner else (batch or 1) * math.prod(inner)
 
 
-def _scatter_applies(channels_in, blocks):
+def scatter_applies(channels_in, blocks):
     fan_in = blocks.sum(axis=0)
     return channels_in % len(blocks) == 0 and bool(np.all(fan_in == fan_in[0]))

@@ -8,7 +8,7 @@ import numpy as np
 from rgp_keras._checks import check_int
 from rgp_keras.errors import InputValueError
 from rgp_keras.export._kernels import KERNELS, LAYOUTS, CompactKernel, FoldedAway
-from rgp_keras.export._latency import _MAX_LATENCY_RATIO, estimated_latency_ratios, output_positions
+from rgp_keras.export._latency import MAX_LATENCY_RATIO, estimated_latency_ratios, output_positions
 from rgp_keras.masking.layer_types import REGISTRY, layer_type
 from rgp_keras.masking.masks import channel_blocks, kept_pairs, prunable_kernel
 from rgp_keras.masking.selection import layer_macs
@@ -56,7 +56,7 @@ def compact_model(model, layout="auto", *, int8=False, threads=1):
                     ratios.pop("scatter", None)
                 chosen = min(ratios, key=ratios.get) if layout == "auto" else layout
                 chosen = chosen if chosen in ratios else "gather"
-                if layout != "auto" or ratios[chosen] < _MAX_LATENCY_RATIO:
+                if layout != "auto" or ratios[chosen] < MAX_LATENCY_RATIO:
                     compacted[layer.name] = chosen
                     norm = _batch_norm_after(layer, tapped)
                     if norm is None:
@@ -95,9 +95,9 @@ def _too_slow(layer, blocks, ratios, chosen, threads):
     """Why `compact_model` left a layer whose best layout is estimated too slow as it is."""
     one_thread = estimated_latency_ratios(layer, blocks)
     positions = output_positions(layer)
-    if threads > 1 and min(one_thread[name] for name in ratios) < _MAX_LATENCY_RATIO:
+    if threads > 1 and min(one_thread[name] for name in ratios) < MAX_LATENCY_RATIO:
         why = f"faster with one thread, but its channel gathers run on one thread and dense GEMMs on {threads}"
-    elif min(estimated_latency_ratios(layer, blocks, threads, positions=math.inf).values()) < _MAX_LATENCY_RATIO:
+    elif min(estimated_latency_ratios(layer, blocks, threads, positions=math.inf).values()) < MAX_LATENCY_RATIO:
         why = f"{positions} output position(s) per call: picking its input channels costs more than the MACs it saves"
     else:
         why = f"groups of {min(layer.kernel.shape[-2:]) // len(blocks)} channels are too small for XNNPACK's tiles"

@@ -83,7 +83,7 @@ def distance_sum(neighbors, sources, bound, reach, frontier, fresh):
 
 
 @numba.njit(cache=True)
-def _scratch(nodes, sources):
+def scratch(nodes, sources):
     """The three bitset arrays `distance_sum` works in."""
     shape = (nodes, (sources + 63) // 64)
     return np.empty(shape, dtype=np.uint64), np.empty(shape, dtype=np.uint64), np.empty(shape, dtype=np.uint64)
@@ -229,7 +229,7 @@ def anneal(neighbors, adjacency, best, state, history, operators, mode, goal, te
     """
     nodes, degree = neighbors.shape
     copies = nodes // period
-    reach, frontier, fresh = _scratch(nodes, period)
+    reach, frontier, fresh = scratch(nodes, period)
     dist_a = np.empty(nodes, dtype=np.int64)
     dist_b = np.empty(nodes, dtype=np.int64)
     queue = np.empty(nodes, dtype=np.int64)
@@ -289,7 +289,7 @@ def anneal(neighbors, adjacency, best, state, history, operators, mode, goal, te
 def scramble(neighbors, adjacency, period, swaps):
     """Make `swaps` random orbit swaps that keep the graph connected (a random walk)."""
     nodes, degree = neighbors.shape
-    reach, frontier, fresh = _scratch(nodes, period)
+    reach, frontier, fresh = scratch(nodes, period)
     unused = np.empty(nodes, dtype=np.int64)
     drawn = np.empty((1, 2), dtype=np.int64)
     for _ in range(swaps):
@@ -305,7 +305,7 @@ def typical_change(neighbors, adjacency, period, samples):
     connected orbit swaps, each undone; 0 when none could be drawn."""
     nodes, degree = neighbors.shape
     copies = nodes // period
-    reach, frontier, fresh = _scratch(nodes, period)
+    reach, frontier, fresh = scratch(nodes, period)
     unused = np.empty(nodes, dtype=np.int64)
     drawn = np.empty((1, 2), dtype=np.int64)
     start = distance_sum(neighbors, period, NEVER, reach, frontier, fresh)[0]

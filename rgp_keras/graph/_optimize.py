@@ -12,7 +12,7 @@ import numpy as np
 
 from rgp_keras._checks import check_int, check_positive
 from rgp_keras.errors import InputTypeError, InputValueError
-from rgp_keras.graph._regular import RegularGraph, _moore_total, check_symmetry
+from rgp_keras.graph._regular import RegularGraph, check_symmetry, moore_total
 
 START_TEMPERATURE = 0.3
 COOLING = 0.002  # the temperature falls geometrically to this share of the start, then to 0 for the last 3 %
@@ -168,7 +168,7 @@ def optimize(
             ]
             chains = [future.result() for future in futures]
     elapsed = time.perf_counter() - started
-    neighbors, _, _, history, made = min(chains, key=lambda chain: _energy(target, chain[1], chain[2]))
+    neighbors, _, _, history, made = min(chains, key=lambda chain: _chain_energy(target, chain[1], chain[2]))
     adjacency = np.zeros((graph.nodes, graph.nodes), dtype=bool)
     np.put_along_axis(adjacency, neighbors, True, axis=1)
     metadata = {
@@ -217,7 +217,7 @@ def _check_objective(objective, graph):
     return round(objective * graph.nodes * (graph.nodes - 1) / 2)
 
 
-def _energy(target, total, diameter):
+def _chain_energy(target, total, diameter):
     """The quantity a chain minimises, as a sortable tuple."""
     if target == "min":
         return (diameter, total)
@@ -240,7 +240,7 @@ class _Chain:
 
     def __init__(self, graph, target, seed, period):
         # numba is imported on the first optimisation, not with the package.
-        from rgp_keras.graph import _anneal as kernel
+        import rgp_keras.graph._anneal as kernel
 
         kernel.announce_compilation()
         self.kernel = kernel
@@ -256,7 +256,7 @@ class _Chain:
         self.pairs = self.nodes * (self.nodes - 1)
         if target == "min":
             self.mode, self.goal = kernel.MIN, 0
-            self.stop = _moore_total(self.nodes, self.degree) * self.nodes
+            self.stop = moore_total(self.nodes, self.degree) * self.nodes
         elif target == "max":
             self.mode, self.goal, self.stop = kernel.MAX, 0, -(1 << 62)
         else:

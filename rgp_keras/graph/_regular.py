@@ -100,10 +100,10 @@ def moore_bound(nodes, degree):
     2.8571
     """
     nodes, degree = check_size(nodes, degree)
-    return _moore_total(nodes, degree) / (nodes - 1)
+    return moore_total(nodes, degree) / (nodes - 1)
 
 
-def _moore_total(nodes, degree):
+def moore_total(nodes, degree):
     """Smallest possible sum of distances from one node to all others."""
     remaining, total, distance, layer = nodes - 1, 0, 1, degree
     while remaining > 0:
@@ -263,13 +263,13 @@ class RegularGraph:
     @classmethod
     def _random_symmetric(cls, nodes, degree, seed, symmetry):
         # numba is imported here, not with the package.
-        from rgp_keras.graph import _anneal
+        import rgp_keras.graph._anneal as kernel
 
-        _anneal.announce_compilation()
+        kernel.announce_compilation()
         adjacency = _circulant(nodes, degree)
         neighbors = np.nonzero(adjacency)[1].reshape(nodes, degree).astype(np.int64)
-        _anneal.seed(seed)
-        _anneal.scramble(neighbors, adjacency, nodes // symmetry, 20 * nodes * degree // symmetry)
+        kernel.seed(seed)
+        kernel.scramble(neighbors, adjacency, nodes // symmetry, 20 * nodes * degree // symmetry)
         return cls(adjacency, {"method": "random", "seed": seed, "symmetry": symmetry})
 
     def is_symmetric(self, symmetry):

@@ -57,7 +57,7 @@ class TfKeras:
         self.tf_keras, self.wrapper_class = _api()
 
     def check_model(self, model, layers):
-        _check_model(model, self.tf_keras)
+        _check_tf_keras_model(model, self.tf_keras)
         walked = list(leaves(model))
         if layers is None and not any(tf_keras_skip_reason(layer, None) is None for layer in walked) and any(
                 map(_is_tfmot_wrapper, walked)):
@@ -67,7 +67,7 @@ class TfKeras:
             )
 
     def check_strippable(self, model):
-        _check_model(model, self.tf_keras)
+        _check_tf_keras_model(model, self.tf_keras)
 
     def clone_model(self, model, clone_function):
         return self.tf_keras.models.clone_model(model, clone_function=clone_function)
@@ -116,7 +116,7 @@ class TfKeras:
                 fresh.assign(old * masks[id(old)])
 
 
-def _check_model(model, tf_keras):
+def _check_tf_keras_model(model, tf_keras):
     if not isinstance(model, tf_keras.Model):
         raise InputTypeError(
             f"`model` must be a tf_keras Model for the TF-MOT path, got {type(model).__name__}; "
