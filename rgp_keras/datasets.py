@@ -12,7 +12,7 @@ DIR (default `./data`) with the commands `install_commands` gives. The loaders l
 `$RGP_KERAS_DATA`, `./data`, and the system-wide install locations.
 
 Example:
->>> (x_train, y_train), (x_test, y_test) = load_mnist()  # doctest: +SKIP
+>>> (x_train, y_train), (x_test, y_test) = load_mnist()
 >>> x_train.shape, x_train.dtype
 ((60000, 28, 28), dtype('uint8'))
 """

@@ -132,8 +132,15 @@ def export_tflite(
         were compacted, the check's largest output difference).
 
     Example:
-    >>> report = export_tflite(pruned_model, "model.tflite")  # doctest: +SKIP
-    >>> print(report)  # doctest: +SKIP
+    >>> import os, tempfile, keras
+    >>> from rgp_keras import prune_regular_graph
+    >>> conv = lambda filters, size, name: keras.layers.Conv2D(filters, size, padding="same", name=name)
+    >>> model = keras.Sequential([keras.Input((16, 16, 64)), conv(64, 3, "first"), conv(64, 3, "middle"),
+    ...                           conv(10, 1, "head")])
+    >>> pruned = prune_regular_graph(model, sparsity=0.75, seed=0)  # first and last stay dense
+    >>> report = export_tflite(pruned, os.path.join(tempfile.mkdtemp(), "model.tflite"))
+    >>> report.format, list(report.compacted)
+    ('compact', ['middle'])
     """
     reject_tf_keras(model, "export_tflite")
     if keras.backend.backend() != "tensorflow":

@@ -195,7 +195,7 @@ def warm_up():
     calls it once, so that no later process stalls ~10 s compiling.
 
     Example:
-    >>> warm_up()  # doctest: +SKIP
+    >>> warm_up()
     """
     for nodes, degree in ((32, 4), (64, 8)):
         for objective in ("min", "max", 3.0):

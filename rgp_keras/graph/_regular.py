@@ -149,8 +149,8 @@ def exact_nodes(density, limit, self_loops=False):
     """The largest n <= `limit` with a valid degree k, (k + self_loops) / n == `density` exactly; None if none.
 
     Example:
-    >>> exact_nodes(0.25, 64), exact_nodes(0.25, 15)
-    (64, 8)
+    >>> exact_nodes(0.25, 64), exact_nodes(1 / 8, 15)
+    (64, None)
     """
     density = Fraction(density).limit_denominator(10_000)
     for nodes in range(limit, 2, -1):
