@@ -20,8 +20,11 @@ def build(K, spec):
         elif kind == "dense":
             layers.append(K.layers.Dense(item[1], activation=item[2]))
         elif kind == "conv":
-            layers += [K.layers.Conv2D(item[1], 3, padding="same", use_bias=False), K.layers.BatchNormalization(momentum=0.9),
-                       K.layers.ReLU()]
+            layers += [
+                K.layers.Conv2D(item[1], 3, padding="same", use_bias=False),
+                K.layers.BatchNormalization(momentum=0.9),
+                K.layers.ReLU(),
+            ]
         elif kind == "pool":
             layers.append(K.layers.MaxPooling2D())
         elif kind == "gap":

@@ -142,7 +142,8 @@ def main():
                    "gzip_kb": gzipped / 1024, "size_vs_dense": size / dense[quantize].size_bytes,
                    "kept_share": kept_share, "mac_share": mac_share}
             for threads in (1, 2):
-                row[f"latency_{threads}t"], row[f"dense_ms_{threads}t"] = ratio(path, dense[quantize].path, threads, runs)
+                timed = ratio(path, dense[quantize].path, threads, runs)
+                row[f"latency_{threads}t"], row[f"dense_ms_{threads}t"] = timed
             row["latency_2t_for_two"] = ratio(for_two, dense[quantize].path, 2, runs)[0] if for_two else None
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -210,16 +210,26 @@ def write(rows, whole, threads):
     lines += ["", f"In all: auto picks the fastest for {hits} of {sum(row['count'] for row in rows)} layers; "
                   f"its picks take at most {100 * (worst - 1):.1f} % longer than the fastest (per model and n/k)."]
     lines += ["", "The whole MLP 784-512x3-10 (its two 512 -> 512 layers masked), latency / dense file:", "",
-              "| n/k | sparsity | sparse-encoded (compact=False) | export_tflite() (compact=True) |", "|---|---|---|---|"]
-    lines += [f"| {nodes}/{degree} | {100 * (1 - degree / nodes):g} % | {sparse:.3f} | {compact:.3f} |"
-              for nodes, degree, sparse, compact in whole]
-    lines += ["", "| model | n/k | layer (HxW Cin->Cout window/stride) | x | dense ms | gather | scatter | sparse | auto | "
-              "fastest |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "| n/k | sparsity | sparse-encoded (compact=False) | export_tflite() (compact=True) |",
+              "|---|---|---|---|"]
+    lines += [
+        f"| {nodes}/{degree} | {100 * (1 - degree / nodes):g} % | {sparse:.3f} | {compact:.3f} |"
+        for nodes, degree, sparse, compact in whole
+    ]
+    lines += [
+        "",
+        "| model | n/k | layer (HxW Cin->Cout window/stride) | x | dense ms | gather | scatter | sparse | "
+        "auto | "
+        "fastest |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
-        lines.append(f"| {row['model']} | {row['nodes']}/{row['degree']} | {row['layer']} | {row['count']} | "
-                     f"{row['dense_ms']:.3f} | {cell(row, 'gather')} | {cell(row, 'scatter')} | "
-                     f"{sparse_cell(row)} | {row['auto']} | "
-                     f"{row['fastest']} |")
+        lines.append(
+            f"| {row['model']} | {row['nodes']}/{row['degree']} | {row['layer']} | {row['count']} | "
+            f"{row['dense_ms']:.3f} | {cell(row, 'gather')} | {cell(row, 'scatter')} | "
+            f"{sparse_cell(row)} | {row['auto']} | "
+            f"{row['fastest']} |"
+        )
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS / f'{name}.md'}")
 

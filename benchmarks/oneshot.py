@@ -184,7 +184,8 @@ def main():
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--seed", type=int, help="run only this seed (a second process on the other core)")
     parser.add_argument("--work", default="/tmp/rgp-oneshot", help="cache of trained dense models")
-    parser.add_argument("--cost", action="store_true", help="only measure the cost on MobileNetV2 (results/oneshot_cost.md)")
+    parser.add_argument("--cost", action="store_true", help="only measure the cost on MobileNetV2 "
+                                                            "(results/oneshot_cost.md)")
     args = parser.parse_args()
     if args.cost:
         return cost()
@@ -244,7 +245,8 @@ def cost():
         "# Cost of data-aware pruning (`python benchmarks/oneshot.py --cost`)", "",
         "MobileNetV2 224x224x3 (`weights=None`), 256 calibration images, channel assignment + reconstruction "
         "(prune_regular_graph with calibration_data), 2 cores, CPU only.", "",
-        "| n/k | masked layers | layers refit (incl. dense ones downstream) | seconds |", "|---|---|---|---|", *rows, "",
+        "| n/k | masked layers | layers refit (incl. dense ones downstream) | seconds |", "|---|---|---|---|",
+        *rows, "",
         f"Peak resident memory of the process: {peak:.1f} GB (after building the model and the calibration set: "
         f"{baseline:.1f} GB).", ""])
     (RESULTS / "oneshot_cost.md").write_text(text)
@@ -285,7 +287,8 @@ def write(rows):
 
 # (model, sparsity, "one_shot"/"fine_tuned", compared with "dense"/"RGP plain", bound in points, text)
 GOALS = [
-    ("MLP", "0.875", "one_shot", "dense", -1.5, "MLP n = 64, k = 8, one-shot (assignment + reconstruction) within 1.5 points of dense"),
+    ("MLP", "0.875", "one_shot", "dense", -1.5, "MLP n = 64, k = 8, one-shot (assignment + reconstruction) within 1.5 "
+                                                "points of dense"),
     ("MLP", "0.9375", "one_shot", "dense", -3.5, "MLP k = 4 one-shot within 3.5 points of dense"),
     ("MLP", "0.9375", "fine_tuned", "dense", -1.0, "MLP k = 4 after one epoch within 1.0 point of dense"),
     ("CNN", "0.75", "one_shot", "dense", -5.0, "CNN n = 16, 75 %, one-shot within 5 points of dense"),

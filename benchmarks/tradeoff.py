@@ -32,10 +32,10 @@ from 87.26 % at 5e-4 to 85.60 % at 4e-3):
                         (same MACs, narrower or wider channel groups): does a finer graph buy accuracy?
 
 Every RGP model but the n=N rows uses `nodes="auto"` (the sparsity exactly, on
-the most nodes whose channel groups are >= 16 wide, see prune_regular_graph). Where the layers allow no sparser graph than at an
-earlier sparsity (the IRN's 16-channel layers cap it at 16/2 = 87.5 %), only
-TF-MOT runs at the higher one: the other rows would repeat. Every row is
-exported to its own .tflite (RGP: compact kernels) and timed against the
+the most nodes whose channel groups are >= 16 wide, see prune_regular_graph).
+Where the layers allow no sparser graph than at an earlier sparsity (the IRN's
+16-channel layers cap it at 16/2 = 87.5 %), only TF-MOT runs at the higher one:
+the other rows would repeat. Every row is exported to its own .tflite (RGP: compact kernels) and timed against the
 dense file in alternating rounds (LiteRT, 1 thread, median of ROUNDS ratios of medians); the size ratio is the
 files', the MACs ratio the model's kept MACs (what its compact file runs where
 export_tflite compacts every masked layer; layers it leaves dense run all theirs).
@@ -540,10 +540,12 @@ def report():
             median = lambda field: statistics.median(float(r[field]) for r in members if r[field] != "")
             macs_values = [float(r["macs_ratio"]) for r in members if r["macs_ratio"] != ""]
             lines.append(
-                f"| {key[1]} | {key[2]:g} | {key[3]} | {members[0]['graph']} | {len(members)} | {mean:.2f} +- {std:.2f} "
+                f"| {key[1]} | {key[2]:g} | {key[3]} | {members[0]['graph']} | {len(members)} | {mean:.2f} +- "
+                f"{std:.2f} "
                 f"| {median('latency_ratio'):.3f} | {statistics.median(macs_values):.3f} | "
                 f"{median('size_ratio'):.3f} |" if macs_values else
-                f"| {key[1]} | {key[2]:g} | {key[3]} | {members[0]['graph']} | {len(members)} | {mean:.2f} +- {std:.2f} "
+                f"| {key[1]} | {key[2]:g} | {key[3]} | {members[0]['graph']} | {len(members)} | {mean:.2f} +- "
+                f"{std:.2f} "
                 f"| {median('latency_ratio'):.3f} | - | {median('size_ratio'):.3f} |"
             )
         lines.append("")

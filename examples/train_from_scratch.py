@@ -35,7 +35,9 @@ def main():
     pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     pruned.fit(x_train, y_train, epochs=args.epochs, batch_size=128, verbose=2)
     print(rgp_keras.pruning_summary(pruned))
-    print(f"test accuracy, trained from scratch at 87.5 % sparsity: {pruned.evaluate(x_test, y_test, verbose=0)[1]:.4f}")
+    print(
+        f"test accuracy, trained from scratch at 87.5 % sparsity: {pruned.evaluate(x_test, y_test, verbose=0)[1]:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -111,7 +111,9 @@ def _prune(args):
             raise InputValueError(f"{option} needs --calibration")
     if args.graph and args.nodes is not None:
         raise InputValueError("--nodes conflicts with --graph: the graph file has its own node count; pass one of them")
-    samples = _calibration(args.calibration, model.inputs[0].shape, args.calibration_samples) if args.calibration else None
+    samples = None
+    if args.calibration:
+        samples = _calibration(args.calibration, model.inputs[0].shape, args.calibration_samples)
     pruned = prune_regular_graph(
         model, sparsity=args.sparsity, degree=args.degree, graph=args.graph,
         nodes="auto" if args.nodes is None else args.nodes, seed=args.seed,
@@ -220,7 +222,8 @@ def _plot(args):
         if args.kind == "adjacency":
             plots.plot_adjacency(graph, args.output)
         elif "history" not in graph.metadata:
-            raise InputValueError(f"{args.source} has no optimisation history (made by {graph.metadata.get('method')!r}); "
+            raise InputValueError(f"{args.source} has no optimisation history (made by "
+                                  f"{graph.metadata.get('method')!r}); "
                              "graphs written by `rgp graph` have one.")
         else:
             history = np.array([tuple(row) for row in graph.metadata["history"]], dtype=HISTORY_DTYPE)
@@ -251,7 +254,8 @@ def _parser():
     graph.add_argument("--nodes", type=int, default=64, help="nodes n (channel groups; default 64)")
     size = graph.add_mutually_exclusive_group(required=True)
     size.add_argument("--degree", type=int, help="degree k: each layer keeps k/n of its weights")
-    size.add_argument("--sparsity", type=float, help="fraction to prune; the nearest valid degree is used (a warning says when that is over 2 points off)")
+    size.add_argument("--sparsity", type=float, help="fraction to prune; the nearest valid degree is used (a warning "
+                                                     "says when that is over 2 points off)")
     graph.add_argument("--seed", type=int, help="random seed: with --attempts (or the default budget) the same seed "
                        "gives the same graph; a --time-limit run stops after however many attempts this machine "
                        "made in that time, so the same seed is not guaranteed to give the same graph")
@@ -317,7 +321,8 @@ def _parser():
     )
     export.add_argument("model", help="pruned or stripped .keras model")
     export.add_argument("-o", "--output", required=True, help=".tflite file to write")
-    export.add_argument("--sparse", action="store_true", help="keep dense-shaped kernels with zeros (no compact rewrite)")
+    export.add_argument("--sparse", action="store_true", help="keep dense-shaped kernels with zeros (no compact "
+                                                              "rewrite)")
     export.add_argument("--layout", choices=["auto", "gather", "scatter"], default="auto",
                         help="compact layout: auto (estimated fastest per layer, default) or forced where it applies")
     export.add_argument("--threads", type=int, default=1,

@@ -101,7 +101,8 @@ def find_installed(name, root):
         f"{name} is not installed (looked in {looked}). If a copy is installed elsewhere (`make data` puts one in "
         f"the checkout's data/ folder), point at that folder: load_{name}(root='/path/to/data') or "
         f"RGP_KERAS_DATA=/path/to/data. Else install it with `make data`, "
-        f"`python scripts/install_data.py {data_root(root)}` (in a checkout), or: " + " && ".join(install_commands(name, root))
+        f"`python scripts/install_data.py {data_root(root)}` (in a checkout), or: "
+        + " && ".join(install_commands(name, root))
     )
 
 

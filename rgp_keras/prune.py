@@ -279,7 +279,8 @@ def _graph_for(degree, graph, nodes, seed):
 
 def _check_graph_arguments(sparsity, degree, graph, nodes):
     """Exactly one of sparsity / degree / graph, and `nodes` an int or "auto" (and "auto" with a graph)."""
-    given = {name: value for name, value in (("sparsity", sparsity), ("degree", degree), ("graph", graph)) if value is not None}
+    asked = (("sparsity", sparsity), ("degree", degree), ("graph", graph))
+    given = {name: value for name, value in asked if value is not None}
     if len(given) != 1:
         raise InputValueError(
             "Pass exactly one of `sparsity`, `degree` or `graph`; got "
@@ -289,7 +290,9 @@ def _check_graph_arguments(sparsity, degree, graph, nodes):
     if isinstance(nodes, str) and nodes != "auto":
         raise InputValueError(f"`nodes` must be an integer >= 3 or 'auto', got {nodes!r}.")
     if graph is not None and nodes != "auto":
-        raise InputValueError(f"`nodes`={nodes!r} conflicts with `graph`, which has its own node count; pass one of them.")
+        raise InputValueError(
+            f"`nodes`={nodes!r} conflicts with `graph`, which has its own node count; pass one of them."
+        )
 
 
 def _auto_nodes(to_prune, sparsity, self_loops, layers, skip_first, skip_last):
@@ -353,9 +356,7 @@ class _Keras3:
             )
         if not isinstance(model, keras.Model):
             raise InputTypeError(f"`model` must be a Keras 3 model, got {type(model).__name__}.")
-        if not is_rebuildable(model) and any(
-            isinstance(layer, RegularGraphPruning) for layer in leaves(model)
-        ):
+        if not is_rebuildable(model) and any(isinstance(layer, RegularGraphPruning) for layer in leaves(model)):
             raise InputTypeError(
                 f"strip_pruning rebuilds a model layer by layer, which the subclassed model {model.name!r} "
                 f"({type(model).__name__}) does not allow, so its RGP wrappers cannot be swapped for plain layers. "

@@ -1,4 +1,5 @@
-"""Tests for rgp_keras.data_aware.assign: channel permutations keep the dense model's function and raise the kept importance."""
+"""Tests for rgp_keras.data_aware.assign: channel permutations keep the dense model's function and raise the kept
+importance."""
 
 import keras
 import numpy as np
@@ -17,8 +18,14 @@ def randomise_batchnorm(model, seed=0):
     rng = np.random.default_rng(seed)
     for layer in leaves(model):
         if isinstance(layer, keras.layers.BatchNormalization):
-            layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32") if i in (0, 3)
-                               else rng.normal(size=w.shape).astype("float32") for i, w in enumerate(layer.get_weights())])
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, w.shape).astype("float32")
+                    if i in (0, 3)
+                    else rng.normal(size=w.shape).astype("float32")
+                    for i, w in enumerate(layer.get_weights())
+                ]
+            )
 
 
 def assigned(model, graph):
@@ -80,11 +87,20 @@ def test_assignment_is_deterministic_and_leaves_the_model_untouched(vgg_model):
 
 
 def test_a_flatten_boundary_keeps_channel_order_and_says_why():
-    model = keras.Sequential([keras.Input((4, 4, 16)), keras.layers.Conv2D(32, 3, padding="same"),
-                              keras.layers.Conv2D(32, 3, padding="same"), keras.layers.Flatten(),
-                              keras.layers.Dense(32), keras.layers.Dense(4)])
+    model = keras.Sequential(
+        [
+            keras.Input((4, 4, 16)),
+            keras.layers.Conv2D(32, 3, padding="same"),
+            keras.layers.Conv2D(32, 3, padding="same"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32),
+            keras.layers.Dense(4),
+        ]
+    )
     pruned = prune_regular_graph(model, degree=2, nodes=16, seed=0)
-    notes = {layer.layer.name: layer.data_aware["kept_order"] for layer in pruned.layers if hasattr(layer, "data_aware")}
+    notes = {
+        layer.layer.name: layer.data_aware["kept_order"] for layer in pruned.layers if hasattr(layer, "data_aware")
+    }
     assert "Flatten" in notes[model.layers[1].name] and "Flatten" in notes[model.layers[3].name]
 
 
@@ -92,7 +108,9 @@ def test_pruning_with_assignment_keeps_the_permuted_trained_weights(mlp_model):
     graph = RegularGraph.random(16, 2, seed=0)
     plain = prune_regular_graph(mlp_model, graph=graph, assign_channels=False)
     aware = prune_regular_graph(mlp_model, graph=graph)
-    energy = lambda model: sum(float(np.sum(np.square(l.layer.get_weights()[0]))) for l in model.layers if hasattr(l, "mask"))
+    energy = lambda model: sum(
+        float(np.sum(np.square(layer.layer.get_weights()[0]))) for layer in model.layers if hasattr(layer, "mask")
+    )
     assert energy(aware) > energy(plain)
     # the kept weights are the dense ones moved, not new values
     dense_values = np.sort(np.abs(mlp_model.layers[1].get_weights()[0]).ravel())

@@ -1,4 +1,5 @@
-"""Tests for rgp_keras.data_aware.calibration through prune_regular_graph(calibration_data=...): accepted forms, bad inputs."""
+"""Tests for rgp_keras.data_aware.calibration through prune_regular_graph(calibration_data=...): accepted forms,
+bad inputs."""
 
 import keras
 import numpy as np
@@ -58,7 +59,13 @@ def test_multi_input_data_by_list_and_by_name():
         (np.ones((3, 2)), [(None, 2), (None, 3)], ["a", "b"], ValueError, ["2 inputs ['a', 'b']", "single array"]),
         ([np.ones((3, 2))], [(None, 2), (None, 3)], ["a", "b"], ValueError, ["holds 1 arrays", "one array per input"]),
         ({"a": np.ones((3, 2))}, [(None, 2), (None, 3)], ["a", "b"], ValueError, ["without the model's inputs ['b']"]),
-        ([np.ones((3, 2)), np.ones((4, 3))], [(None, 2), (None, 3)], ["a", "b"], ValueError, ["different sample counts"]),
+        (
+            [np.ones((3, 2)), np.ones((4, 3))],
+            [(None, 2), (None, 3)],
+            ["a", "b"],
+            ValueError,
+            ["different sample counts"],
+        ),
     ],
 )
 def test_bad_calibration_data_is_named_with_what_is_accepted(data, shapes, names, error, words):
@@ -93,7 +100,9 @@ def test_a_multi_input_model_given_one_array_is_refused(graph16):
     with pytest.raises(ValueError, match=r"2 inputs \['a', 'b'\]"):
         prune_regular_graph(model, graph=graph16, calibration_data=np.ones((4, 32)))
     with pytest.warns(UserWarning, match="fewer rows than weights"):  # 4 samples: a regularised fit
-        pruned = prune_regular_graph(model, graph=graph16, calibration_data={"a": np.ones((4, 32)), "b": np.ones((4, 32))})
+        pruned = prune_regular_graph(
+            model, graph=graph16, calibration_data={"a": np.ones((4, 32)), "b": np.ones((4, 32))}
+        )
     assert pruned.layers[-2].data_aware["error_after"] <= pruned.layers[-2].data_aware["error_before"]
 
 
@@ -135,11 +144,15 @@ def test_mixes_are_convex_and_never_join_held_out_and_fitted_samples():
         row = np.concatenate([mixed[0][position], mixed[1][position].ravel()])
         direction = samples[:, None] - samples[None]  # (i, j): x_i - x_j
         offset = row - samples[None]  # row - x_j
-        w = np.einsum("ijk,ijk->ij", direction, offset) / np.maximum(np.einsum("ijk,ijk->ij", direction, direction), 1e-12)
+        w = np.einsum("ijk,ijk->ij", direction, offset) / np.maximum(
+            np.einsum("ijk,ijk->ij", direction, direction), 1e-12
+        )
         residual = np.abs(w[..., None] * direction - offset).max(axis=-1)
         i, j = np.unravel_index(np.argmin(np.where((w > -1e-6) & (w < 1 + 1e-6), residual, np.inf)), w.shape)
         assert residual[i, j] < 1e-5, position
-        parents = [i] * bool(w[i, j] > 1e-6) + [j] * bool(w[i, j] < 1 - 1e-6)  # a mix of one sample with itself: any partner
+        parents = [i] * bool(w[i, j] > 1e-6) + [j] * bool(
+            w[i, j] < 1 - 1e-6
+        )  # a mix of one sample with itself: any partner
         assert all(held[parent] == (position % 5 == 4) for parent in parents), position
     np.testing.assert_array_equal(with_mixes([a, b], 200, hold_out=5)[1], mixed[1])  # deterministic
 

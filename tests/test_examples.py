@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow  # each example runs in its own process, on real d
 def test_demo_runs_end_to_end_and_litert_agrees_with_keras(tmp_path):
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "demo.py"), "--train-samples", "3000", "--epochs", "1",
-         "--fine-tune-epochs", "1", "--calibration-samples", "256", "--test-samples", "2000",
+         "--fine-tune-epochs", "1", "--calibration-samples", "256", "--test-samples", "1000",
          "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
     )
@@ -25,7 +25,8 @@ def test_demo_runs_end_to_end_and_litert_agrees_with_keras(tmp_path):
     assert keras_row and litert_row, out.stdout[-3000:]
     dense, pruned = map(float, keras_row.groups())
     litert_dense, litert_sparse, litert_compact = map(float, litert_row.groups())
-    assert abs(litert_dense - dense) <= 0.1 and abs(litert_sparse - pruned) <= 0.1 and abs(litert_compact - pruned) <= 0.1
+    assert abs(litert_dense - dense) <= 0.1 and abs(litert_sparse - pruned) <= 0.1
+    assert abs(litert_compact - pruned) <= 0.1
     assert "compacted    3 layers" in out.stdout
     one_shot, blind = map(float, re.search(
         r"one-shot, no training\s+([\d.]+) % .*plain RGP, no data: ([\d.]+) %", out.stdout).groups())
@@ -36,7 +37,7 @@ def test_demo_runs_end_to_end_and_litert_agrees_with_keras(tmp_path):
 
 def test_tfmot_workflow_pqat_int8_litert_matches_keras_on_real_mnist(tmp_path):
     out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "tfmot_workflow.py"), "--train-samples", "6000", "--epochs", "1",
+        [sys.executable, str(ROOT / "examples" / "tfmot_workflow.py"), "--train-samples", "4000", "--epochs", "1",
          "--test-samples", "2000", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
     )
@@ -55,22 +56,24 @@ def run_example(*argv, cwd=None):
 
 
 def readme_blocks(language):
-    return re.findall(rf"```{language}\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    """The `language` code blocks of the README and of every page in docs/."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return [block for page in pages for block in re.findall(rf"```{language}\n(.*?)```", page.read_text(), flags=re.S)]
 
 
-def test_every_readme_python_snippet_runs_as_written(tmp_path):
+def test_every_readme_and_docs_python_snippet_runs_as_written(tmp_path):
     blocks = readme_blocks("python")
-    assert len(blocks) >= 2  # the Keras 3 quickstart and the tf_keras / TF-MOT snippet
+    assert len(blocks) >= 3  # the Keras 3 quickstart, the tf_keras / TF-MOT snippet, the distiller
     for number, code in enumerate(blocks):
         script = tmp_path / f"snippet{number}.py"
         script.write_text(code)
         run_example(script, cwd=tmp_path)
     assert (tmp_path / "model.tflite").is_file() and (tmp_path / "pruned.keras").is_file()
-    assert (tmp_path / "pruned.h5").is_file()
+    assert (tmp_path / "pruned.h5").is_file() and (tmp_path / "distilled.tflite").is_file()
 
 
 @pytest.mark.filterwarnings("ignore:Calibration data has fewer rows")  # 64 samples for the README's tiny model
-def test_every_readme_cli_line_runs_as_written(tmp_path, monkeypatch, capsys):
+def test_every_readme_and_docs_cli_line_runs_as_written(tmp_path, monkeypatch, capsys):
     import keras
 
     from rgp_keras.cli import main
@@ -92,7 +95,7 @@ def test_every_readme_cli_line_runs_as_written(tmp_path, monkeypatch, capsys):
 
 
 def test_quickstart_example(tmp_path):
-    stdout = run_example(ROOT / "examples" / "quickstart.py", "--train-samples", "4000", "--test-samples", "2000",
+    stdout = run_example(ROOT / "examples" / "quickstart.py", "--train-samples", "2000", "--test-samples", "1000",
                          "--out", tmp_path / "q.tflite")
     dense, one_shot, pruned, litert = map(float, re.search(
         r"dense ([\d.]+), RGP one-shot ([\d.]+), RGP ([\d.]+), RGP LiteRT ([\d.]+)", stdout).groups())

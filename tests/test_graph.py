@@ -249,8 +249,9 @@ def test_symmetric_search_keeps_the_rotation_and_improves(nodes, degree, symmetr
 @pytest.mark.slow
 def test_default_search_picks_the_symmetry_and_reaches_below_1_96_for_64_nodes_degree_8():
     # The plain chain stalls near 1.97 here; symmetry 8 gets <= 1.96, and the default must get what the best
-    # option gets (about 20 s; a budget in attempts, not seconds, so the result does not depend on the machine).
-    result = optimize(RegularGraph.random(64, 8, seed=0), attempts=10_000_000, seed=0)
+    # option gets. A budget in attempts, not seconds, so the result does not depend on the machine: 2M attempts
+    # from seed 0 reach 1.9563 (12 s here); graph_bench.py measures the quality reached in 60 s.
+    result = optimize(RegularGraph.random(64, 8, seed=0), attempts=2_000_000, seed=0)
     assert result.symmetry == 8 and result.graph.metadata["symmetry"] == 8 and result.graph.is_symmetric(8)
     assert result.graph.aspl <= 1.96
     assert optimize(RegularGraph.random(64, 4, seed=0), attempts=1000, seed=0).symmetry == 1  # no gain at k < 8
@@ -445,7 +446,8 @@ def test_bad_symmetry_for_a_random_graph_is_named(nodes, degree, symmetry, error
 # --- packaging ----------------------------------------------------------------------------------
 
 def test_importing_the_graph_engine_does_not_import_tensorflow():
-    code = "import sys, rgp_keras, rgp_keras.graph; print(any(m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras', 'numba') for m in sys.modules))"
+    code = ("import sys, rgp_keras, rgp_keras.graph; "
+            "print(any(m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras', 'numba') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -461,9 +463,11 @@ def test_saved_graph_files_get_the_umask_mode(tmp_path):
 
 @pytest.mark.slow
 def test_first_compile_is_announced_once_and_a_second_process_loads_the_cache(tmp_path):
-    code = ("from rgp_keras.graph import RegularGraph, optimize\n"
-            "optimize(RegularGraph.random(16, 8, seed=0, symmetry=2), attempts=100, seed=0)\n"
-            "optimize(RegularGraph.random(16, 4, seed=0), attempts=100, seed=0)\n")
+    code = (
+        "from rgp_keras.graph import RegularGraph, optimize\n"
+        "optimize(RegularGraph.random(16, 8, seed=0, symmetry=2), attempts=100, seed=0)\n"
+        "optimize(RegularGraph.random(16, 4, seed=0), attempts=100, seed=0)\n"
+    )
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
     first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert first.stderr.count("compiling the graph optimiser (one time") == 1
@@ -494,8 +498,7 @@ def test_random_graphs_leave_every_global_random_state_alone():
 @pytest.mark.slow
 def test_after_warm_up_a_new_process_optimises_the_default_graphs_without_compiling(tmp_path):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}  # an empty cache: what a fresh checkout has
-    run = lambda code: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                                      check=True)
+    run = lambda code: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert "compiling the graph optimiser" in run("import rgp_keras.graph as g; g.warm_up()").stderr
     # what prune_regular_graph(sparsity=0.875) and `rgp graph --sparsity 0.875` reach (64/8, symmetric search),
     # and a degree < 8 (no symmetry), each the first optimisation of its process

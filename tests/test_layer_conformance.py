@@ -45,4 +45,6 @@ def test_a_dtype_policy_the_inner_layer_cannot_take_is_refused():
         RegularGraphPruning(inner, GRAPH, dtype="float16")
     wrapper = RegularGraphPruning(keras.layers.Dense(16), GRAPH, dtype="mixed_float16")
     out = wrapper(np.ones((2, 16), "float32"))
-    assert keras.backend.standardize_dtype(out.dtype) == "float16" and wrapper.layer.dtype_policy.name == "mixed_float16"
+    assert (
+        keras.backend.standardize_dtype(out.dtype) == "float16" and wrapper.layer.dtype_policy.name == "mixed_float16"
+    )

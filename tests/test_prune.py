@@ -58,7 +58,8 @@ def stripped_masked_entries_are_zero(pruned, stripped):
 def test_prune_wraps_middle_layers_copies_weights_and_leaves_the_original_alone(mlp_model, graph16):
     before = weights_of(mlp_model)
     pruned = prune_regular_graph(mlp_model, graph=graph16, assign_channels=False)
-    assert [type(layer).__name__ for layer in pruned.layers] == ["Dense", "RegularGraphPruning", "RegularGraphPruning", "Dense"]
+    names = [type(layer).__name__ for layer in pruned.layers]
+    assert names == ["Dense", "RegularGraphPruning", "RegularGraphPruning", "Dense"]
     assert all(np.array_equal(a, b) for a, b in zip(before, weights_of(mlp_model)))
     for wrapper in wrappers(pruned):
         original = mlp_model.get_layer(wrapper.layer.name).get_weights()
@@ -220,11 +221,11 @@ def test_nested_model_and_functional_graph(graph16):
 def test_layer_selection_by_name_class_and_predicate(mlp_model, graph16):
     names = [layer.name for layer in mlp_model.layers]
     by_name = prune_regular_graph(mlp_model, graph=graph16, layers=[names[0]])
-    assert [isinstance(l, RegularGraphPruning) for l in by_name.layers] == [True, False, False, False]
+    assert [isinstance(layer, RegularGraphPruning) for layer in by_name.layers] == [True, False, False, False]
     by_class = prune_regular_graph(mlp_model, graph=graph16, layers=keras.layers.Dense)
-    assert [isinstance(l, RegularGraphPruning) for l in by_class.layers] == [True, True, True, False]
+    assert [isinstance(layer, RegularGraphPruning) for layer in by_class.layers] == [True, True, True, False]
     by_predicate = prune_regular_graph(mlp_model, graph=graph16, layers=lambda layer: layer.name == names[2])
-    assert [isinstance(l, RegularGraphPruning) for l in by_predicate.layers] == [False, False, True, False]
+    assert [isinstance(layer, RegularGraphPruning) for layer in by_predicate.layers] == [False, False, True, False]
 
 
 def test_single_layer_wrapping_inside_a_model_definition(graph16):
@@ -338,7 +339,7 @@ def test_double_pruning_is_rejected(mlp_model, graph16):
 
 
 def test_requested_layer_that_cannot_be_masked_says_why(vgg_model, graph16):
-    batch_norm = next(l.name for l in vgg_model.layers if isinstance(l, keras.layers.BatchNormalization))
+    batch_norm = next(layer.name for layer in vgg_model.layers if isinstance(layer, keras.layers.BatchNormalization))
     with pytest.raises(ValueError, match=f"{batch_norm}.*no channel-pair kernel"):
         prune_regular_graph(vgg_model, graph=graph16, layers=[batch_norm])
     with pytest.raises(ValueError, match=r"'conv2d\w*' cannot .*: 3 input channels: fewer than the graph's 16 nodes"):
@@ -368,7 +369,8 @@ def test_invalid_graph_file_is_rejected_and_model_untouched(mlp_model, tmp_path)
 def test_importing_rgp_keras_does_not_import_tf_keras_or_tfmot():
     code = (
         "import sys, keras, rgp_keras\n"
-        "m = keras.Sequential([keras.Input((32,)), keras.layers.Dense(32), keras.layers.Dense(32), keras.layers.Dense(2)])\n"
+        "m = keras.Sequential([keras.Input((32,)), keras.layers.Dense(32), keras.layers.Dense(32), "
+        "keras.layers.Dense(2)])\n"
         "p = rgp_keras.prune_regular_graph(m, degree=4, nodes=16, seed=0)\n"
         "rgp_keras.pruning_summary(rgp_keras.strip_pruning(p))\n"
         "print(sorted(m for m in ('tf_keras', 'tensorflow_model_optimization') if m in sys.modules))"

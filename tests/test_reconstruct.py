@@ -194,25 +194,46 @@ def test_bad_graph_candidates_say_what_is_accepted(options, error, words):
 
 
 def test_auto_mixes_only_where_a_masked_layer_is_short_of_rows():
-    convolutions = keras.Sequential([keras.Input((8, 8, 4)), *(keras.layers.Conv2D(32, 3, padding="same") for _ in range(3)),
-                                     keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
-    conv = prune_regular_graph(convolutions, degree=4, nodes=16, seed=0,
-                               calibration_data=np.random.default_rng(0).normal(size=(64, 8, 8, 4)))
+    convolutions = keras.Sequential(
+        [
+            keras.Input((8, 8, 4)),
+            *(keras.layers.Conv2D(32, 3, padding="same") for _ in range(3)),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3),
+        ]
+    )
+    conv = prune_regular_graph(
+        convolutions, degree=4, nodes=16, seed=0, calibration_data=np.random.default_rng(0).normal(size=(64, 8, 8, 4))
+    )
     # 64 samples x 64 positions over 3 x 3 x 32 x 4 / 16 + 1 = 73 weights: 56 rows per weight
-    assert "64 samples + 0 mixes of pairs (no mixes: every masked layer's fit has >= 32 rows" in str(pruning_summary(conv))
-    dense = keras.Sequential([keras.Input((16,)), keras.layers.Dense(64), keras.layers.Dense(64), keras.layers.Dense(64),
-                              keras.layers.Dense(2)])
-    pruned = prune_regular_graph(dense, degree=4, nodes=16, seed=0,
-                                 calibration_data=np.random.default_rng(0).normal(size=(64, 16)))
+    assert "64 samples + 0 mixes of pairs (no mixes: every masked layer's fit has >= 32 rows" in str(
+        pruning_summary(conv)
+    )
+    dense = keras.Sequential(
+        [
+            keras.Input((16,)),
+            keras.layers.Dense(64),
+            keras.layers.Dense(64),
+            keras.layers.Dense(64),
+            keras.layers.Dense(2),
+        ]
+    )
+    pruned = prune_regular_graph(
+        dense, degree=4, nodes=16, seed=0, calibration_data=np.random.default_rng(0).normal(size=(64, 16))
+    )
     assert "64 samples + 448 mixes of pairs" in str(pruning_summary(pruned))  # 64 rows for 17 weights: 3.8
 
 
 def test_mixes_reach_only_the_fits_short_of_rows():
     calibration = np.random.default_rng(0).normal(size=(64, 8, 8, 4)).astype("float32")
     mixed = prune_regular_graph(teacher(), degree=4, nodes=16, seed=0, calibration_data=calibration)
-    plain = prune_regular_graph(teacher(), degree=4, nodes=16, seed=0, calibration_data=calibration, calibration_mixes=0)
+    plain = prune_regular_graph(
+        teacher(), degree=4, nodes=16, seed=0, calibration_data=calibration, calibration_mixes=0
+    )
     assert "64 samples + 448 mixes of pairs" in str(pruning_summary(mixed))  # the masked Dense: 1 row per sample
-    kernels = lambda model: [(type(l.layer).__name__, to_numpy(l.layer.kernel)) for l in model.layers if hasattr(l, "mask")]
+    kernels = lambda model: [
+        (type(layer.layer).__name__, to_numpy(layer.layer.kernel)) for layer in model.layers if hasattr(layer, "mask")
+    ]
     for (kind, a), (_, b) in zip(kernels(mixed), kernels(plain)):
         if kind == "Conv2D":  # 64 positions a sample: 56 rows per weight, the samples alone
             np.testing.assert_array_equal(a, b)

@@ -42,14 +42,28 @@ def saved(tmp_path_factory):
     np.save(folder / "x.npy", x)
     files = []
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(16)])
+    model = keras.Sequential(
+        [
+            keras.Input((16,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(16),
+        ]
+    )
     pruned = rgp_keras.prune_regular_graph(model, graph=graph)
     pruned.save(folder / "k3.keras")
     np.save(folder / "k3.npy", np.asarray(pruned(x)))
     files.append((str(folder / "k3.keras"), str(folder / "k3.npy"), "keras"))
     tf_keras.utils.set_random_seed(0)
     layers = tf_keras.layers
-    model = tf_keras.Sequential([tf_keras.Input((16,)), layers.Dense(32, activation="relu"), layers.Dense(32, activation="relu"), layers.Dense(16)])
+    model = tf_keras.Sequential(
+        [
+            tf_keras.Input((16,)),
+            layers.Dense(32, activation="relu"),
+            layers.Dense(32, activation="relu"),
+            layers.Dense(16),
+        ]
+    )
     pruned = rgp_keras.prune_regular_graph(model, graph=graph)
     np.save(folder / "tk.npy", pruned(x).numpy())
     for name in ("tk.h5", "tk.keras"):

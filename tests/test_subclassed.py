@@ -42,7 +42,8 @@ def test_masked_kernel_is_zero_after_build_and_fit_and_the_summary_knows_the_mac
 
 def test_strip_and_compact_export_say_what_works_instead(trained, tmp_path):
     model, x = trained
-    with pytest.raises(TypeError, match="subclassed model '\\w+' \\(Net\\).*export_tflite\\(model, path, compact=False\\)"):
+    with pytest.raises(TypeError, match="subclassed model '\\w+' \\(Net\\).*export_tflite\\(model, path, "
+                                        "compact=False\\)"):
         rgp_keras.strip_pruning(model)
     with pytest.raises(TypeError, match="subclassed model '\\w+' \\(Net\\).*compact=False"):
         rgp_keras.export_tflite(model, tmp_path / "c.tflite")

@@ -95,7 +95,7 @@ def test_rgp_strip_and_summary_work_on_tf_keras(graph16):
     pruned = rgp_keras.prune_regular_graph(cnn(), graph=graph16)
     x = fit(pruned, epochs=1)
     stripped = rgp_keras.strip_pruning(pruned)
-    assert [type(l).__name__ for l in stripped.layers] == ["Conv2D", "Conv2D", "BatchNormalization", "ReLU",
+    assert [type(layer).__name__ for layer in stripped.layers] == ["Conv2D", "Conv2D", "BatchNormalization", "ReLU",
                                                            "Flatten", "Dense", "Dense"]
     np.testing.assert_allclose(stripped.predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-5)
     summary = rgp_keras.pruning_summary(pruned)
@@ -106,9 +106,17 @@ def test_rgp_strip_and_summary_work_on_tf_keras(graph16):
 def test_coexists_with_prune_low_magnitude(graph16):
     tf_keras.utils.set_random_seed(0)
     magnitude = tfmot.sparsity.keras.prune_low_magnitude(
-        layers.Dense(64, activation="relu"), pruning_schedule=tfmot.sparsity.keras.ConstantSparsity(0.5, 0, frequency=1))
-    model = tf_keras.Sequential([tf_keras.Input((64,)), layers.Dense(64, activation="relu"), magnitude,
-                                 layers.Dense(64, activation="relu"), layers.Dense(10)])
+        layers.Dense(64, activation="relu"), pruning_schedule=tfmot.sparsity.keras.ConstantSparsity(0.5, 0, frequency=1)
+    )
+    model = tf_keras.Sequential(
+        [
+            tf_keras.Input((64,)),
+            layers.Dense(64, activation="relu"),
+            magnitude,
+            layers.Dense(64, activation="relu"),
+            layers.Dense(10),
+        ]
+    )
     pruned = rgp_keras.prune_regular_graph(model, graph=graph16, skip_first=False)
     kinds = [type(layer).__name__ for layer in pruned.layers]
     assert kinds == ["PruneRegularGraph", "PruneLowMagnitude", "PruneRegularGraph", "Dense"]

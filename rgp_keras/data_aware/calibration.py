@@ -60,7 +60,8 @@ def calibration_arrays(data, input_shapes, input_names, samples=None):
         arrays = [_as_array(array, name) for array, name in zip(arrays, input_names)]
     counts = {len(array) for array in arrays}
     if len(counts) != 1:
-        raise InputValueError(f"Calibration inputs {list(input_names)} have different sample counts: {[len(a) for a in arrays]}.")
+        raise InputValueError(f"Calibration inputs {list(input_names)} have different sample counts: "
+                              f"{[len(a) for a in arrays]}.")
     if counts == {0}:
         raise InputValueError("`calibration_data` holds no samples; pass at least one (a few hundred are typical).")
     if samples is not None:
@@ -79,7 +80,9 @@ def _read_stream(data, inputs, names, limit):
     for element in itertools.islice(iter(data), limit):
         if isinstance(element, tuple) and not (inputs > 1 and len(element) == inputs and _all_arrays(element)):
             element = element[0]  # (x, y[, sample_weight]): labels ignored
-        batch = [_as_array(a, name) for a, name in zip(_split_inputs(element, inputs, names, "A calibration batch"), names)]
+        batch = [
+            _as_array(a, name) for a, name in zip(_split_inputs(element, inputs, names, "A calibration batch"), names)
+        ]
         parts.append(batch)
         count += len(batch[0]) if batch[0].ndim else 1
         if count >= limit:
@@ -100,7 +103,9 @@ def _split_inputs(data, inputs, names, what):
     if isinstance(data, dict):
         missing = [name for name in names if name not in data]
         if missing:
-            raise InputValueError(f"{what} is a dict without the model's inputs {missing}; its keys are {sorted(data)}.")
+            raise InputValueError(
+                f"{what} is a dict without the model's inputs {missing}; its keys are {sorted(data)}."
+            )
         return [data[name] for name in names]
     if isinstance(data, (list, tuple)):
         if len(data) != inputs:
@@ -141,7 +146,9 @@ def _check(array, shape, name):
     array = array.astype("float32")
     if not np.all(np.isfinite(array)):
         bad = int(np.sum(~np.isfinite(array)))
-        raise InputValueError(f"Calibration data for input {name!r} holds {bad} NaN or infinite values; pass finite inputs.")
+        raise InputValueError(
+            f"Calibration data for input {name!r} holds {bad} NaN or infinite values; pass finite inputs."
+        )
     return array
 
 
@@ -156,7 +163,7 @@ def mix_count(mixes, arrays, input_dtypes, input_names, rows_per_weight=0.0):
     """
     if isinstance(mixes, bool) or not (mixes == "auto" or isinstance(mixes, numbers.Integral) and mixes >= 0):
         raise InputValueError(
-            f"`calibration_mixes` must be \"auto\" or an integer >= 0 (0: fit on the samples only), got {mixes!r}."
+            f'`calibration_mixes` must be "auto" or an integer >= 0 (0: fit on the samples only), got {mixes!r}.'
         )
     dtypes = [str(getattr(dtype, "name", dtype)) for dtype in input_dtypes]  # Keras strings or tf.DType
     not_float = [f"{name!r} ({dtype})" for name, dtype in zip(input_names, dtypes) if "float" not in dtype]
@@ -165,7 +172,7 @@ def mix_count(mixes, arrays, input_dtypes, input_names, rows_per_weight=0.0):
             return 0, f"no mixes: input {', '.join(not_float)} is not floating-point"
         raise InputValueError(
             f"`calibration_mixes={mixes}` mixes pairs of inputs, but input {', '.join(not_float)} is not "
-            "floating-point (a mix of ids means nothing); pass calibration_mixes=0 or \"auto\"."
+            'floating-point (a mix of ids means nothing); pass calibration_mixes=0 or "auto".'
         )
     if mixes != "auto":
         return int(mixes), None
@@ -201,5 +208,7 @@ def with_mixes(arrays, count, hold_out):
     mixed = []
     for array in arrays:
         shape = (count,) + (1,) * (array.ndim - 1)
-        mixed.append(np.concatenate([array, weight.reshape(shape) * array[first] + (1 - weight.reshape(shape)) * array[second]]))
+        mixed.append(
+            np.concatenate([array, weight.reshape(shape) * array[first] + (1 - weight.reshape(shape)) * array[second]])
+        )
     return mixed

@@ -88,7 +88,11 @@ def reconstruct(reference, pruned, arrays, *, samples=None, progress=False):
     bar = _progress_bar(len(pruned_graph.calls)) if progress else None
 
     def refit(layer, inner, mask, reference_call, x_dense, x_pruned):
-        if samples is not None and len(x_pruned) > samples and _rows_per_weight(inner, mask, x_pruned, samples) >= MIX_BELOW:
+        if (
+            samples is not None
+            and len(x_pruned) > samples
+            and _rows_per_weight(inner, mask, x_pruned, samples) >= MIX_BELOW
+        ):
             x_dense, x_pruned = x_dense[:samples], x_pruned[:samples]  # rows enough: the mixes would only cost
         report[id(layer)] = _refit(inner, mask, reference_call.layer, x_dense, x_pruned)
         if report[id(layer)].pop("few_samples"):
@@ -151,7 +155,8 @@ def _walk(graph, reference_graph, arrays, visit):
             for key, value in zip(reference_call.outputs, reference_outputs):
                 reference_values[key] = value
             unchanged = all(key in same for key in call.inputs) and not (
-                is_rgp_wrapper(call.layer) or hasattr(call.layer, "layers"))
+                is_rgp_wrapper(call.layer) or hasattr(call.layer, "layers")
+            )
             outputs = reference_outputs if unchanged else run_call(call, values)
             if unchanged:
                 same.update(call.outputs)
@@ -181,7 +186,11 @@ def channel_moments(x, chunk=1 << 16):
 
 def _rows_per_weight(layer, mask, x, samples):
     """Least-squares rows per fitted weight of `layer`'s largest output group, from `samples` samples of `x`."""
-    kept = int(mask.reshape(-1, mask.shape[-1]).sum(axis=0).max()) if mask is not None else math.prod(layer.kernel.shape[:-1])
+    kept = (
+        int(mask.reshape(-1, mask.shape[-1]).sum(axis=0).max())
+        if mask is not None
+        else math.prod(layer.kernel.shape[:-1])
+    )
     return samples * len(kernel_rows(layer, x[:1])) / (kept + 1)
 
 
@@ -225,8 +234,9 @@ def _patches(x, kernel_size, strides, rates, padding):
         pads.append((total // 2, total - total // 2))  # TensorFlow puts the odd one after
     windows = sliding_window_view(np.pad(x, pads + [(0, 0)]), spans, axis=tuple(range(1, rank + 1)))
     # (batch, *positions, channels, *span) -> strided positions, dilated taps, channels last
-    windows = windows[(slice(None), *(slice(None, None, s) for s in strides), slice(None),
-                       *(slice(None, None, r) for r in rates))]
+    windows = windows[
+        (slice(None), *(slice(None, None, s) for s in strides), slice(None), *(slice(None, None, r) for r in rates))
+    ]
     windows = np.moveaxis(windows, rank + 1, -1)
     return windows.reshape(-1, int(np.prod(kernel_size)) * x.shape[-1])
 
@@ -280,9 +290,14 @@ def _refit(inner, mask, dense, x_dense, x_pruned):
     chunk = max(HOLD_OUT, _CHUNK_ELEMENTS // max(per_sample, 1) // HOLD_OUT * HOLD_OUT)
     for start in range(0, len(x_dense), chunk):
         index = np.arange(start, min(start + chunk, len(x_dense)))
-        for part, sums in ((index[index % HOLD_OUT != HOLD_OUT - 1], fit), (index[index % HOLD_OUT == HOLD_OUT - 1], held_out)):
+        for part, sums in (
+            (index[index % HOLD_OUT != HOLD_OUT - 1], fit),
+            (index[index % HOLD_OUT == HOLD_OUT - 1], held_out),
+        ):
             if len(part):
-                sums.add(kernel_rows(inner, x_pruned[part]), kernel_rows(inner, x_dense[part]) @ dense_kernel + dense_bias)
+                sums.add(
+                    kernel_rows(inner, x_pruned[part]), kernel_rows(inner, x_dense[part]) @ dense_kernel + dense_bias
+                )
     judge = held_out if held_out.rows else fit
     total = fit + held_out
     kept = mask.reshape(-1, outputs)
@@ -301,8 +316,10 @@ def _refit(inner, mask, dense, x_dense, x_pruned):
         start = current[np.ix_(inputs, columns)]
         error_start = judge.error(start, inputs, columns)
         ridges = _RIDGE if held_out.rows else (_RIDGE[2],)
-        trials = [(judge.error(w, inputs, columns), ridge) for ridge, w in _ridge_path(fit if held_out.rows else total,
-                                                                                        inputs, columns, ridges, start)]
+        trials = [
+            (judge.error(w, inputs, columns), ridge)
+            for ridge, w in _ridge_path(fit if held_out.rows else total, inputs, columns, ridges, start)
+        ]
         best_error, ridge = min(trials)
         before += error_start
         if best_error < error_start:

@@ -54,7 +54,9 @@ def plan(model, graph, selected, *, self_loops, calibration_data, calibration_sa
     weights, report = {}, {}
     if assign_channels:
         # channel energies are means over samples and positions: a few hundred samples estimate them well
-        energy = input_channel_energy(model, [a[:_ENERGY_SAMPLES] for a in arrays], selected) if arrays is not None else None
+        energy = (
+            input_channel_energy(model, [a[:_ENERGY_SAMPLES] for a in arrays], selected) if arrays is not None else None
+        )
         weights, report = assign.assign_channels(model, graph, selected, self_loops=self_loops, input_energy=energy)
     return Plan(mixed, samples, calibration, weights, report, assign_channels, len(selected) >= _PROGRESS_LAYERS)
 
@@ -89,7 +91,8 @@ def _input_names(model):
 
 
 def best_of(model, arrays, candidates):
-    """The pruned model, among `candidates` (callables building one), whose outputs on `arrays` are closest to `model`'s.
+    """The pruned model, among `candidates` (callables building one), whose outputs on `arrays` are closest to
+    `model`'s.
 
     The error is the relative squared error of all outputs on the calibration
     samples, the data every candidate was refit on; each wrapper's report
@@ -105,8 +108,9 @@ def best_of(model, arrays, candidates):
         if best is None or errors[-1] < errors[best[0]]:
             best = (len(errors) - 1, pruned)
     chosen, pruned = best
-    text = (f"graph {chosen + 1} of {len(errors)} candidates: output error on the calibration samples "
-            + ", ".join(f"{error:.4f}" for error in errors))
+    text = f"graph {chosen + 1} of {len(errors)} candidates: output error on the calibration samples " + ", ".join(
+        f"{error:.4f}" for error in errors
+    )
     for layer in leaves(pruned):
         if "error_after" in (getattr(layer, "data_aware", None) or {}):
             layer.data_aware["graph_choice"] = text

@@ -211,7 +211,9 @@ def export_tflite(
 def _calibration_samples(model, quantize, representative_data):
     if quantize != "int8":
         if representative_data is not None:
-            raise InputValueError(f"`representative_data` is only used with quantize='int8', got quantize={quantize!r}.")
+            raise InputValueError(
+                f"`representative_data` is only used with quantize='int8', got quantize={quantize!r}."
+            )
         return None
     if representative_data is None:
         raise InputValueError(
@@ -219,7 +221,9 @@ def _calibration_samples(model, quantize, representative_data):
             f"(N, {', '.join(str(d) for d in model.inputs[0].shape[1:])}) to calibrate activation ranges."
         )
     if len(model.inputs) != 1:
-        raise InputValueError(f"int8 calibration supports single-input models, this one has {len(model.inputs)} inputs.")
+        raise InputValueError(
+            f"int8 calibration supports single-input models, this one has {len(model.inputs)} inputs."
+        )
     samples = np.asarray(representative_data, dtype="float32")
     expected = tuple(model.inputs[0].shape[1:])
     if samples.ndim != len(expected) + 1 or any(e is not None and e != s for e, s in zip(expected, samples.shape[1:])):
@@ -228,7 +232,9 @@ def _calibration_samples(model, quantize, representative_data):
             f"got {samples.shape}."
         )
     if len(samples) == 0:
-        raise InputValueError("`representative_data` is empty: give at least one input sample (a few hundred is typical).")
+        raise InputValueError(
+            "`representative_data` is empty: give at least one input sample (a few hundred is typical)."
+        )
     return samples[:_CALIBRATION_SAMPLES]
 
 

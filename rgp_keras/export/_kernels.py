@@ -57,7 +57,9 @@ class CompactKernel(keras.layers.Layer):
             name="grouped",
         )
         if not self.is_dense:
-            conv_args.update(strides=config["strides"], padding=config["padding"], dilation_rate=config["dilation_rate"])
+            conv_args.update(
+                strides=config["strides"], padding=config["padding"], dilation_rate=config["dilation_rate"]
+            )
         self.conv = getattr(keras.layers, layer_type(layer)[1].compact_as)(**conv_args)
         self.conv_input_width = compact.shape[-2] * self.nodes  # the grouped conv's kernel holds one group's
 
@@ -81,8 +83,12 @@ class CompactKernel(keras.layers.Layer):
 
     def get_config(self):
         packed = np.packbits(self._blocks).tobytes()
-        return {**super().get_config(), "layer": self._source, "channels_in": self.channels_in,
-                "blocks": {"nodes": int(self.nodes), "bits": base64.b64encode(packed).decode("ascii")}}
+        return {
+            **super().get_config(),
+            "layer": self._source,
+            "channels_in": self.channels_in,
+            "blocks": {"nodes": int(self.nodes), "bits": base64.b64encode(packed).decode("ascii")},
+        }
 
     def compute_output_shape(self, input_shape):
         if self.is_dense:
@@ -260,4 +266,3 @@ def _group_members(channels, nodes):
         chosen = np.flatnonzero(groups == g)
         members[g, : len(chosen)] = chosen
     return members
-

@@ -216,7 +216,8 @@ def _pick(probabilities):
 
 
 @numba.njit(cache=True)
-def anneal(neighbors, adjacency, best, state, history, operators, mode, goal, temperatures, patience, stop_energy, period):
+def anneal(neighbors, adjacency, best, state, history, operators, mode, goal, temperatures, patience, stop_energy,
+           period):
     """Make one attempt per entry of `temperatures` (0 = greedy) unless the chain stops early.
 
     Updates `neighbors`, `adjacency`, `best` (the best neighbour lists seen, by
@@ -340,5 +341,8 @@ def announce_compilation():
     except AttributeError:  # another numba layout: stay quiet rather than guess
         cached = True
     if not cached:
-        print("rgp_keras: compiling the graph optimiser (one time, ~10 s; cached on disk afterwards)",
-              file=sys.stderr, flush=True)
+        print(
+            "rgp_keras: compiling the graph optimiser (one time, ~10 s; cached on disk afterwards)",
+            file=sys.stderr,
+            flush=True,
+        )

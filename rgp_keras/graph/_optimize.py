@@ -318,7 +318,8 @@ class _Chain:
         if history[-1][0] != made:
             history.append((made, self.best_aspl, int(self.state[kernel.BEST_DIAMETER])))
         best_total = int(self.state[kernel.BEST_TOTAL]) // 2
-        return self.best, best_total, int(self.state[kernel.BEST_DIAMETER]), np.array(history, dtype=HISTORY_DTYPE), made
+        history = np.array(history, dtype=HISTORY_DTYPE)
+        return self.best, best_total, int(self.state[kernel.BEST_DIAMETER]), history, made
 
     @property
     def best_aspl(self):
@@ -343,8 +344,7 @@ class _Progress:
         self.shown = elapsed
         filled = int(self.width * min(fraction, 1.0))
         sys.stderr.write(
-            f"\r[{'=' * filled}{'.' * (self.width - filled)}] {attempt} attempts "
-            f"{elapsed:.1f}s best ASPL {aspl:.4f}"
+            f"\r[{'=' * filled}{'.' * (self.width - filled)}] {attempt} attempts {elapsed:.1f}s best ASPL {aspl:.4f}"
         )
         sys.stderr.flush()
 

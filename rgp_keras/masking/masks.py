@@ -72,7 +72,8 @@ def kernel_mask(graph, kernel_shape, layout, self_loops=False):
     kernel_shape = tuple(int(d) for d in kernel_shape)
     wanted_rank = 2 if layout == "dense" else 3
     if len(kernel_shape) < wanted_rank or (layout == "dense" and len(kernel_shape) != 2):
-        raise InputValueError(f"A {layout!r} kernel has rank {'2' if layout == 'dense' else '>= 3'}, got shape {kernel_shape}.")
+        raise InputValueError(f"A {layout!r} kernel has rank {'2' if layout == 'dense' else '>= 3'}, got shape "
+                              f"{kernel_shape}.")
     in_axis, out_axis = (-1, -2) if layout == "conv_transpose" else (-2, -1)
     in_groups = channel_groups(kernel_shape[in_axis], graph.nodes)
     out_groups = channel_groups(kernel_shape[out_axis], graph.nodes)
@@ -126,7 +127,8 @@ def channel_blocks(kernel):
     col_changes = np.flatnonzero(np.any(pairs[:, 1:] != pairs[:, :-1], axis=0)) + 1
     best, best_density = None, 1.0
     for nodes in range(2, min(channels_in, channels_out) + 1):
-        if not (_are_group_starts(row_changes, channels_in, nodes) and _are_group_starts(col_changes, channels_out, nodes)):
+        starts = _are_group_starts(row_changes, channels_in, nodes), _are_group_starts(col_changes, channels_out, nodes)
+        if not all(starts):
             continue
         starts_in = np.unique(channel_groups(channels_in, nodes), return_index=True)[1]
         starts_out = np.unique(channel_groups(channels_out, nodes), return_index=True)[1]

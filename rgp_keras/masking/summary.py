@@ -80,7 +80,8 @@ class PruningSummary(list):
         table.extend(choices)
         if self.graph is not None:
             table.append(
-                f"graph {self.graph.nodes}/{self.graph.degree}: {100 * self.kernel_sparsity:.1f}% of each masked kernel "
+                f"graph {self.graph.nodes}/{self.graph.degree}: {100 * self.kernel_sparsity:.1f}% of each masked "
+                f"kernel "
                 f"pruned; model: {100 * totals['sparsity']:.1f}% of parameters, "
                 f"{100 * totals['mac_reduction']:.1f}% of MACs"
             )
@@ -168,7 +169,8 @@ def warn_if_short(model, share=0.1):
     warnings.warn(
         f"Asked for {100 * summary.kernel_sparsity:.1f}% sparsity (graph {graph.nodes}/{graph.degree}), delivered "
         f"{100 * totals['sparsity']:.1f}% of the parameters and {100 * totals['mac_reduction']:.1f}% of the MACs: "
-        f"{len(narrow)} layer(s) holding {100 * held / total:.0f}% of the {'MACs' if weight == 'macs' else 'parameters'}"
+        f"{len(narrow)} layer(s) holding {100 * held / total:.0f}% of the "
+        f"{'MACs' if weight == 'macs' else 'parameters'}"
         f" have fewer channels on a side than the graph's {graph.nodes} nodes and stay dense: {layers}. "
         f"nodes={nodes} would prune them at the same density; nodes='auto' picks the node count from the layers' "
         "widths.",

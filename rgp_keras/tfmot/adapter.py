@@ -25,7 +25,9 @@ def _api():
 
         from rgp_keras.tfmot.layers import PruneRegularGraph
     except ImportError as error:
-        raise MissingDependencyError(f"The tf_keras path needs tf_keras and TF-MOT ({error}); install them: {_INSTALL}") from None
+        raise MissingDependencyError(
+            f"The tf_keras path needs tf_keras and TF-MOT ({error}); install them: {_INSTALL}"
+        ) from None
     return tf_keras, PruneRegularGraph
 
 
@@ -59,8 +61,11 @@ class TfKeras:
     def check_model(self, model, layers):
         _check_tf_keras_model(model, self.tf_keras)
         walked = list(leaves(model))
-        if layers is None and not any(tf_keras_skip_reason(layer, None) is None for layer in walked) and any(
-                map(_is_tfmot_wrapper, walked)):
+        if (
+            layers is None
+            and not any(tf_keras_skip_reason(layer, None) is None for layer in walked)
+            and any(map(_is_tfmot_wrapper, walked))
+        ):
             raise InputValueError(
                 f"Model {model.name!r} is already pruned by TF-MOT's prune_low_magnitude on every prunable "
                 "layer; apply RGP to the original model, or strip it first (tfmot.sparsity.keras.strip_pruning)."
@@ -129,4 +134,3 @@ def _check_tf_keras_model(model, tf_keras):
         )
     if not model.built:
         raise InputValueError(f"Model {model.name!r} is not built: give it an Input so that kernel shapes are known.")
-
