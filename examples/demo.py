@@ -13,6 +13,7 @@ with the LiteRT interpreter, and print one table.
 """
 
 import argparse
+import math
 import os
 import time
 from pathlib import Path
@@ -102,7 +103,9 @@ def main():
     start = time.perf_counter()
     pruned = rgp_keras.prune_regular_graph(dense, graph=graph, calibration_data=calibration)
     prune_seconds = time.perf_counter() - start
-    compile_for_training(pruned, 1e-3)
+    # the README's fine-tuning recommendation for conv nets: Adam, cosine decay from 8e-3 over the epochs
+    steps = math.ceil(0.95 * len(x_train) / 128) * args.fine_tune_epochs
+    compile_for_training(pruned, keras.optimizers.schedules.CosineDecay(8e-3, steps))
     summary = rgp_keras.pruning_summary(pruned)
     print(summary)
     plot_layer_sparsity(summary, out / "layer_sparsity.png", title=f"RGP n={NODES}, k={DEGREE}")

@@ -4,6 +4,7 @@
 """
 
 import argparse
+import math
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -47,7 +48,10 @@ def main():
     calibration = x_train[np.random.default_rng(0).choice(len(x_train), 512, replace=False)]
     pruned = rgp_keras.prune_regular_graph(model, sparsity=0.875, nodes=32, seed=0, calibration_data=calibration)
     print(rgp_keras.pruning_summary(pruned))
-    pruned.compile("adam", loss, metrics=["accuracy"])
+    # fine-tuning as the README recommends for conv nets: Adam, cosine decay from 8e-3 over the epoch(s)
+    steps = math.ceil(len(x_train) / 128) * args.epochs
+    pruned.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(8e-3, steps)), loss,
+                   metrics=["accuracy"])
     one_shot = pruned.evaluate(x_test, y_test, verbose=0)[1]
     pruned.fit(x_train, y_train, epochs=args.epochs, batch_size=128, verbose=2)
 
