@@ -20,22 +20,22 @@ _EXAMPLES = {
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
-def _auto_or_int(text):
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+def _word_or(number, words, expected):
+    """An argparse type: one of `words` as it is, else `number(text)`."""
+
+    def parse(text):
+        if text in words:
+            return text
+        try:
+            return number(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+    return parse
 
 
-def _objective(text):
-    if text in ("min", "max"):
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'min', 'max' or a target ASPL, got {text!r}") from None
+_auto_or_int = _word_or(int, ("auto",), "an integer or 'auto'")
+_objective = _word_or(float, ("min", "max"), "'min', 'max' or a target ASPL")
 
 
 def _graph(args):
@@ -237,6 +237,18 @@ def _plot(args):
     print(f"-> {args.output}")
 
 
+def _command(commands, name, help, description, run, model=None, json=None):
+    """A subcommand's parser that runs `run(args)`, its example line from `_EXAMPLES` below its options, a
+    positional `model` file when `model` says what it is, and a --json flag when `json` says what it prints."""
+    command = commands.add_parser(name, help=help, description=description, epilog=_EXAMPLES[name])
+    command.set_defaults(run=run)
+    if model:
+        command.add_argument("model", help=model)
+    if json:
+        command.add_argument("--json", action="store_true", help=json)
+    return command
+
+
 def _parser():
     parser = argparse.ArgumentParser(
         prog="rgp", description="Regular Graph Pruning for Keras: graphs, pruning, export."
@@ -245,11 +257,10 @@ def _parser():
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own log lines (hidden by default)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    graph = commands.add_parser(
-        "graph",
-        help="make an ASPL-optimised regular graph and save it",
-        description="Generate a random connected regular graph and optimise its ASPL by edge swaps.",
-        epilog=_EXAMPLES["graph"],
+    graph = _command(
+        commands, "graph", "make an ASPL-optimised regular graph and save it",
+        "Generate a random connected regular graph and optimise its ASPL by edge swaps.",
+        _graph, json="print the result as one JSON object",
     )
     graph.add_argument("--nodes", type=int, default=64, help="nodes n (channel groups; default 64)")
     size = graph.add_mutually_exclusive_group(required=True)
@@ -270,16 +281,12 @@ def _parser():
     graph.add_argument("--out", required=True, help="graph file to write (.npz)")
     graph.add_argument("--plot", help="also save the ASPL history as a PNG")
     graph.add_argument("--quiet", action="store_true", help="no progress bar")
-    graph.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    graph.set_defaults(run=_graph)
 
-    prune = commands.add_parser(
-        "prune",
-        help="apply RGP masks to a .keras model",
-        description="Prune every prunable layer of a Keras 3 model with one regular graph.",
-        epilog=_EXAMPLES["prune"],
+    prune = _command(
+        commands, "prune", "apply RGP masks to a .keras model",
+        "Prune every prunable layer of a Keras 3 model with one regular graph.",
+        _prune, model="input .keras model",
     )
-    prune.add_argument("model", help="input .keras model")
     how = prune.add_mutually_exclusive_group(required=True)
     how.add_argument("--sparsity", type=float, help="fraction of weights to prune")
     how.add_argument("--degree", type=int, help="graph degree k (keep k/n)")
@@ -301,25 +308,18 @@ def _parser():
     prune.add_argument("--keep-channel-order", action="store_true",
                        help="no channel assignment: the mask keeps the channels' own order (the paper's flow)")
     prune.add_argument("--quiet", action="store_true", help="do not print the summary table")
-    prune.set_defaults(run=_prune)
 
-    summary = commands.add_parser(
-        "summary",
-        help="per-layer params and MACs of a (pruned) .keras model",
-        description="Print parameters and MACs, dense -> kept, per layer.",
-        epilog=_EXAMPLES["summary"],
+    _command(
+        commands, "summary", "per-layer params and MACs of a (pruned) .keras model",
+        "Print parameters and MACs, dense -> kept, per layer.",
+        _summary, model=".keras model", json="print rows and totals as one JSON object",
     )
-    summary.add_argument("model", help=".keras model")
-    summary.add_argument("--json", action="store_true", help="print rows and totals as one JSON object")
-    summary.set_defaults(run=_summary)
 
-    export = commands.add_parser(
-        "export",
-        help="write a .tflite file with compact (or sparse) kernels",
-        description="Export a pruned or stripped .keras model to LiteRT; prints sizes, params and MACs.",
-        epilog=_EXAMPLES["export"],
+    export = _command(
+        commands, "export", "write a .tflite file with compact (or sparse) kernels",
+        "Export a pruned or stripped .keras model to LiteRT; prints sizes, params and MACs.",
+        _export, model="pruned or stripped .keras model", json="print the report as one JSON object",
     )
-    export.add_argument("model", help="pruned or stripped .keras model")
     export.add_argument("-o", "--output", required=True, help=".tflite file to write")
     export.add_argument("--sparse", action="store_true", help="keep dense-shaped kernels with zeros (no compact "
                                                               "rewrite)")
@@ -329,32 +329,24 @@ def _parser():
                         help="CPU threads the file will run with; auto keeps more layers dense for more (default 1)")
     export.add_argument("--quantize", choices=["dynamic", "float16", "int8"], help="post-training quantization")
     export.add_argument("--calibration", help="int8 calibration inputs: a .npy array (N, *input) or a folder of images")
-    export.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    export.set_defaults(run=_export)
 
-    bench = commands.add_parser(
-        "bench",
-        help="LiteRT latency of a .tflite file",
-        description="Median single-sample latency with the LiteRT interpreter (XNNPACK) after warm-up.",
-        epilog=_EXAMPLES["bench"],
+    bench = _command(
+        commands, "bench", "LiteRT latency of a .tflite file",
+        "Median single-sample latency with the LiteRT interpreter (XNNPACK) after warm-up.",
+        _bench, model=".tflite file", json="print the timings as one JSON object",
     )
-    bench.add_argument("model", help=".tflite file")
     bench.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     bench.add_argument("--runs", type=int, default=30, help="timed invocations (default 30)")
-    bench.add_argument("--json", action="store_true", help="print the timings as one JSON object")
-    bench.set_defaults(run=_bench)
 
-    plot = commands.add_parser(
-        "plot",
-        help="PNG figures: ASPL history, graph adjacency, per-layer kept weights",
-        description="Save a figure as PNG.",
-        epilog=_EXAMPLES["plot"],
+    plot = _command(
+        commands, "plot", "PNG figures: ASPL history, graph adjacency, per-layer kept weights",
+        "Save a figure as PNG.",
+        _plot,
     )
     plot.add_argument("kind", choices=["aspl", "adjacency", "layers"],
                       help="aspl (ASPL history of a graph file), adjacency (its heatmap) or layers (of a .keras model)")
     plot.add_argument("source", help="graph .npz file (aspl, adjacency) or .keras model (layers)")
     plot.add_argument("-o", "--output", required=True, help="PNG file to write")
-    plot.set_defaults(run=_plot)
     return parser
 
 

@@ -1,4 +1,9 @@
-"""Model-level RGP: prune_regular_graph, strip_pruning (Keras 3; tf_keras via the TF-MOT adapter), reinitialize."""
+"""The pruning pipeline: prune_regular_graph, strip_pruning, reinitialize.
+
+One pipeline for both frameworks (select, plan, clone and wrap, copy weights,
+mask, reconstruct; strip), over a small adapter: `_Keras3` here, `TfKeras` in
+`rgp_keras.tfmot.adapter` for tf_keras models (loaded only for them).
+"""
 
 import os
 
