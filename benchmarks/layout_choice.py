@@ -54,7 +54,7 @@ from export_bench import MODELS, ROUNDS, ratio  # noqa: E402
 from rgp_keras import export_tflite, prune_regular_graph, strip_pruning  # noqa: E402
 from rgp_keras.export import channel_blocks, compact_model, estimated_latency_ratios  # noqa: E402
 from rgp_keras.masking.masks import prunable_kernel  # noqa: E402
-from rgp_keras.model_graph import clone_layer, to_numpy  # noqa: E402
+from rgp_keras.model_walk import clone_layer, to_numpy  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 CASES = ((16, 4), (16, 2), (64, 16), (64, 8), (64, 4))

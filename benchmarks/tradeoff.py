@@ -75,7 +75,7 @@ from _results import append, done_rows, start
 
 import rgp_keras
 from rgp_keras.data_aware.assign import channel_spaces, permuted_weights
-from rgp_keras.model_graph import model_graph, to_numpy
+from rgp_keras.model_walk import layer_calls, to_numpy
 from rgp_keras.plots import new_figure
 
 RESULTS = Path(__file__).parent / "results"
@@ -248,7 +248,7 @@ def l1_filters(dense, name, width):
     ordered by the summed L1 norm of the filters writing it, consistently in every layer (a function-
     preserving permutation), and the thin model takes the first channels of each weight.
     """
-    structure = model_graph(dense)
+    structure = layer_calls(dense)
     spaces, members = channel_spaces(structure)
     slots = {}
     for root, member in members.items():

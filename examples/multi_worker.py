@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 
-from rgp_keras.model_graph import to_numpy
+from rgp_keras.model_walk import to_numpy
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 

@@ -19,7 +19,7 @@ from rgp_keras.masking.layer_types import layer_type
 from rgp_keras.masking.selection import auto_nodes, select, skip_reason, wanted
 from rgp_keras.masking.summary import warn_if_short
 from rgp_keras.masking.wrapper import RegularGraphPruning
-from rgp_keras.model_graph import (
+from rgp_keras.model_walk import (
     clone_layer,
     clone_model,
     is_tf_keras,

@@ -9,7 +9,7 @@ from rgp_keras import prune_regular_graph
 from rgp_keras.data_aware.assign import assign_channels
 from rgp_keras.graph import RegularGraph
 from rgp_keras.masking.selection import select
-from rgp_keras.model_graph import leaves, to_numpy
+from rgp_keras.model_walk import leaves, to_numpy
 from rgp_keras.prune import with_weights
 
 

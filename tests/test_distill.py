@@ -7,7 +7,7 @@ import pytest
 import rgp_keras
 from rgp_keras.data_aware.distill import SoftTargetDistillation
 from rgp_keras.errors import InputTypeError, InputValueError
-from rgp_keras.model_graph import to_numpy
+from rgp_keras.model_walk import to_numpy
 
 
 def classifier(softmax=False, units=10, seed=0):

@@ -20,7 +20,7 @@ from rgp_keras.export import (
 )
 from rgp_keras.graph import RegularGraph
 from rgp_keras.masking.masks import kernel_mask
-from rgp_keras.model_graph import to_numpy
+from rgp_keras.model_walk import to_numpy
 
 layers = keras.layers
 

@@ -15,7 +15,7 @@ import rgp_keras
 from rgp_keras import RegularGraphPruning, prune_regular_graph, pruning_summary, reinitialize, strip_pruning
 from rgp_keras.graph import RegularGraph
 from rgp_keras.masking.masks import channel_blocks
-from rgp_keras.model_graph import leaves, to_numpy
+from rgp_keras.model_walk import leaves, to_numpy
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from rgp_keras import prune_regular_graph, pruning_summary
 from rgp_keras.data_aware.reconstruct import kernel_rows
 from rgp_keras.graph import RegularGraph
-from rgp_keras.model_graph import to_numpy
+from rgp_keras.model_walk import to_numpy
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from scipy.optimize import linear_sum_assignment
 
 from rgp_keras.masking.layer_types import layer_type
 from rgp_keras.masking.masks import channel_groups, group_mask
-from rgp_keras.model_graph import model_graph, to_numpy, variable_index
+from rgp_keras.model_walk import layer_calls, to_numpy, variable_index
 
 
 class _Spaces:
@@ -79,24 +79,24 @@ def _kind(call, shapes):
     return None
 
 
-def channel_spaces(graph):
-    """Group the tensors of `graph` (a `ModelGraph`) into channel spaces.
+def channel_spaces(calls):
+    """Group the tensors of `calls` (a model's `LayerCalls`) into channel spaces.
 
     Returns `(spaces, members)`: the union-find and, per root, the calls of
     kernel layers writing it ("producers"), reading it ("consumers") and
     channel-wise layers with weights inside it.
     """
     spaces = _Spaces()
-    for key in graph.inputs:
+    for key in calls.inputs:
         spaces.freeze(key, "a model input")
-    for key in graph.outputs:
+    for key in calls.outputs:
         spaces.freeze(key, "a model output")
     calls_of = {}
-    for call in graph.calls:
+    for call in calls.calls:
         calls_of[id(call.layer)] = calls_of.get(id(call.layer), 0) + 1
     members = {}
-    for call in graph.calls:
-        kind = _kind(call, graph.shapes)
+    for call in calls.calls:
+        kind = _kind(call, calls.shapes)
         if calls_of[id(call.layer)] > 1:
             for key in (*call.inputs, *call.outputs):
                 spaces.freeze(key, f"layer {call.layer.name} is called more than once")
@@ -115,8 +115,8 @@ def channel_spaces(graph):
     by_root = {}
     for key, member in members.items():
         merged = by_root.setdefault(spaces.find(key), _members())
-        for role, calls in member.items():
-            merged[role].extend(calls)
+        for role, role_calls in member.items():
+            merged[role].extend(role_calls)
     return spaces, by_root
 
 
@@ -144,33 +144,33 @@ def assign_channels(model, graph, wrapped, *, self_loops=False, input_energy=Non
         "kept_order"} for the wrapped layers (kept shares of importance, and why a
         side kept its channel order, or "").
     """
-    structure = model_graph(model)
-    spaces, members = channel_spaces(structure)
+    calls = layer_calls(model)
+    spaces, members = channel_spaces(calls)
     blocks = group_mask(graph, self_loops).astype(np.float64)
     nodes = graph.nodes
     importance = {}
-    for call in structure.calls:
+    for call in calls.calls:
         if id(call.layer) in wrapped and _is_kernel(call.layer):
             kernel = to_numpy(call.layer.kernel)
             weight = np.square(kernel.astype(np.float64)).reshape(-1, *kernel.shape[-2:]).sum(axis=0)
             if input_energy is not None and id(call.layer) in input_energy:
                 weight = weight * input_energy[id(call.layer)][:, None]
             importance[id(call.layer)] = weight
-    layer_calls = {id(call.layer): call for call in structure.calls}
+    call_of = {id(call.layer): call for call in calls.calls}
     # slot of each channel, per free space that touches a wrapped layer (identity to start)
     slots = {}
     for root, member in members.items():
         if spaces.frozen.get(root):
             continue
         if any(id(call.layer) in importance for call in member["producers"] + member["consumers"]):
-            channels = structure.shapes[member["producers"][0].outputs[0] if member["producers"] else
+            channels = calls.shapes[member["producers"][0].outputs[0] if member["producers"] else
                                         member["consumers"][0].inputs[0]][-1]
             if channels >= nodes:
                 slots[root] = np.arange(channels)
 
     def groups_of(key):
         root = spaces.find(key)
-        channels = structure.shapes[key][-1]
+        channels = calls.shapes[key][-1]
         base = channel_groups(channels, nodes)
         return base[slots[root]] if root in slots else base
 
@@ -178,7 +178,7 @@ def assign_channels(model, graph, wrapped, *, self_loops=False, input_energy=Non
         return {
             layer_id: float(np.sum(weight * blocks[groups_of(call.inputs[0])][:, groups_of(call.outputs[0])]))
             for layer_id, weight in importance.items()
-            for call in [layer_calls[layer_id]]
+            for call in [call_of[layer_id]]
         }
 
     before = after = kept()
@@ -208,7 +208,7 @@ def assign_channels(model, graph, wrapped, *, self_loops=False, input_energy=Non
         after = before
     report = {}
     for layer_id in importance:
-        call = layer_calls[layer_id]
+        call = call_of[layer_id]
         whole = float(importance[layer_id].sum()) or 1.0
         reasons = [
             f"{side} channels keep their order: {spaces.frozen[spaces.find(key)]}"
@@ -220,10 +220,10 @@ def assign_channels(model, graph, wrapped, *, self_loops=False, input_energy=Non
             "importance_after": after[layer_id] / whole,
             "kept_order": "; ".join(reasons),
         }
-    return (permuted_weights(structure, spaces, members, slots) if improved else {}), report
+    return (permuted_weights(calls, spaces, members, slots) if improved else {}), report
 
 
-def permuted_weights(structure, spaces, members, slots):
+def permuted_weights(calls, spaces, members, slots):
     weights = {}
 
     def current(layer):

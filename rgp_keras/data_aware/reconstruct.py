@@ -23,7 +23,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from rgp_keras.data_aware.calibration import MIX_BELOW
 from rgp_keras.masking.layer_types import REGISTRY, layer_type
-from rgp_keras.model_graph import consumers, is_rgp_wrapper, leaves, model_graph, run_call, to_numpy
+from rgp_keras.model_walk import consumers, is_rgp_wrapper, layer_calls, leaves, run_call, to_numpy
 
 # Rows x features per chunk of the X^T X accumulation (~64 MB of float32 features).
 _CHUNK_ELEMENTS = 1 << 24
@@ -48,7 +48,7 @@ def unsupported_reason(layer):
 def input_channel_energy(model, arrays, layer_ids):
     """Layer id -> mean square of each input channel over the calibration set, for the layers in `layer_ids`."""
     energy = {}
-    graph = model_graph(model)
+    calls = layer_calls(model)
 
     def visit(call, values, reference_call, reference_inputs, changed):
         if id(call.layer) in layer_ids:
@@ -56,7 +56,7 @@ def input_channel_energy(model, arrays, layer_ids):
             mean, variance = channel_moments(x)
             energy[id(call.layer)] = variance + mean**2
 
-    _walk(graph, None, arrays, visit)
+    _walk(calls, None, arrays, visit)
     return energy
 
 
@@ -81,11 +81,11 @@ def reconstruct(reference, pruned, arrays, *, samples=None, progress=False):
         the layer's pre-activation output against the dense layer on dense
         inputs), or {"reconstruction": reason} for wrappers left as they were.
     """
-    reference_graph, pruned_graph = model_graph(reference), model_graph(pruned)
-    if len(reference_graph.calls) != len(pruned_graph.calls):
+    reference_calls, pruned_calls = layer_calls(reference), layer_calls(pruned)
+    if len(reference_calls.calls) != len(pruned_calls.calls):
         raise AssertionError("the pruned model's layer graph differs from the dense model's")
     report, few_samples = {}, []
-    bar = _progress_bar(len(pruned_graph.calls)) if progress else None
+    bar = _progress_bar(len(pruned_calls.calls)) if progress else None
 
     def refit(layer, inner, mask, reference_call, x_dense, x_pruned):
         if (
@@ -118,7 +118,7 @@ def reconstruct(reference, pruned, arrays, *, samples=None, progress=False):
         if bar is not None:
             bar.add(1)
 
-    _walk(pruned_graph, reference_graph, arrays, visit)
+    _walk(pruned_calls, reference_calls, arrays, visit)
     if few_samples:
         warnings.warn(
             f"Calibration data has fewer rows than weights to fit in {len(few_samples)} layer(s) "
@@ -129,23 +129,23 @@ def reconstruct(reference, pruned, arrays, *, samples=None, progress=False):
     return report
 
 
-def _walk(graph, reference_graph, arrays, visit):
-    """Run `graph` (and `reference_graph`, call by call beside it) on `arrays`, calling `visit` before each call.
+def _walk(calls, reference, arrays, visit):
+    """Run `calls` (and `reference`, call by call beside it) on `arrays`, calling `visit` before each call.
 
     `visit(call, values, reference_call, reference_inputs, changed)` sees the
-    values of `graph`'s tensors and, with a reference, the paired call, its
+    values of `calls`'s tensors and, with a reference, the paired call, its
     inputs and whether this call's inputs differ from them; it may change the
     call's layer, which then runs. `visit` changes layers only where inputs
     differ, so a call whose inputs equal the reference's reuses the reference's
     outputs unless it is a wrapper (or a nested model, which may hold some).
     """
-    values = dict(zip(graph.inputs, arrays))
-    reference_values = dict(zip(reference_graph.inputs, arrays)) if reference_graph else None
-    same = set(graph.inputs)  # tensors equal to the reference's
-    remaining = consumers(graph)
-    reference_remaining = consumers(reference_graph) if reference_graph else None
-    reference_calls = reference_graph.calls if reference_graph else [None] * len(graph.calls)
-    for call, reference_call in zip(graph.calls, reference_calls):
+    values = dict(zip(calls.inputs, arrays))
+    reference_values = dict(zip(reference.inputs, arrays)) if reference else None
+    same = set(calls.inputs)  # tensors equal to the reference's
+    remaining = consumers(calls)
+    reference_remaining = consumers(reference) if reference else None
+    paired = reference.calls if reference else [None] * len(calls.calls)
+    for call, reference_call in zip(calls.calls, paired):
         reference_inputs = [reference_values[key] for key in reference_call.inputs] if reference_call else None
         visit(call, values, reference_call, reference_inputs, not all(key in same for key in call.inputs))
         if reference_call is None:

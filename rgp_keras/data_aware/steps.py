@@ -16,7 +16,7 @@ from rgp_keras.data_aware.calibration import calibration_arrays, mix_count, with
 from rgp_keras.data_aware.reconstruct import HOLD_OUT, input_channel_energy, reconstruct
 from rgp_keras.errors import InputTypeError, InputValueError
 from rgp_keras.masking.masks import prunable_kernel
-from rgp_keras.model_graph import is_rgp_wrapper, leaves, to_numpy
+from rgp_keras.model_walk import is_rgp_wrapper, leaves, to_numpy
 
 # Show a progress bar over layer calls when this many layers or more are masked.
 _PROGRESS_LAYERS = 16

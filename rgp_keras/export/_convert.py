@@ -20,7 +20,7 @@ from rgp_keras.litert import run_tflite
 from rgp_keras.masking.layer_types import layer_type
 from rgp_keras.masking.summary import pruning_summary
 from rgp_keras.masking.wrapper import RegularGraphPruning
-from rgp_keras.model_graph import leaves, reject_tf_keras, to_numpy
+from rgp_keras.model_walk import leaves, reject_tf_keras, to_numpy
 from rgp_keras.prune import strip_pruning
 
 QUANTIZE = (None, "dynamic", "float16", "int8")

@@ -9,7 +9,7 @@ from rgp_keras.errors import InputValueError
 from rgp_keras.export._latency import scatter_applies
 from rgp_keras.masking.layer_types import layer_type
 from rgp_keras.masking.masks import channel_groups
-from rgp_keras.model_graph import to_numpy
+from rgp_keras.model_walk import to_numpy
 
 
 class CompactKernel(keras.layers.Layer):

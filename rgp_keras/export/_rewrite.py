@@ -12,7 +12,7 @@ from rgp_keras.export._latency import MAX_LATENCY_RATIO, estimated_latency_ratio
 from rgp_keras.masking.layer_types import REGISTRY, layer_type
 from rgp_keras.masking.masks import channel_blocks, kept_pairs, prunable_kernel
 from rgp_keras.masking.selection import layer_macs
-from rgp_keras.model_graph import clone_layer, clone_model, paired_leaves, to_numpy
+from rgp_keras.model_walk import clone_layer, clone_model, paired_leaves, to_numpy
 
 
 def compact_model(model, layout="auto", *, int8=False, threads=1):

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 
 from rgp_keras.errors import InputValueError
-from rgp_keras.model_graph import is_rgp_wrapper, leaves, to_numpy
+from rgp_keras.model_walk import is_rgp_wrapper, leaves, to_numpy
 
 
 class RegularGraphSummaries(keras.callbacks.Callback):

@@ -9,7 +9,7 @@ import math
 from rgp_keras.errors import InputValueError
 from rgp_keras.graph import exact_nodes, nearest_degree
 from rgp_keras.masking.masks import kernel_channels, prunable_kernel
-from rgp_keras.model_graph import leaves
+from rgp_keras.model_walk import leaves
 
 # nodes="auto" prefers channel groups this wide (XNNPACK's grouped convolution is fast from 16
 # channels per group on), then narrower ones, and never picks more nodes than the paper's 64.

@@ -6,7 +6,7 @@ import warnings
 from rgp_keras.graph import exact_nodes
 from rgp_keras.masking.masks import channel_blocks, kept_pairs, prunable_kernel
 from rgp_keras.masking.selection import layer_macs, narrow_side, skip_reason
-from rgp_keras.model_graph import is_rgp_wrapper, leaves, to_numpy
+from rgp_keras.model_walk import is_rgp_wrapper, leaves, to_numpy
 
 
 class PruningSummary(list):

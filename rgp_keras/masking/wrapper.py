@@ -8,7 +8,7 @@ from rgp_keras.errors import InputTypeError, InputValueError
 from rgp_keras.graph import RegularGraph
 from rgp_keras.masking.layer_types import layer_type
 from rgp_keras.masking.masks import group_mask, kernel_mask, prunable_kernel
-from rgp_keras.model_graph import to_numpy
+from rgp_keras.model_walk import to_numpy
 
 # 2: the mask is rebuilt from the graph, not saved (1: it was a non-trainable weight; such files still load).
 FORMAT_VERSION = 2

@@ -12,7 +12,7 @@ import functools
 from rgp_keras.errors import InputTypeError, InputValueError, MissingDependencyError
 from rgp_keras.masking.masks import prunable_kernel
 from rgp_keras.masking.selection import skip_reason
-from rgp_keras.model_graph import leaves
+from rgp_keras.model_walk import leaves
 
 _INSTALL = "pip install 'tensorflow-model-optimization==0.8.1' 'tf_keras~=2.21.0'"
 

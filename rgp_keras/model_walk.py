@@ -1,4 +1,4 @@
-"""The layer graph of a functional or Sequential model (Keras 3 or tf_keras), as data.
+"""Walking a functional or Sequential model (Keras 3 or tf_keras): its layer calls as data, leaves, cloning.
 
 Channel assignment and reconstruction both need to know which layer call reads
 and writes which tensor, and to run a model one layer call at a time. This
@@ -23,10 +23,10 @@ class LayerCall(NamedTuple):
     layer: object
     inputs: tuple
     outputs: tuple
-    node: object
+    keras_node: object
 
 
-class ModelGraph(NamedTuple):
+class LayerCalls(NamedTuple):
     """A model's calls in topological order, and the ids (and shapes) of its input and output tensors."""
 
     calls: list
@@ -35,39 +35,39 @@ class ModelGraph(NamedTuple):
     shapes: dict  # tensor id -> shape tuple (batch dimension None)
 
 
-def model_graph(model):
-    """The `ModelGraph` of a built Keras 3 or tf_keras Sequential / functional model.
+def layer_calls(model):
+    """The `LayerCalls` of a built Keras 3 or tf_keras Sequential / functional model.
 
     Raises `TypeError` for models without a layer graph (subclassed models, or
     a Sequential model built without an `Input`).
     """
     network = getattr(model, "_functional", None) or model  # Keras 3 Sequential keeps its graph there
-    nodes_by_depth = getattr(network, "_nodes_by_depth", None)
-    if not nodes_by_depth:
+    keras_nodes_by_depth = getattr(network, "_nodes_by_depth", None)
+    if not keras_nodes_by_depth:
         raise InputTypeError(
             f"Model {model.name!r} ({type(model).__name__}) has no layer graph to walk: data-aware pruning "
             "needs a Sequential model built with an Input, or a functional model."
         )
     calls, shapes = [], {}
-    for depth in sorted(nodes_by_depth, reverse=True):
-        for node in nodes_by_depth[depth]:
-            layer = getattr(node, "operation", None) or getattr(node, "layer", None)
-            inputs = _flat_tensors(node, "input")
-            outputs = _flat_tensors(node, "output")
+    for depth in sorted(keras_nodes_by_depth, reverse=True):
+        for keras_node in keras_nodes_by_depth[depth]:
+            layer = getattr(keras_node, "operation", None) or getattr(keras_node, "layer", None)
+            inputs = _flat_tensors(keras_node, "input")
+            outputs = _flat_tensors(keras_node, "output")
             for tensor in (*inputs, *outputs):
                 shapes[id(tensor)] = tuple(None if d is None else int(d) for d in tensor.shape)
             if not inputs:  # an InputLayer
                 continue
-            calls.append(LayerCall(layer, tuple(map(id, inputs)), tuple(map(id, outputs)), node))
-    return ModelGraph(calls, tuple(map(id, network.inputs)), tuple(map(id, network.outputs)), shapes)
+            calls.append(LayerCall(layer, tuple(map(id, inputs)), tuple(map(id, outputs)), keras_node))
+    return LayerCalls(calls, tuple(map(id, network.inputs)), tuple(map(id, network.outputs)), shapes)
 
 
-def _flat_tensors(node, side):
-    if hasattr(node, "operation"):  # Keras 3
-        return list(node.input_tensors if side == "input" else node.outputs)
+def _flat_tensors(keras_node, side):
+    if hasattr(keras_node, "operation"):  # Keras 3
+        return list(keras_node.input_tensors if side == "input" else keras_node.outputs)
     import tensorflow as tf
 
-    return list(tf.nest.flatten(node.keras_inputs if side == "input" else node.outputs))
+    return list(tf.nest.flatten(keras_node.keras_inputs if side == "input" else keras_node.outputs))
 
 
 def run_call(call, values, layer=None, batch_elements=1 << 26):
@@ -84,19 +84,19 @@ def run_call(call, values, layer=None, batch_elements=1 << 26):
     chunks = []
     for start in range(0, samples, batch_size):
         batch = {key: values[key][start : start + batch_size] for key in call.inputs}
-        args, kwargs = _fill_in(call.node, batch)
+        args, kwargs = _fill_in(call.keras_node, batch)
         outputs = layer(*args, **kwargs)
         chunks.append([to_numpy(output) for output in _flatten(outputs)])
     return [parts[0] if len(parts) == 1 else np.concatenate(parts) for parts in zip(*chunks)]
 
 
-def _fill_in(node, values):
-    if hasattr(node, "operation"):  # Keras 3
-        return node.arguments.fill_in(values)
+def _fill_in(keras_node, values):
+    if hasattr(keras_node, "operation"):  # Keras 3
+        return keras_node.arguments.fill_in(values)
     import tensorflow as tf
 
     replace = lambda obj: values.get(id(obj), obj) if _is_symbolic(obj) else obj
-    return tf.nest.map_structure(replace, node.call_args), tf.nest.map_structure(replace, node.call_kwargs)
+    return tf.nest.map_structure(replace, keras_node.call_args), tf.nest.map_structure(replace, keras_node.call_kwargs)
 
 
 def _is_symbolic(obj):
@@ -148,13 +148,13 @@ def is_rgp_wrapper(layer):
     return hasattr(layer, "masked_kernel") and hasattr(layer, "graph")
 
 
-def consumers(graph):
+def consumers(calls):
     """tensor id -> number of calls that read it (model outputs count once more)."""
     counts = {}
-    for call in graph.calls:
+    for call in calls.calls:
         for key in call.inputs:
             counts[key] = counts.get(key, 0) + 1
-    for key in graph.outputs:
+    for key in calls.outputs:
         counts[key] = counts.get(key, 0) + 1
     return counts
 
