@@ -116,9 +116,9 @@ def prune_regular_graph(
             with this many minimum-ASPL graphs (seeds `seed`, `seed` + 1, ...)
             and keep the model whose outputs on the calibration samples are
             closest to the dense model's. Graphs of equal ASPL keep different
-            amounts of accuracy, and this error picks the better ones (on a
-            784-512x4-10 MLP, 4 candidates: 0.1-0.4 points more one-shot);
-            each candidate costs one more pruning. Default 1.
+            amounts of accuracy, and this error picks the better ones (what it
+            gained: docs/data-aware.md); each candidate costs one more
+            pruning. Default 1.
 
     Exactly one of `sparsity`, `degree`, `graph` must be given. Without `graph`,
     a random regular graph is generated and optimised for minimum ASPL.

@@ -9,9 +9,8 @@ Reconstruction also fits on convex mixes of pairs of calibration samples
 (mixup of the inputs only: the dense model gives the targets of any input, so no
 labels are needed). A mix is a new point of the network's nonlinear feature
 space, so least-squares fits that are short of rows (a Dense layer reading
-hundreds of features, one row per sample) generalise better: on MLPs with 512
-MNIST-sized samples this kept 0.1-0.9 points more accuracy one-shot
-(benchmarks/oneshot.py).
+hundreds of features, one row per sample) generalise better (what that kept on
+MLPs: docs/data-aware.md).
 Convolutions get a row per sample and position, enough already (on a CNN they
 gained nothing and took much longer), and large inputs would multiply the cost, so
 "auto" mixes only when a masked layer is short of rows and the set is small,

@@ -42,8 +42,7 @@ class OptimizeResult:
 
 def auto_symmetry(nodes, degree, objective="min"):
     """The symmetry `optimize` uses by default: the largest g dividing n with g <= min(32, n / 8) for
-    minimising degree >= 8 graphs (where benchmarks/graph_bench.py measured it to help: n = 64, k = 8
-    reaches 1.956 with g = 8 in 60 s, 1.971 without), else 1."""
+    minimising degree >= 8 graphs (where benchmarks/graph_bench.py measured it to help; docs/graphs.md), else 1."""
     if objective != "min" or degree < 8:
         return 1
     for symmetry in range(min(32, nodes // 8), 1, -1):
@@ -55,7 +54,7 @@ def auto_symmetry(nodes, degree, objective="min"):
 def default_attempts(nodes, degree):
     """The swap budget used when neither `attempts` nor `time_limit` is given.
 
-    2,000 n k attempts (1,024,000 at n = 64, k = 8: about 2 s), capped so
+    2,000 n k attempts (1,024,000 at n = 64, k = 8), capped so
     that large graphs, whose ASPL evaluation costs about n^2 k / 64, also
     finish in seconds; never fewer than 1,000.
     """
@@ -85,7 +84,7 @@ def optimize(
     Acceptance is simulated annealing on the distance sum, cooled to zero over
     the budget; the best graph seen is returned. Each attempt is scored by a
     compiled bit-parallel BFS that stops as soon as the swap is surely
-    rejected (about 1.5 microseconds per attempt at n = 64).
+    rejected (docs/graphs.md has its speed).
 
     Args:
         graph: the starting `RegularGraph` (left unchanged: graphs are immutable).
