@@ -8,7 +8,7 @@ the accuracy is kept before any training), fine-tune with plain `model.fit`,
 export sparse and compact .tflite files, run them on the 10,000 test images
 with the LiteRT interpreter, and print one table.
 
-    python examples/demo.py [--epochs 2] [--fine-tune-epochs 1] [--train-samples 15000] [--out demo-output]
+    python examples/demo.py [--epochs 2] [--fine-tune-epochs 1] [--train-samples 12000] [--out demo-output]
                             [--calibration-samples 1024] [--test-samples 10000]
 """
 
@@ -60,8 +60,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=2, help="dense training epochs (skipped when cached)")
     parser.add_argument("--fine-tune-epochs", type=int, default=1, help="fine-tuning epochs after pruning")
-    # 15k of MNIST's 60k training images: the whole story, install included, in about 6 min on 2 cores
-    parser.add_argument("--train-samples", type=int, default=15000, help="training images used (all: 60000)")
+    # 12k of MNIST's 60k training images: the whole story, install included, in under 6 min on 2 cores
+    parser.add_argument("--train-samples", type=int, default=12000, help="training images used (all: 60000)")
     parser.add_argument("--calibration-samples", type=int, default=CALIBRATION,
                         help="unlabelled training images for data-aware pruning (smoke runs: fewer)")
     parser.add_argument("--test-samples", type=int, default=10000, help="test images evaluated (smoke runs: fewer)")
