@@ -9,6 +9,7 @@ import pytest
 
 from rgp_keras import export_tflite, prune_regular_graph, run_tflite, strip_pruning
 from rgp_keras.datasets import load_fashion_mnist
+from rgp_keras.errors import ExportCheckError
 from rgp_keras.export import (
     CompactKernel,
     FoldedAway,
@@ -337,16 +338,33 @@ def test_unwritable_path_leaves_nothing_behind(graph16, tmp_path):
     assert os.listdir(tmp_path) == ["locked"] and os.listdir(locked) == []
 
 
-def test_failed_conversion_keeps_an_existing_file(graph16, tmp_path, monkeypatch):
+def _raise(error):
+    def fail(*args, **kwargs):
+        raise error
+
+    return fail
+
+
+@pytest.mark.parametrize(
+    "patched, replacement, error, message",
+    [
+        ("keras.Model.export", _raise(RuntimeError("converter crashed")), RuntimeError, "converter crashed"),
+        ("rgp_keras.export._convert.run_tflite", _raise(RuntimeError("tflite/kernels/conv3d.cc:129 failed")),
+         ExportCheckError, "does not run in LiteRT.*conv3d.cc.*Nothing was written.*compact=False"),
+        ("rgp_keras.export._convert.run_tflite", lambda *args, **kwargs: run_tflite(*args, **kwargs) + 0.5,
+         ExportCheckError, r"differ from the Keras model's by up to 0\.5.*accepted: 0\.001"),
+        ("rgp_keras.export._convert.run_tflite", lambda *args, **kwargs: run_tflite(*args, **kwargs) * np.nan,
+         ExportCheckError, "non-finite outputs"),
+    ],
+    ids=["conversion-fails", "litert-cannot-run", "outputs-differ", "outputs-not-finite"],
+)
+def test_a_failed_export_writes_nothing_and_keeps_an_existing_file(patched, replacement, error, message, graph16,
+                                                                   tmp_path, monkeypatch):
     target = tmp_path / "m.tflite"
     target.write_bytes(b"previous export")
     pruned = prune_regular_graph(vgg((32, 64, 64)), graph=graph16)
-
-    def fail(*args, **kwargs):
-        raise RuntimeError("converter crashed")
-
-    monkeypatch.setattr(keras.Model, "export", fail)
-    with pytest.raises(RuntimeError, match="converter crashed"):
+    monkeypatch.setattr(patched, replacement)
+    with pytest.raises(error, match=message):
         export_tflite(pruned, target)
     assert target.read_bytes() == b"previous export" and os.listdir(tmp_path) == ["m.tflite"]
 
@@ -476,33 +494,8 @@ def test_a_pruned_conv3d_stays_dense_shaped_since_litert_conv3d_has_no_groups(tm
                               layers.Conv3D(32, 3, padding="same")])
     pruned = prune_regular_graph(model, degree=2, nodes=8, skip_first=False, skip_last=False, seed=0)
     report = export_tflite(pruned, tmp_path / "m.tflite", layout="gather")
-    assert not report.compacted
+    assert not report.compacted and set(report.not_compacted) == {layer.name for layer in model.layers}
     assert all("CONV_3D has no groups" in reason for reason in report.not_compacted.values())
-
-
-def test_a_file_litert_cannot_run_is_not_written_and_an_existing_one_is_kept(graph16, tmp_path, monkeypatch):
-    from rgp_keras.errors import ExportCheckError
-
-    target = tmp_path / "m.tflite"
-    target.write_bytes(b"previous export")
-    pruned = prune_regular_graph(vgg((32, 64, 64)), graph=graph16)
-
-    def cannot_run(*args, **kwargs):
-        raise RuntimeError("tflite/kernels/conv3d.cc:129 failed to prepare")
-
-    monkeypatch.setattr("rgp_keras.export._convert.run_tflite", cannot_run)
-    with pytest.raises(ExportCheckError, match="does not run in LiteRT.*conv3d.cc.*Nothing was written.*compact=False"):
-        export_tflite(pruned, target)
-    assert target.read_bytes() == b"previous export" and os.listdir(tmp_path) == ["m.tflite"]
-
-    real = run_tflite
-    monkeypatch.setattr("rgp_keras.export._convert.run_tflite", lambda *args, **kwargs: real(*args, **kwargs) + 0.5)
-    with pytest.raises(ExportCheckError, match=r"differ from the Keras model's by up to 0\.5.*accepted: 0\.001"):
-        export_tflite(pruned, target)
-    monkeypatch.setattr("rgp_keras.export._convert.run_tflite", lambda *args, **kwargs: real(*args, **kwargs) * np.nan)
-    with pytest.raises(ExportCheckError, match="non-finite outputs"):
-        export_tflite(pruned, target)
-    assert target.read_bytes() == b"previous export" and os.listdir(tmp_path) == ["m.tflite"]
 
 
 def test_the_report_says_what_format_the_file_holds(graph16, tmp_path):
