@@ -5,7 +5,7 @@ and writes which tensor, and to run a model one layer call at a time. This
 module gives them that, for Keras 3 and tf_keras alike, without importing
 either: a model's top-level calls in topological order (`layer_calls`), each
 naming its input and output tensors by id, and `run_call` to execute one call
-on concrete values. Nested models appear as one call. Also the walking and
+on a batch of concrete values. Nested models appear as one call. Also the walking and
 cloning helpers every module shares (`leaves`, `paired_leaves`, `clone_model`).
 """
 
@@ -70,24 +70,13 @@ def _flat_tensors(keras_node, side):
     return list(tf.nest.flatten(keras_node.keras_inputs if side == "input" else keras_node.outputs))
 
 
-def run_call(call, values, layer=None, batch_elements=1 << 26):
-    """Outputs (numpy, one per output tensor) of `call` on `values` (tensor id -> numpy array of all samples).
+def run_call(call, values):
+    """Outputs (backend tensors, one per output tensor) of `call` on `values` (tensor id -> one batch of values).
 
-    `layer` replaces the call's own layer (the same call in a paired model).
-    Runs in inference mode, as many samples at a time as fit in
-    `batch_elements` input values.
+    Runs as the model's own call does outside `fit` (inference mode, unless the model fixed `training`).
     """
-    layer = call.layer if layer is None else layer
-    samples = len(values[call.inputs[0]])
-    per_sample = sum(values[key][0].size for key in call.inputs)
-    batch_size = max(1, batch_elements // max(per_sample, 1))
-    chunks = []
-    for start in range(0, samples, batch_size):
-        batch = {key: values[key][start : start + batch_size] for key in call.inputs}
-        args, kwargs = _fill_in(call.keras_node, batch)
-        outputs = layer(*args, **kwargs)
-        chunks.append([to_numpy(output) for output in _flatten(outputs)])
-    return [parts[0] if len(parts) == 1 else np.concatenate(parts) for parts in zip(*chunks)]
+    args, kwargs = _fill_in(call.keras_node, values)
+    return _flatten(call.layer(*args, **kwargs))
 
 
 def _fill_in(keras_node, values):

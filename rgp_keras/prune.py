@@ -46,8 +46,10 @@ def prune_regular_graph(
     calibration_data=None,
     calibration_samples=None,
     calibration_mixes="auto",
+    calibration_batch_size=None,
     assign_channels=True,
     graph_candidates=1,
+    verbose="auto",
 ):
     """Apply one regular-graph mask to every prunable layer of a Keras 3 model (or to one layer).
 
@@ -109,6 +111,12 @@ def prune_regular_graph(
             8x the samples in all while the set holds at most 2**23 input
             values (3584 mixes for 512 28x28 images; none for 224x224 ones)
             and every input is floating-point; 0: none.
+        calibration_batch_size: samples that run through the model together.
+            Every statistic is summed batch by batch and datasets and
+            generators are read once and kept on disk beyond 1 GB, so memory
+            is bounded by a batch, not by the number of samples. Default:
+            as many as keep a batch of the model's largest activation within
+            128 MB (26 images for MobileNetV2 at 224x224).
         assign_channels: permute hidden channels to keep the most important
             weights (importance w^2, times the input channel's mean square
             with calibration data). False keeps the channel order.
@@ -119,6 +127,8 @@ def prune_regular_graph(
             amounts of accuracy, and this error picks the better ones (what it
             gained: docs/data-aware.md); each candidate costs one more
             pruning. Default 1.
+        verbose: "auto" (default): a progress bar over the layers while
+            refitting when 16 or more layers are masked; 1: always; 0: none.
 
     Exactly one of `sparsity`, `degree`, `graph` must be given. Without `graph`,
     a random regular graph is generated and optimised for minimum ASPL.
@@ -147,7 +157,8 @@ def prune_regular_graph(
         warn_if_sparsity_differs(sparsity, nodes, degree, self_loops)
     options = dict(self_loops=self_loops, skip_first=skip_first, skip_last=skip_last, layers=layers,
                    calibration_data=calibration_data, calibration_samples=calibration_samples,
-                   calibration_mixes=calibration_mixes, assign_channels=assign_channels)
+                   calibration_mixes=calibration_mixes, calibration_batch_size=calibration_batch_size,
+                   assign_channels=assign_channels, verbose=verbose)
     if check_int("graph_candidates", graph_candidates, minimum=1) > 1:
         if graph is not None:
             raise InputValueError(
@@ -166,21 +177,24 @@ def _best_of_graphs(model, degree, nodes, seed, candidates, options):
     """`model` pruned with each of `candidates` generated graphs; the one closest to it on the calibration data."""
     if options["calibration_data"] is None:
         raise InputValueError("`graph_candidates` needs `calibration_data`: the candidates are judged on it.")
-    arrays = data_aware.checked_arrays(model, options["calibration_data"], options["calibration_samples"])
-    options = {**options, "calibration_data": arrays, "calibration_samples": None}
+    calibration = data_aware.checked_calibration(model, options["calibration_data"], options["calibration_samples"],
+                                                 options["calibration_batch_size"])
+    options = {**options, "calibration_data": calibration, "calibration_samples": None,
+               "calibration_batch_size": None}
     graphs = (_graph_for(degree, None, nodes, None if seed is None else seed + i) for i in range(candidates))
-    return data_aware.best_of(model, arrays, (lambda g=g: prune_regular_graph(model, graph=g, **options)
+    return data_aware.best_of(model, calibration, (lambda g=g: prune_regular_graph(model, graph=g, **options)
                                               for g in graphs))
 
 
 def _prune_model(framework, model, graph, *, self_loops, skip_first, skip_last, layers, calibration_data,
-                 calibration_samples, calibration_mixes, assign_channels):
+                 calibration_samples, calibration_mixes, calibration_batch_size, assign_channels, verbose):
     """The pipeline, one for both frameworks: select, plan, clone and wrap, copy weights, mask, reconstruct."""
     framework.check_model(model, layers)
     selected = select(model, graph, layers, skip_first, skip_last, reason_of=framework.skip_reason)
     plan = data_aware.plan(model, graph, selected, self_loops=self_loops, calibration_data=calibration_data,
                            calibration_samples=calibration_samples, calibration_mixes=calibration_mixes,
-                           assign_channels=assign_channels)
+                           calibration_batch_size=calibration_batch_size, assign_channels=assign_channels,
+                           verbose=verbose)
 
     def wrap(layer):
         clone = framework.clone_layer(layer, wrap)
@@ -198,7 +212,7 @@ def _prune_model(framework, model, graph, *, self_loops, skip_first, skip_last, 
         if wrapped:
             framework.apply_mask(new)
     reference = model
-    if plan.arrays is not None and plan.weights:
+    if plan.calibration_data is not None and plan.weights:
         reference = with_weights(model, plan.weights, framework)
     data_aware.finish(plan, reference, pruned, pairs)
     warn_if_short(pruned)

@@ -1,14 +1,31 @@
 """Tests for rgp_keras.data_aware.calibration through prune_regular_graph(calibration_data=...): accepted forms,
 bad inputs."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from rgp_keras import prune_regular_graph, pruning_summary
-from rgp_keras.data_aware.calibration import calibration_arrays, mix_count, with_mixes
+from rgp_keras.data_aware.calibration import Calibration, mix_count
 from rgp_keras.graph import RegularGraph
+
+
+def calibration_arrays(data, shapes, names, samples=None, batch_size=7):
+    """Every row of the `Calibration` of `data`, read batch by batch, as one array per input."""
+    calibration = Calibration(data, shapes, names, samples=samples, batch_size=batch_size)
+    batches = [arrays for _, arrays in calibration.batches()]
+    assert all(len(arrays[0]) <= batch_size for arrays in batches)
+    return [np.concatenate(column) for column in zip(*batches)]
+
+
+def with_mixes(arrays, count, hold_out):
+    calibration = Calibration(arrays, [(None, *a.shape[1:]) for a in arrays], [f"x{i}" for i in range(len(arrays))],
+                              batch_size=64)
+    mixed = [arrays for _, arrays in calibration.with_mixes(count, hold_out).batches()]
+    return [np.concatenate(column) for column in zip(*mixed)]
 
 
 @pytest.fixture(scope="module")
@@ -107,29 +124,29 @@ def test_a_multi_input_model_given_one_array_is_refused(graph16):
 
 
 def test_auto_mixes_grow_small_sets_eightfold_and_leave_large_inputs_alone():
-    small = [np.ones((512, 28, 28, 1), "float32")]
-    assert mix_count("auto", small, ["float32"], ["x"]) == (7 * 512, None)
-    count, why = mix_count("auto", [np.ones((256, 224, 224, 3), "float32")], ["float32"], ["x"])
+    small = (512, 28 * 28)
+    assert mix_count("auto", *small, ["float32"], ["x"]) == (7 * 512, None)
+    count, why = mix_count("auto", 256, 224 * 224 * 3, ["float32"], ["x"])
     assert count == 0 and "large enough" in why
     # the set stops at 2**23 input values: 1000 samples of 4096 values -> 2048 in all, 1048 mixes
-    assert mix_count("auto", [np.ones((1000, 4096), "float32")], ["float32"], ["x"])[0] == 1048
-    assert mix_count(10, small, ["float32"], ["x"]) == (10, None)
-    count, why = mix_count("auto", small, ["float32"], ["x"], rows_per_weight=32)  # convolutions: rows enough
+    assert mix_count("auto", 1000, 4096, ["float32"], ["x"])[0] == 1048
+    assert mix_count(10, *small, ["float32"], ["x"]) == (10, None)
+    count, why = mix_count("auto", *small, ["float32"], ["x"], rows_per_weight=32)  # convolutions: rows enough
     assert count == 0 and ">= 32 rows per weight" in why
-    assert mix_count(10, small, ["float32"], ["x"], rows_per_weight=100) == (10, None)
-    count, why = mix_count("auto", [np.ones((8, 5)), np.ones((8, 3))], ["float32", "int32"], ["pixels", "ids"])
+    assert mix_count(10, *small, ["float32"], ["x"], rows_per_weight=100) == (10, None)
+    count, why = mix_count("auto", 8, 8, ["float32", "int32"], ["pixels", "ids"])
     assert count == 0 and "'ids' (int32) is not floating-point" in why
 
 
 @pytest.mark.parametrize("mixes", ["many", -1, 2.5, True, None])
 def test_bad_mix_counts_say_what_is_accepted(mixes):
     with pytest.raises(ValueError, match=r'`calibration_mixes` must be "auto" or an integer >= 0 .* got'):
-        mix_count(mixes, [np.ones((4, 2), "float32")], ["float32"], ["x"])
+        mix_count(mixes, 4, 2, ["float32"], ["x"])
 
 
 def test_explicit_mixes_of_integer_inputs_are_refused():
     with pytest.raises(ValueError, match=r"'ids' \(int32\) is not floating-point .* calibration_mixes=0"):
-        mix_count(5, [np.ones((4, 2), "float32")], ["int32"], ["ids"])
+        mix_count(5, 4, 2, ["int32"], ["ids"])
 
 
 def test_mixes_are_convex_and_never_join_held_out_and_fitted_samples():
@@ -169,3 +186,65 @@ def test_mixes_reach_the_fit_and_the_summary_says_how_many(mlp_model, graph16):
     assert not all(np.array_equal(p, q) for p, q in zip(mixed.get_weights(), plain.get_weights()))
     with pytest.raises(ValueError, match="`calibration_mixes` needs `calibration_data`"):
         prune_regular_graph(mlp_model, graph=graph16, calibration_mixes=0)
+
+
+def test_a_generator_whose_batches_change_shape_is_refused_naming_the_first_bad_batch():
+    def batches():
+        yield np.ones((4, 5, 3), "float32")
+        yield np.ones((4, 5, 3), "float32")
+        yield np.ones((4, 7, 3), "float32")
+
+    with pytest.raises(ValueError, match=r"batch 2 \(counting from 0\) holds samples of shape \(7, 3\), but batch "
+                                         r"0's are \(5, 3\); every batch must hold samples of one shape"):
+        Calibration(batches(), [(None, None, 3)], ["x"], batch_size=8)
+
+
+def test_nan_in_a_later_batch_of_a_stream_is_refused_before_anything_changes(mlp_model, graph16):
+    before = [w.copy() for w in mlp_model.get_weights()]
+
+    def batches():
+        for i in range(4):
+            x = np.ones((8, 64), "float32")
+            x[2, 3] = np.inf if i == 3 else 0.0
+            yield x
+
+    with pytest.raises(ValueError, match=r"input '.*' \(batch 3\) holds 1 NaN or infinite values; pass finite"):
+        prune_regular_graph(mlp_model, graph=graph16, calibration_data=batches())
+    assert all(np.array_equal(a, b) for a, b in zip(before, mlp_model.get_weights()))
+
+
+@pytest.mark.parametrize("size", [0, -3, 2.5, "32", True])
+def test_bad_batch_sizes_say_what_is_accepted(mlp_model, graph16, size):
+    before = [w.copy() for w in mlp_model.get_weights()]
+    with pytest.raises(ValueError, match=r"`calibration_batch_size` must be an integer >= 1 .* got"):
+        prune_regular_graph(mlp_model, graph=graph16, calibration_data=np.ones((8, 64)), calibration_batch_size=size)
+    with pytest.raises(ValueError, match="`calibration_batch_size` needs `calibration_data`"):
+        prune_regular_graph(mlp_model, graph=graph16, calibration_batch_size=8)
+    assert all(np.array_equal(a, b) for a, b in zip(before, mlp_model.get_weights()))
+
+
+def test_a_stream_is_read_once_and_spilled_to_disk_beyond_the_memory_budget(monkeypatch):
+    from rgp_keras.data_aware import stream
+
+    monkeypatch.setattr(stream, "MEMORY_BYTES", 400)  # 2 chunks of 7 samples of 6 float32 values
+    x = np.random.default_rng(0).normal(size=(40, 6)).astype("float32")
+    reads = []
+
+    def batches():
+        for i in range(0, 40, 16):
+            reads.append(i)
+            yield x[i : i + 16]
+
+    calibration = Calibration(batches(), [(None, 6)], ["x"], batch_size=7)
+    folder = calibration._store.folder
+    assert len(os.listdir(folder)) > 0
+    for _ in range(2):
+        np.testing.assert_array_equal(np.concatenate([a[0] for _, a in calibration.batches()]), x)
+    assert reads == [0, 16, 32]
+    mixed = calibration.with_mixes(20, hold_out=5)
+    assert sum(len(a[0]) for _, a in mixed.batches()) == 60
+    del calibration, mixed
+    import gc
+
+    gc.collect()
+    assert not os.path.exists(folder)

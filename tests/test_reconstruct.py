@@ -239,3 +239,21 @@ def test_mixes_reach_only_the_fits_short_of_rows():
             np.testing.assert_array_equal(a, b)
         else:
             assert not np.array_equal(a, b)
+
+
+def test_the_result_does_not_depend_on_batches_disk_or_the_form_of_the_data(monkeypatch):
+    from rgp_keras.data_aware import stream
+
+    model = teacher()
+    x = np.random.default_rng(0).normal(size=(96, 8, 8, 4)).astype("float32")
+    prune = lambda data, **options: prune_regular_graph(model, degree=4, nodes=16, seed=0, calibration_data=data,
+                                                        **options)
+    whole = prune(x, calibration_batch_size=96)  # the masked Dense is short of rows: 672 mixes follow
+    assert "96 samples + 672 mixes" in str(pruning_summary(whole))
+    batched = prune(x, calibration_batch_size=7)
+    monkeypatch.setattr(stream, "MEMORY_BYTES", 0)  # every stored batch on disk
+    spilled = prune((x[i : i + 10] for i in range(0, 96, 10)), calibration_batch_size=5)
+    held_out = np.random.default_rng(1).normal(size=(64, 8, 8, 4)).astype("float32")
+    want = to_numpy(whole(held_out))
+    for other in (batched, spilled):  # equal up to summation order (and the order of equally important channels)
+        np.testing.assert_allclose(to_numpy(other(held_out)), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

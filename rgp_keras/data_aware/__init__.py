@@ -5,6 +5,6 @@
 """
 
 from rgp_keras.data_aware.distill import SoftTargetDistillation, distiller
-from rgp_keras.data_aware.steps import best_of, checked_arrays, finish, plan
+from rgp_keras.data_aware.steps import best_of, checked_calibration, finish, plan
 
-__all__ = ["SoftTargetDistillation", "best_of", "checked_arrays", "distiller", "finish", "plan"]
+__all__ = ["SoftTargetDistillation", "best_of", "checked_calibration", "distiller", "finish", "plan"]

@@ -1,35 +1,37 @@
 """Reconstruction: refit each masked layer's kept weights so the pruned model reproduces the dense one.
 
-Layers are visited in topological order, the calibration set going through the
-dense reference and the pruned model side by side, one layer call at a time.
-At a masked layer, its kept weights and bias are refit by ridge least squares
+Layers are visited in topological order, the calibration batches going through
+the dense reference and the pruned model side by side
+(`rgp_keras.data_aware.stream.walk`). At a masked layer, its kept weights and bias are refit by ridge least squares
 so that, fed the *pruned* model's own inputs, it reproduces the *dense* layer's
 pre-activation outputs on the *dense* model's inputs (which also corrects the
 error accumulated upstream). Features are the input channels times the kernel
 window (conv patches); every output channel of a group reads the same kept
-inputs, so there is one solve per output group, and X^T X is accumulated over
-chunks: memory is bounded by the feature count, not by the data. Dense layers
+inputs, so there is one solve per output group, and X^T X is summed batch by
+batch: memory is bounded by a batch and the feature count, not by the data. Dense layers
 downstream of masked ones (the classifier) are refit the same way, and the
 BatchNormalization layers downstream get moving statistics, measured on the
 calibration data, under which their outputs keep the dense model's distribution.
 """
 
+import itertools
 import math
 import warnings
 
 import numpy as np
 import scipy.linalg
-from numpy.lib.stride_tricks import sliding_window_view
+from keras import ops
 
 from rgp_keras.data_aware.calibration import MIX_BELOW
+from rgp_keras.data_aware.stream import Observer, walk
 from rgp_keras.masking.layer_types import REGISTRY, layer_type
-from rgp_keras.model_walk import consumers, is_rgp_wrapper, layer_calls, leaves, run_call, to_numpy
+from rgp_keras.model_walk import is_rgp_wrapper, layer_calls, leaves, to_numpy
 
 # Rows x features per chunk of the X^T X accumulation (~64 MB of float32 features).
 _CHUNK_ELEMENTS = 1 << 24
 # Ridge strengths tried, as fractions of the mean diagonal of X^T X (SparseGPT's fixed choice is 0.01).
 _RIDGE = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
-HOLD_OUT = 5  # every 5th calibration sample judges the ridge strength
+HOLD_OUT = 5  # every 5th calibration row judges the ridge strength
 
 
 def unsupported_reason(layer):
@@ -45,35 +47,32 @@ def unsupported_reason(layer):
     return None
 
 
-def input_channel_energy(model, arrays, layer_ids):
-    """Layer id -> mean square of each input channel over the calibration set, for the layers in `layer_ids`."""
+def input_channel_energy(model, calibration, layer_ids, rows=None):
+    """Layer id -> mean square of each input channel over the first `rows` calibration rows, for `layer_ids`."""
     energy = {}
-    calls = layer_calls(model)
 
-    def visit(call, values, reference_call, reference_inputs, changed):
+    def visit(call, reference_call, changed):
         if id(call.layer) in layer_ids:
-            x = values[call.inputs[0]]
-            mean, variance = channel_moments(x)
-            energy[id(call.layer)] = variance + mean**2
+            return _Energy(energy, id(call.layer))
+        return None
 
-    _walk(calls, None, arrays, visit)
+    walk(layer_calls(model), None, calibration, visit, rows=rows)
     return energy
 
 
-def reconstruct(reference, pruned, arrays, *, samples=None, progress=False):
-    """Refit every masked layer of `pruned` (in place) to reproduce `reference` on `arrays`.
+def reconstruct(reference, pruned, calibration, *, progress=False):
+    """Refit every masked layer of `pruned` (in place) to reproduce `reference` on `calibration`.
 
     Args:
         reference: the dense model `pruned` was made from (same graph, same
             channel order), not modified.
         pruned: the pruned model; its wrappers' kept weights and biases and its
             BatchNormalization moving statistics change.
-        arrays: calibration inputs, one array per model input.
-        samples: the first `samples` rows are real calibration samples, the
-            rest mixes of them (`rgp_keras.data_aware.calibration.with_mixes`): fits short
-            of rows (fewer than MIX_BELOW per weight from the samples alone) use
-            every row, the others and BatchNormalization statistics the real
-            ones only (a mix has less variance than a sample). Default: all real.
+        calibration: a `rgp_keras.data_aware.calibration.Calibration`: its
+            samples, then their mixes if any. Fits short of rows (fewer than
+            MIX_BELOW per weight from the samples alone) use every row, the
+            others and BatchNormalization statistics the samples only (a mix
+            has less variance than a sample).
         progress: show a progress bar over the layer calls.
 
     Returns:
@@ -85,40 +84,36 @@ def reconstruct(reference, pruned, arrays, *, samples=None, progress=False):
     if len(reference_calls.calls) != len(pruned_calls.calls):
         raise AssertionError("the pruned model's layer graph differs from the dense model's")
     report, few_samples = {}, []
-    bar = _progress_bar(len(pruned_calls.calls)) if progress else None
+    refit_output = {}  # tensor id -> the _Refit of the call writing it
 
-    def refit(layer, inner, mask, reference_call, x_dense, x_pruned):
-        if (
-            samples is not None
-            and len(x_pruned) > samples
-            and _rows_per_weight(inner, mask, x_pruned, samples) >= MIX_BELOW
-        ):
-            x_dense, x_pruned = x_dense[:samples], x_pruned[:samples]  # rows enough: the mixes would only cost
-        report[id(layer)] = _refit(inner, mask, reference_call.layer, x_dense, x_pruned)
-        if report[id(layer)].pop("few_samples"):
-            few_samples.append(inner.name)
-
-    def visit(call, pruned_values, reference_call, reference_inputs, changed):
+    def visit(call, reference_call, changed):
         layer = call.layer
-        inputs = (reference_call, reference_inputs[0], pruned_values[call.inputs[0]])
+        refit = None
         if is_rgp_wrapper(layer):
             reason = unsupported_reason(layer.layer)
             if reason:
                 report[id(layer)] = {"reconstruction": f"not refit: {reason}"}
-            else:
-                refit(layer, layer.layer, to_numpy(layer.mask).astype(bool), *inputs)
-        elif changed and not unsupported_reason(layer):
-            refit(layer, layer, None, *inputs)  # a dense layer downstream of masked ones
+                return None
+            refit = _Refit(layer, layer.layer, to_numpy(layer.mask).astype(bool), reference_call.layer, calibration,
+                           report, few_samples)
+        elif changed and not unsupported_reason(layer):  # a dense layer downstream of masked ones
+            refit = _Refit(layer, layer, None, reference_call.layer, calibration, report, few_samples)
         elif hasattr(layer, "layers"):
             for inner in leaves(layer):
                 if is_rgp_wrapper(inner):
                     report[id(inner)] = {"reconstruction": f"not refit: inside nested model {layer.name!r}"}
         elif changed and layer_type(layer)[0] == "BatchNormalization":
-            _reestimate(layer, pruned_values[call.inputs[0]][:samples], reference_inputs[0][:samples])
-        if bar is not None:
-            bar.add(1)
+            upstream = refit_output.get(call.inputs[0])
+            if upstream is not None and upstream.output_moments() is not None:
+                _set_statistics(layer, *upstream.output_moments())  # no pass needed: the refit's sums hold them
+                return None
+            return _Reestimate(layer, calibration.samples)
+        if refit is not None:
+            refit_output[call.outputs[0]] = refit
+        return refit
 
-    _walk(pruned_calls, reference_calls, arrays, visit)
+    bar = _progress_bar(len(pruned_calls.calls)) if progress else None
+    walk(pruned_calls, reference_calls, calibration, visit, progress=bar)
     if few_samples:
         warnings.warn(
             f"Calibration data has fewer rows than weights to fit in {len(few_samples)} layer(s) "
@@ -129,73 +124,50 @@ def reconstruct(reference, pruned, arrays, *, samples=None, progress=False):
     return report
 
 
-def _walk(calls, reference, arrays, visit):
-    """Run `calls` (and `reference`, call by call beside it) on `arrays`, calling `visit` before each call.
+class _Moments:
+    """Per-channel (last axis) count, mean and sum of squared deviations, merged batch by batch in float64
+    (Chan et al.'s pairwise update: no cancellation when the mean is large)."""
 
-    `visit(call, values, reference_call, reference_inputs, changed)` sees the
-    values of `calls`'s tensors and, with a reference, the paired call, its
-    inputs and whether this call's inputs differ from them; it may change the
-    call's layer, which then runs. `visit` changes layers only where inputs
-    differ, so a call whose inputs equal the reference's reuses the reference's
-    outputs unless it is a wrapper (or a nested model, which may hold some).
-    """
-    values = dict(zip(calls.inputs, arrays))
-    reference_values = dict(zip(reference.inputs, arrays)) if reference else None
-    same = set(calls.inputs)  # tensors equal to the reference's
-    remaining = consumers(calls)
-    reference_remaining = consumers(reference) if reference else None
-    paired = reference.calls if reference else [None] * len(calls.calls)
-    for call, reference_call in zip(calls.calls, paired):
-        reference_inputs = [reference_values[key] for key in reference_call.inputs] if reference_call else None
-        visit(call, values, reference_call, reference_inputs, not all(key in same for key in call.inputs))
-        if reference_call is None:
-            outputs = run_call(call, values)
-        else:
-            reference_outputs = run_call(reference_call, reference_values)
-            for key, value in zip(reference_call.outputs, reference_outputs):
-                reference_values[key] = value
-            unchanged = all(key in same for key in call.inputs) and not (
-                is_rgp_wrapper(call.layer) or hasattr(call.layer, "layers")
-            )
-            outputs = reference_outputs if unchanged else run_call(call, values)
-            if unchanged:
-                same.update(call.outputs)
-            _release(reference_values, reference_call.inputs, reference_remaining)
-        values.update(zip(call.outputs, outputs))
-        _release(values, call.inputs, remaining)
+    def __init__(self):
+        self.count, self.mean, self.deviations = 0, 0.0, 0.0
+
+    def add(self, x):
+        x = ops.reshape(ops.convert_to_tensor(x, "float32"), (-1, x.shape[-1]))
+        count = int(x.shape[0])
+        if not count:
+            return
+        mean = ops.mean(x, axis=0)
+        deviations = _numpy64(ops.sum(ops.square(x - mean), axis=0))
+        mean = _numpy64(mean)
+        total = self.count + count
+        delta = mean - self.mean
+        self.deviations = self.deviations + deviations + delta**2 * self.count * count / total
+        self.mean = self.mean + delta * count / total
+        self.count = total
+
+    @property
+    def variance(self):
+        return self.deviations / max(self.count, 1)
 
 
-def _release(values, keys, remaining):
-    for key in keys:
-        remaining[key] -= 1
-        if remaining[key] == 0:
-            values.pop(key, None)
+class _Energy(Observer):
+    """Mean square of each input channel, into `energy[key]`."""
+
+    changes = False
+
+    def __init__(self, energy, key):
+        self.energy, self.key, self.moments = energy, key, _Moments()
+
+    def add(self, start, inputs, reference_inputs, reference_outputs):
+        self.moments.add(inputs[0])
+
+    def finish(self):
+        self.energy[self.key] = self.moments.variance + self.moments.mean**2
 
 
-def channel_moments(x, chunk=1 << 16):
-    """Per-channel (last axis) mean and variance in float64, a chunk of rows at a time (no float64 copy of `x`)."""
-    rows = x.reshape(-1, x.shape[-1])
-    total, squares = np.zeros(rows.shape[1]), np.zeros(rows.shape[1])
-    for start in range(0, len(rows), chunk):
-        part = rows[start : start + chunk].astype(np.float64)
-        total += part.sum(axis=0)
-        squares += np.einsum("ij,ij->j", part, part)
-    mean = total / len(rows)
-    return mean, np.maximum(squares / len(rows) - mean**2, 0.0)
-
-
-def _rows_per_weight(layer, mask, x, samples):
-    """Least-squares rows per fitted weight of `layer`'s largest output group, from `samples` samples of `x`."""
-    kept = (
-        int(mask.reshape(-1, mask.shape[-1]).sum(axis=0).max())
-        if mask is not None
-        else math.prod(layer.kernel.shape[:-1])
-    )
-    return samples * len(kernel_rows(layer, x[:1])) / (kept + 1)
-
-
-def _reestimate(layer, x_pruned, x_dense):
-    """Moving statistics that map the pruned input's calibration distribution onto the dense one's.
+class _Reestimate(Observer):
+    """BatchNormalization moving statistics that map the pruned input's calibration distribution onto the dense
+    one's, from the samples (not the mixes).
 
     The dense layer normalises with its moving mean mu and std sigma; on the
     calibration data its input has mean m_d and std s_d, the pruned input m_p
@@ -206,43 +178,97 @@ def _reestimate(layer, x_pruned, x_dense):
     they do for a trained model, these are the calibration statistics (m_p, s_p)
     themselves (up to BatchNorm's epsilon).
     """
+
+    def __init__(self, layer, samples):
+        self.layer, self.samples = layer, samples
+        self.pruned, self.dense = _Moments(), _Moments()
+
+    def add(self, start, inputs, reference_inputs, reference_outputs):
+        rows = min(len(inputs[0]), self.samples - start)
+        if rows > 0:
+            self.pruned.add(inputs[0][:rows])
+            self.dense.add(reference_inputs[0][:rows])
+
+    def finish(self):
+        _set_statistics(self.layer, self.pruned.mean, self.pruned.variance, self.dense.mean, self.dense.variance)
+
+
+def _set_statistics(layer, mean_p, var_p, mean_d, var_d):
+    """Moving statistics of BatchNormalization `layer` for pruned inputs of mean and variance (`mean_p`, `var_p`)
+    where the dense ones have (`mean_d`, `var_d`) (see `_Reestimate`)."""
     epsilon = float(layer.epsilon)
-    (mean_p, var_p), (mean_d, var_d) = channel_moments(x_pruned), channel_moments(x_dense)
-    mean, variance = to_numpy(layer.moving_mean).astype(np.float64), to_numpy(layer.moving_variance).astype(np.float64)
+    mean = to_numpy(layer.moving_mean).astype(np.float64)
+    variance = to_numpy(layer.moving_variance).astype(np.float64)
     ratio = np.sqrt(np.divide(var_p, var_d, out=np.ones_like(var_p), where=var_d > 0))
     layer.moving_mean.assign((mean_p - (mean_d - mean) * ratio).astype("float32"))
     layer.moving_variance.assign(np.maximum((variance + epsilon) * ratio**2 - epsilon, 0.0).astype("float32"))
 
 
+def _is_linear(layer):
+    """Whether `layer`'s output is its kernel's product (no activation after it)."""
+    return getattr(getattr(layer, "activation", None), "__name__", "linear") == "linear"
+
+
+def _numpy64(value):
+    return to_numpy(value).astype(np.float64)
+
+
+def transposed_product(a, b):
+    """a^T b in float64, computed in float32: with numpy on the CPU (its BLAS runs X^T X as a symmetric rank-k
+    update, 2x faster here than the backend's general product), with the Keras backend on an accelerator."""
+    if _on_cpu(a):
+        a = to_numpy(a)
+        return (a.T @ (a if b is None or b is a else to_numpy(b))).astype(np.float64)
+    return _numpy64(ops.matmul(ops.transpose(a), b))
+
+
+def _on_cpu(tensor):
+    device = getattr(tensor, "device", "cpu")
+    return "cpu" in str(getattr(device, "type", device)).lower()
+
+
 def kernel_rows(layer, x):
-    """Rows of inputs the layer's kernel multiplies: (positions, kernel window x input channels)."""
+    """Rows of inputs the layer's kernel multiplies: (positions, kernel window x input channels), a tensor of the
+    Keras backend (so the products that follow run on its device)."""
+    x = ops.convert_to_tensor(x, "float32")
     if layer_type(layer)[1].layout == "dense":
-        return x.reshape(-1, x.shape[-1])
+        return ops.reshape(x, (-1, x.shape[-1]))
     if all(k == 1 for k in layer.kernel_size) and all(s == 1 for s in layer.strides):
-        return x.reshape(-1, x.shape[-1])  # a 1x1 convolution is a Dense layer over positions
+        return ops.reshape(x, (-1, x.shape[-1]))  # a 1x1 convolution is a Dense layer over positions
     return _patches(x, layer.kernel_size, layer.strides, layer.dilation_rate, str(layer.padding))
 
 
 def _patches(x, kernel_size, strides, rates, padding):
     """Every kernel window of `x` (batch, *spatial, channels) as a row ordered (window position, channel), as
-    `tf.image.extract_patches` orders them; numpy, so it runs on every Keras backend."""
-    rank = len(kernel_size)
-    spans = [(size - 1) * rate + 1 for size, rate in zip(kernel_size, rates)]
+    `tf.image.extract_patches` orders them, with `keras.ops` (any backend, any rank)."""
     pads = [(0, 0)]
-    for length, span, stride in zip(x.shape[1:-1], spans, strides):
-        total = max((-(-length // stride) - 1) * stride + span - length, 0) if padding == "same" else 0
+    outputs = []
+    for length, size, stride, rate in zip(x.shape[1:-1], kernel_size, strides, rates):
+        span = (size - 1) * rate + 1
+        if padding == "same":
+            outputs.append(-(-length // stride))
+            total = max((outputs[-1] - 1) * stride + span - length, 0)
+        else:
+            outputs.append((length - span) // stride + 1)
+            total = 0
         pads.append((total // 2, total - total // 2))  # TensorFlow puts the odd one after
-    windows = sliding_window_view(np.pad(x, pads + [(0, 0)]), spans, axis=tuple(range(1, rank + 1)))
-    # (batch, *positions, channels, *span) -> strided positions, dilated taps, channels last
-    windows = windows[
-        (slice(None), *(slice(None, None, s) for s in strides), slice(None), *(slice(None, None, r) for r in rates))
-    ]
-    windows = np.moveaxis(windows, rank + 1, -1)
-    return windows.reshape(-1, int(np.prod(kernel_size)) * x.shape[-1])
+    x = ops.pad(x, pads + [(0, 0)])
+    taps = []
+    for offset in itertools.product(*(range(size) for size in kernel_size)):
+        window = tuple(
+            slice(o * rate, o * rate + (count - 1) * stride + 1, stride)
+            for o, rate, count, stride in zip(offset, rates, outputs, strides)
+        )
+        taps.append(x[(slice(None), *window)])
+    return ops.reshape(ops.stack(taps, axis=-2), (-1, len(taps) * x.shape[-1]))
 
 
 class _Normal:
-    """Sums for least squares: X^T X, X^T Y and |Y|^2 over rows (X with a trailing 1 for the bias)."""
+    """Sums for least squares: X^T X, X^T Y and |Y|^2 over rows (X with a trailing 1 for the bias).
+
+    Each batch's products run in float32 (`transposed_product`); the sums over
+    batches are kept in float64.
+    """
 
     def __init__(self, features, outputs):
         self.gram = np.zeros((features + 1, features + 1))
@@ -251,17 +277,22 @@ class _Normal:
         self.rows = 0
 
     def add(self, rows, target):
-        rows = np.concatenate([rows, np.ones((len(rows), 1), rows.dtype)], axis=1)
-        self.gram += rows.T @ rows
-        self.cross += rows.T @ target
-        self.energy += np.sum(np.square(target, dtype=np.float64), axis=0)
-        self.rows += len(rows)
+        count = int(rows.shape[0])
+        self.gram[:-1, :-1] += transposed_product(rows, None)
+        sums = _numpy64(ops.sum(rows, axis=0))
+        self.gram[-1, :-1] += sums
+        self.gram[:-1, -1] += sums
+        self.gram[-1, -1] += count
+        self.cross[:-1] += transposed_product(rows, target)
+        self.cross[-1] += _numpy64(ops.sum(target, axis=0))
+        self.energy += _numpy64(ops.sum(ops.square(target), axis=0))
+        self.rows += count
 
-    def __add__(self, other):
-        total = _Normal(len(self.gram) - 1, self.cross.shape[1])
+    def __sub__(self, other):
+        rest = _Normal(len(self.gram) - 1, self.cross.shape[1])
         for name in ("gram", "cross", "energy", "rows"):
-            setattr(total, name, getattr(self, name) + getattr(other, name))
-        return total
+            setattr(rest, name, getattr(self, name) - getattr(other, name))
+        return rest
 
     def error(self, weights, inputs, columns):
         """Squared error of `weights` (rows `inputs` x `columns`) on these sums."""
@@ -269,70 +300,120 @@ class _Normal:
         return float(np.sum(weights * (gram @ weights)) - 2 * np.sum(weights * cross) + np.sum(self.energy[columns]))
 
 
-def _refit(inner, mask, dense, x_dense, x_pruned):
+class _Refit(Observer):
     """Refit `inner`'s kept weights (`mask`; None: all) to reproduce layer `dense` on the dense inputs.
 
-    Every `HOLD_OUT`-th calibration sample is held out to choose the ridge
-    strength per output group (among `_RIDGE`, as fractions of the mean
-    diagonal of X^T X) and to report errors; the final fit uses every sample.
-    Ridge pulls towards the plain RGP weights, so that a poorly determined fit
-    (few samples for many features) stays close to them.
+    The normal equations are summed batch by batch. Every `HOLD_OUT`-th row is
+    held out to choose the ridge strength per output group (among `_RIDGE`, as
+    fractions of the mean diagonal of X^T X) and to report errors; the final
+    fit uses every row. Ridge pulls towards the plain RGP weights, so that a
+    poorly determined fit (few rows for many features) stays close to them.
+    The report goes into `report[id(layer)]`.
     """
-    kernel = to_numpy(inner.kernel)
-    mask = np.ones(kernel.shape, bool) if mask is None else mask
-    outputs = kernel.shape[-1]
-    dense_kernel = to_numpy(dense.kernel).reshape(-1, outputs)
-    use_bias = bool(getattr(inner, "use_bias", False))
-    dense_bias = to_numpy(dense.bias) if use_bias else np.zeros(outputs, np.float32)
-    features = dense_kernel.shape[0]
-    fit, held_out = _Normal(features, outputs), _Normal(features, outputs)
-    per_sample = math.prod(x_dense.shape[1:]) * math.prod(getattr(inner, "kernel_size", (1,)))
-    chunk = max(HOLD_OUT, _CHUNK_ELEMENTS // max(per_sample, 1) // HOLD_OUT * HOLD_OUT)
-    for start in range(0, len(x_dense), chunk):
-        index = np.arange(start, min(start + chunk, len(x_dense)))
-        for part, sums in (
-            (index[index % HOLD_OUT != HOLD_OUT - 1], fit),
-            (index[index % HOLD_OUT == HOLD_OUT - 1], held_out),
-        ):
-            if len(part):
-                sums.add(
-                    kernel_rows(inner, x_pruned[part]), kernel_rows(inner, x_dense[part]) @ dense_kernel + dense_bias
-                )
-    judge = held_out if held_out.rows else fit
-    total = fit + held_out
-    kept = mask.reshape(-1, outputs)
-    current = np.concatenate([(kernel * mask).reshape(-1, outputs), _current_bias(inner, outputs)[None]], axis=0)
-    solution = current.astype(np.float64)
-    columns_of = {}
-    for column in range(outputs):
-        columns_of.setdefault(kept[:, column].tobytes(), []).append(column)
-    before = after = 0.0
-    few_samples = False
-    for columns in columns_of.values():
-        inputs = np.flatnonzero(kept[:, columns[0]])
-        if use_bias:
-            inputs = np.append(inputs, features)
-        few_samples |= total.rows < len(inputs)
-        start = current[np.ix_(inputs, columns)]
-        error_start = judge.error(start, inputs, columns)
-        ridges = _RIDGE if held_out.rows else (_RIDGE[2],)
-        trials = [
-            (judge.error(w, inputs, columns), ridge)
-            for ridge, w in _ridge_path(fit if held_out.rows else total, inputs, columns, ridges, start)
-        ]
-        best_error, ridge = min(trials)
-        before += error_start
-        if best_error < error_start:
-            solution[np.ix_(inputs, columns)] = _ridge_solve(total, inputs, columns, ridge, start)
-            after += best_error
-        else:
-            after += error_start
-    energy = max(float(np.sum(judge.energy)), 1e-30)
-    if after < before:
-        inner.kernel.assign(solution[:features].reshape(kernel.shape).astype(kernel.dtype) * mask)
-        if use_bias:
-            inner.bias.assign(solution[features].astype("float32"))
-    return {"error_before": before / energy, "error_after": after / energy, "few_samples": few_samples}
+
+    def __init__(self, layer, inner, mask, dense, calibration, report, few_samples):
+        self.layer, self.inner, self.calibration, self.report, self.few_samples = (
+            layer, inner, calibration, report, few_samples)
+        kernel = to_numpy(inner.kernel)
+        self.mask = np.ones(kernel.shape, bool) if mask is None else mask
+        outputs = kernel.shape[-1]
+        self.dense = dense
+        self.dense_kernel = ops.convert_to_tensor(to_numpy(dense.kernel).reshape(-1, outputs), "float32")
+        self.use_bias = bool(getattr(inner, "use_bias", False))
+        self.dense_bias = ops.convert_to_tensor(to_numpy(dense.bias) if self.use_bias else np.zeros(outputs),
+                                                "float32")
+        features = int(self.dense_kernel.shape[0])
+        self.all, self.held_out = _Normal(features, outputs), _Normal(features, outputs)
+        self.limit = None  # rows used: every row, or the samples only when they give enough rows per weight
+
+    def add(self, start, inputs, reference_inputs, reference_outputs):
+        x_pruned, x_dense = inputs[0], reference_inputs[0]
+        # the dense call's output is the target, unless an activation follows the kernel
+        y_dense = reference_outputs[0] if _is_linear(self.dense) else None
+        if self.limit is None:
+            self.limit = self._rows_used(x_pruned)
+        used = max(0, min(len(x_pruned), self.limit - start))
+        per_sample = math.prod(x_pruned.shape[1:]) * math.prod(getattr(self.inner, "kernel_size", (1,)))
+        chunk = max(1, _CHUNK_ELEMENTS // max(per_sample, 1))
+        part = lambda x, rows: None if x is None else x[rows] if isinstance(rows, slice) else ops.take(x, rows, axis=0)
+        held = np.flatnonzero(np.arange(start, start + used) % HOLD_OUT == HOLD_OUT - 1)
+        # every row, then the held-out ones again (fit = all - held out)
+        for sums, rows in [(self.all, slice(first, min(first + chunk, used))) for first in range(0, used, chunk)] + [
+            (self.held_out, held[first : first + chunk]) for first in range(0, len(held), chunk)
+        ]:
+            if y_dense is None:
+                target = ops.matmul(kernel_rows(self.dense, part(x_dense, rows)), self.dense_kernel) + self.dense_bias
+            else:
+                target = ops.reshape(part(y_dense, rows), (-1, self.dense_kernel.shape[1]))
+            sums.add(kernel_rows(self.inner, part(x_pruned, rows)), target)
+
+    def _rows_used(self, x):
+        """Every row; or the samples only, when they alone give MIX_BELOW least-squares rows per weight."""
+        calibration = self.calibration
+        if not calibration.mixes:
+            return calibration.rows
+        kept = int(self.mask.reshape(-1, self.mask.shape[-1]).sum(axis=0).max())
+        positions = int(kernel_rows(self.inner, x[:1]).shape[0])
+        enough = calibration.samples * positions / (kept + 1) >= MIX_BELOW
+        return calibration.samples if enough else calibration.rows  # rows enough: the mixes would only cost
+
+    def output_moments(self):
+        """(pruned mean, pruned variance, dense mean, dense variance) per channel of the refit layer's output over
+        the calibration samples, from the sums (after `finish`), or None where they do not give them: an
+        activation after the kernel, or sums that include mixes (BatchNormalization statistics use samples only).
+        """
+        if not _is_linear(self.inner) or self.limit != self.calibration.samples:
+            return None
+        sums, rows = self.all, max(self.all.rows, 1)
+        kernel = (to_numpy(self.inner.kernel) * self.mask).reshape(-1, sums.cross.shape[1])
+        weights = np.concatenate([kernel, _current_bias(self.inner, kernel.shape[1])[None]]).astype(np.float64)
+        mean_p = sums.gram[-1] @ weights / rows
+        var_p = np.sum(weights * (sums.gram @ weights), axis=0) / rows - mean_p**2
+        mean_d = sums.cross[-1] / rows
+        return mean_p, np.maximum(var_p, 0.0), mean_d, np.maximum(sums.energy / rows - mean_d**2, 0.0)
+
+    def finish(self):
+        inner, mask, total, held_out = self.inner, self.mask, self.all, self.held_out
+        fit = total - held_out
+        kernel = to_numpy(inner.kernel)
+        outputs = kernel.shape[-1]
+        features = len(fit.gram) - 1
+        judge = held_out if held_out.rows else fit
+        kept = mask.reshape(-1, outputs)
+        current = np.concatenate([(kernel * mask).reshape(-1, outputs), _current_bias(inner, outputs)[None]], axis=0)
+        solution = current.astype(np.float64)
+        columns_of = {}
+        for column in range(outputs):
+            columns_of.setdefault(kept[:, column].tobytes(), []).append(column)
+        before = after = 0.0
+        few_samples = False
+        for columns in columns_of.values():
+            inputs = np.flatnonzero(kept[:, columns[0]])
+            if self.use_bias:
+                inputs = np.append(inputs, features)
+            few_samples |= total.rows < len(inputs)
+            start = current[np.ix_(inputs, columns)]
+            error_start = judge.error(start, inputs, columns)
+            ridges = _RIDGE if held_out.rows else (_RIDGE[2],)
+            trials = [
+                (judge.error(w, inputs, columns), ridge)
+                for ridge, w in _ridge_path(fit if held_out.rows else total, inputs, columns, ridges, start)
+            ]
+            best_error, ridge = min(trials)
+            before += error_start
+            if best_error < error_start:
+                solution[np.ix_(inputs, columns)] = _ridge_solve(total, inputs, columns, ridge, start)
+                after += best_error
+            else:
+                after += error_start
+        energy = max(float(np.sum(judge.energy)), 1e-30)
+        if after < before:
+            inner.kernel.assign(solution[:features].reshape(kernel.shape).astype(kernel.dtype) * mask)
+            if self.use_bias:
+                inner.bias.assign(solution[features].astype("float32"))
+        self.report[id(self.layer)] = {"error_before": before / energy, "error_after": after / energy}
+        if few_samples:
+            self.few_samples.append(inner.name)
 
 
 def _ridge_path(sums, inputs, columns, ridges, start):

@@ -12,20 +12,21 @@ from typing import NamedTuple
 import numpy as np
 
 from rgp_keras.data_aware import assign
-from rgp_keras.data_aware.calibration import calibration_arrays, mix_count, with_mixes
+from rgp_keras.data_aware.calibration import Calibration, check_batch_size, mix_count
 from rgp_keras.data_aware.reconstruct import HOLD_OUT, input_channel_energy, reconstruct
 from rgp_keras.errors import InputTypeError, InputValueError
 from rgp_keras.masking.masks import prunable_kernel
-from rgp_keras.model_walk import is_rgp_wrapper, leaves, to_numpy
+from rgp_keras.model_walk import is_rgp_wrapper, layer_calls, leaves, to_numpy
 
-# Show a progress bar over layer calls when this many layers or more are masked.
+# verbose="auto" shows a progress bar over layer calls when this many layers or more are masked.
 _PROGRESS_LAYERS = 16
 _ENERGY_SAMPLES = 128
+# calibration_batch_size=None: as many samples as keep a batch of the model's largest activation within this.
+BATCH_BYTES = 1 << 27
 
 
 class Plan(NamedTuple):
-    arrays: list  # calibration inputs followed by their mixes, or None
-    samples: int  # how many rows of `arrays` are real samples
+    calibration_data: Calibration  # calibration samples followed by their mixes, or None
     calibration: str  # what reconstruction fits on ("512 samples + 3584 mixes of pairs"), or None
     weights: dict  # original layer id -> weights permuted by channel assignment
     assignment: dict  # original layer id -> assignment report
@@ -34,31 +35,36 @@ class Plan(NamedTuple):
 
 
 def plan(model, graph, selected, *, self_loops, calibration_data, calibration_samples, calibration_mixes,
-         assign_channels):
+         calibration_batch_size, assign_channels, verbose):
     """Check the calibration data and choose channel permutations, before anything is built."""
     if not isinstance(assign_channels, bool):
         raise InputTypeError(f"`assign_channels` must be True or False, got {assign_channels!r}.")
-    arrays = mixed = samples = calibration = None
+    if verbose not in ("auto", 0, 1) or isinstance(verbose, bool):
+        raise InputValueError(f'`verbose` must be "auto" (a progress bar for large models), 0 or 1, got {verbose!r}.')
+    progress = len(selected) >= _PROGRESS_LAYERS if verbose == "auto" else bool(verbose)
+    mixed = calibration = None
     if calibration_data is not None:
-        arrays = checked_arrays(model, calibration_data, calibration_samples)
-        rows = _fewest_rows_per_weight(model, selected, graph, self_loops, len(arrays[0]))
+        data = checked_calibration(model, calibration_data, calibration_samples, calibration_batch_size)
+        rows = _fewest_rows_per_weight(model, selected, graph, self_loops, data.samples)
         dtypes = [tensor.dtype for tensor in model.inputs]
-        count, why_none = mix_count(calibration_mixes, arrays, dtypes, _input_names(model), rows)
-        mixed, samples = with_mixes(arrays, count, HOLD_OUT), len(arrays[0])
-        calibration = f"{samples} samples + {count} mixes of pairs" + (f" ({why_none})" if why_none else "")
+        count, why_none = mix_count(calibration_mixes, data.samples, data.sample_values, dtypes, _input_names(model),
+                                    rows)
+        mixed = data.with_mixes(count, HOLD_OUT)
+        calibration = f"{data.samples} samples + {count} mixes of pairs" + (f" ({why_none})" if why_none else "")
     else:
         for name, value, default in (("calibration_samples", calibration_samples, None),
-                                     ("calibration_mixes", calibration_mixes, "auto")):
+                                     ("calibration_mixes", calibration_mixes, "auto"),
+                                     ("calibration_batch_size", calibration_batch_size, None)):
             if value != default:
                 raise InputValueError(f"`{name}` needs `calibration_data`.")
     weights, report = {}, {}
     if assign_channels:
         # channel energies are means over samples and positions: a few hundred samples estimate them well
-        energy = (
-            input_channel_energy(model, [a[:_ENERGY_SAMPLES] for a in arrays], selected) if arrays is not None else None
-        )
+        energy = None
+        if mixed is not None:  # on samples only, not their mixes
+            energy = input_channel_energy(model, mixed, selected, rows=min(_ENERGY_SAMPLES, mixed.samples))
         weights, report = assign.assign_channels(model, graph, selected, self_loops=self_loops, input_energy=energy)
-    return Plan(mixed, samples, calibration, weights, report, assign_channels, len(selected) >= _PROGRESS_LAYERS)
+    return Plan(mixed, calibration, weights, report, assign_channels, progress)
 
 
 def _fewest_rows_per_weight(model, selected, graph, self_loops, samples):
@@ -80,30 +86,46 @@ def _fewest_rows_per_weight(model, selected, graph, self_loops, samples):
     return fewest
 
 
-def checked_arrays(model, calibration_data, calibration_samples):
-    """The calibration data as checked float32 arrays, one per model input."""
+def checked_calibration(model, calibration_data, calibration_samples=None, calibration_batch_size=None):
+    """The calibration data as a checked `Calibration` for `model` (`calibration_data` itself if it is one)."""
+    if isinstance(calibration_data, Calibration):
+        return calibration_data
+    if calibration_batch_size is None:
+        batch_size = max(1, BATCH_BYTES // (4 * _largest_activation(model)))
+    else:
+        batch_size = check_batch_size(calibration_batch_size)
     shapes = [tuple(tensor.shape) for tensor in model.inputs]
-    return calibration_arrays(calibration_data, shapes, _input_names(model), calibration_samples)
+    return Calibration(calibration_data, shapes, _input_names(model), samples=calibration_samples,
+                       batch_size=batch_size)
+
+
+def _largest_activation(model):
+    """Values per sample of the model's largest tensor (unknown sizes count as 1)."""
+    try:
+        shapes = layer_calls(model).shapes.values()
+    except TypeError:
+        shapes = [tuple(tensor.shape) for tensor in model.inputs]
+    return max(math.prod(d or 1 for d in shape[1:]) for shape in shapes)
 
 
 def _input_names(model):
     return [tensor.name.split(":")[0] for tensor in model.inputs]
 
 
-def best_of(model, arrays, candidates):
-    """The pruned model, among `candidates` (callables building one), whose outputs on `arrays` are closest to
-    `model`'s.
+def best_of(model, calibration, candidates):
+    """The pruned model, among `candidates` (callables building one), whose outputs on the `calibration` samples
+    are closest to `model`'s.
 
     The error is the relative squared error of all outputs on the calibration
     samples, the data every candidate was refit on; each wrapper's report
     says which graph won and by how much.
     """
-    want = _outputs(model, arrays)
+    want = list(_outputs(model, calibration))  # model outputs: small beside the inputs
     energy = max(sum(float(np.sum(np.square(w, dtype=np.float64))) for w in want), 1e-30)
     best, errors = None, []
     for make in candidates:
         pruned = make()
-        got = _outputs(pruned, arrays)
+        got = _outputs(pruned, calibration)
         errors.append(sum(float(np.sum(np.square(g - w, dtype=np.float64))) for g, w in zip(got, want)) / energy)
         if best is None or errors[-1] < errors[best[0]]:
             best = (len(errors) - 1, pruned)
@@ -117,9 +139,11 @@ def best_of(model, arrays, candidates):
     return pruned
 
 
-def _outputs(model, arrays):
-    outputs = model.predict(arrays if len(arrays) > 1 else arrays[0], batch_size=256, verbose=0)
-    return [to_numpy(output) for output in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
+def _outputs(model, calibration):
+    """The model's outputs on the calibration samples, batch after batch (every output of a batch)."""
+    for _, arrays in calibration.batches(calibration.samples):
+        outputs = model.predict_on_batch(arrays if len(arrays) > 1 else arrays[0])
+        yield from (to_numpy(output) for output in (outputs if isinstance(outputs, (list, tuple)) else [outputs]))
 
 
 def finish(plan, reference, pruned, pairs):
@@ -129,14 +153,14 @@ def finish(plan, reference, pruned, pairs):
     `data_aware` dict that `pruning_summary` shows.
     """
     reconstruction = {}
-    if plan.arrays is not None:
-        reconstruction = reconstruct(reference, pruned, plan.arrays, samples=plan.samples, progress=plan.progress)
+    if plan.calibration_data is not None:
+        reconstruction = reconstruct(reference, pruned, plan.calibration_data, progress=plan.progress)
     for original, new in pairs:
         report = {}
         if is_rgp_wrapper(new):
             if plan.assign_channels:
                 report.update(plan.assignment.get(id(original), {"kept_order": "inside a nested model"}))
-            if plan.arrays is not None:
+            if plan.calibration_data is not None:
                 report.update(reconstruction.get(id(new), {"reconstruction": "not refit: inside a nested model"}))
         elif id(new) in reconstruction:  # a dense layer downstream of masked ones, refit too
             report.update(reconstruction[id(new)])

@@ -1,0 +1,304 @@
+"""Streaming calibration batches through a model one segment at a time, with memory bounded by a batch.
+
+Data-aware pruning changes layers in topological order (a refit, new BatchNorm
+statistics), and what a layer sees must come from the layers before it as they
+are *after* their change. `walk` runs the model's layer calls (and a dense
+reference's beside them) batch by batch up to the next layer that changes,
+feeding every observer on the way (Gram sums, channel moments), lets the
+observers change their layers, and continues from there. Between two passes
+only the tensors that cross the cut (the frontier) are kept, for every batch,
+in a `Store` that holds arrays in memory up to a byte budget and spills the
+rest to a temporary folder, so that peak memory does not grow with the
+number of calibration samples. Each layer call runs once per batch; a layer
+whose inputs equal the reference's (upstream of every change) is not run twice.
+"""
+
+import contextlib
+import math
+import os
+import shutil
+import tempfile
+import weakref
+
+import numpy as np
+
+from rgp_keras.model_walk import is_rgp_wrapper, run_call, to_numpy
+
+# Bytes of arrays a Store keeps in memory before it writes the rest to disk.
+MEMORY_BYTES = 1 << 30
+
+
+class Store:
+    """Arrays by key, held in memory up to `memory_bytes` in all, the rest in files of a temporary folder.
+
+    In memory a value stays as it was given (a backend tensor is not converted,
+    so reading it back costs nothing); files are written with `np.save` and
+    read back whole (not memory-mapped, which would count towards the
+    process's resident memory). The folder is removed when the store is closed
+    or garbage-collected.
+    """
+
+    def __init__(self, memory_bytes=None):
+        self.memory_bytes, self.held = MEMORY_BYTES if memory_bytes is None else memory_bytes, 0
+        self.in_memory, self.on_disk = {}, {}
+        self.folder, self.files = None, 0
+
+    def put(self, key, array):
+        self.drop(key)
+        size = _nbytes(array)
+        if self.held + size <= self.memory_bytes:
+            self.in_memory[key] = array
+            self.held += size
+            return
+        if self.folder is None:
+            self.folder = tempfile.mkdtemp(prefix="rgp_keras-")
+            self._cleanup = weakref.finalize(self, shutil.rmtree, self.folder, True)
+        self.files += 1
+        path = os.path.join(self.folder, f"{self.files}.npy")
+        np.save(path, np.ascontiguousarray(to_numpy(array)))
+        self.on_disk[key] = path
+
+    def get(self, key):
+        if key in self.in_memory:
+            return self.in_memory[key]
+        return np.load(self.on_disk[key])
+
+    def drop(self, key):
+        if key in self.in_memory:
+            self.held -= _nbytes(self.in_memory.pop(key))
+        elif key in self.on_disk:
+            os.remove(self.on_disk.pop(key))
+
+    def close(self):
+        self.in_memory.clear()
+        self.held = 0
+        if self.folder is not None:
+            self._cleanup()
+
+
+def _nbytes(array):
+    """Bytes of a numpy array or backend tensor (TensorFlow, JAX, torch)."""
+    dtype = getattr(array.dtype, "name", None) or str(array.dtype).split(".")[-1]
+    return math.prod(array.shape) * np.dtype(dtype).itemsize
+
+
+class Observer:
+    """What `walk` feeds at one layer call: `add` once per batch of rows, then `finish` once.
+
+    `changes` says whether `finish` changes the layer (or any later one): the
+    walk then ends its pass at this call, so that what follows runs with the
+    change.
+    """
+
+    changes = True
+
+    def add(self, start, inputs, reference_inputs, reference_outputs):
+        """Rows `start`.. of this call's inputs (one value per input tensor), and of the reference call's inputs
+        and outputs (None without a reference)."""
+        raise NotImplementedError
+
+    def finish(self):
+        raise NotImplementedError
+
+
+def walk(calls, reference, calibration, visit, *, rows=None, progress=None):
+    """Stream `calibration` through a model's `calls` (`LayerCalls`) and, call by call beside them, `reference`'s.
+
+    `visit(call, reference_call, changed)` is called for every call in
+    topological order (`changed`: whether the call's inputs may differ from
+    the reference's) and returns an `Observer` of that call's inputs, or None.
+    The inputs an observer sees come from the layers before it after every
+    earlier observer has finished.
+
+    Args:
+        calls: the model's `LayerCalls`.
+        reference: the reference model's `LayerCalls` (same graph), or None.
+        calibration: a `rgp_keras.data_aware.calibration.Calibration`.
+        visit: as above.
+        rows: stream only the first so many rows of `calibration` (default: all).
+        progress: a `keras.utils.Progbar` over the calls, or None.
+    """
+    paired = reference.calls if reference is not None else [None] * len(calls.calls)
+    same = _same_as_reference(calls, reference)
+    pending, cut = [], _Frontier(calls, reference, same)
+    batches = _Batches(calibration, rows)
+    for index, (call, reference_call) in enumerate(zip(calls.calls, paired)):
+        changed = reference is not None and not all(key in same for key in call.inputs)
+        observer = visit(call, reference_call, changed)
+        if observer is not None:
+            pending.append((index, observer))
+            if observer.changes:
+                cut = _run_pass(calls, reference, batches, cut, index, pending, progress)
+                pending = []
+    if pending:
+        cut = _run_pass(calls, reference, batches, cut, pending[-1][0], pending, progress)
+    cut.close()
+    if progress is not None:
+        progress.update(len(calls.calls), finalize=True)
+
+
+def _same_as_reference(calls, reference):
+    """Tensor ids of `calls` whose values equal the reference's (every input so, and no wrapper on the way)."""
+    if reference is None:
+        return set()
+    same = set(calls.inputs)
+    for call in calls.calls:
+        changes = is_rgp_wrapper(call.layer) or hasattr(call.layer, "layers")
+        if all(key in same for key in call.inputs) and not changes:
+            same.update(call.outputs)
+    return same
+
+
+class _Frontier:
+    """What a pass needs at the cut before call `index`, stored per batch: the model's tensors crossing the cut
+    and the reference's, which runs one call ahead (its call `index` has run: its outputs are stored, and
+    inputs that only call `index` reads are not)."""
+
+    def __init__(self, calls, reference, same, index=0, store=None):
+        self.calls, self.reference, self.same, self.index = calls, reference, same, index
+        self.store = Store() if store is None else store
+        self.pair = {}  # model tensor id -> reference tensor id
+        if reference is not None:
+            self.pair.update(zip(calls.inputs, reference.inputs))
+            for call, reference_call in zip(calls.calls, reference.calls):
+                self.pair.update(zip(call.outputs, reference_call.outputs))
+        self.last_use = _last_use(calls)
+        self.crossing, self.entries = self._needed(index)
+
+    def _needed(self, index):
+        """(model tensor ids crossing the cut before call `index`, the (side, id) entries stored for it)."""
+        if index == 0:
+            return set(), set()
+        written = set()
+        for call in self.calls.calls[:index]:
+            written.update(call.outputs)
+        crossing = {key for key in written if self.last_use.get(key, -1) >= index}
+        if self.reference is None:
+            return crossing, {("model", key) for key in crossing}
+        entries = {("reference", key) for key in self.calls.calls[index].outputs}
+        for key in crossing:
+            if key in self.same:
+                entries.add(("reference", key))
+            else:
+                entries.add(("model", key))
+                if self.last_use[key] > index:
+                    entries.add(("reference", key))
+        return crossing, entries
+
+    def load(self, batch, arrays):
+        """(model values, reference values or None) of one batch at this cut; `arrays`: the batch's inputs."""
+        values = dict(zip(self.calls.inputs, arrays))
+        reference = dict(zip(self.reference.inputs, arrays)) if self.reference is not None else None
+        for side, key in self.entries:
+            value = self.store.get((side, key, batch))
+            if side == "model":
+                values[key] = value
+            else:
+                reference[self.pair[key]] = value
+        for key in self.crossing & self.same:
+            values[key] = reference[self.pair[key]]
+        return values, reference
+
+    def save(self, batch, values, reference, index):
+        """Store one batch of what the cut before call `index` needs (what is stored already stays)."""
+        for side, key in self._needed(index)[1] - self.entries:
+            self.store.put((side, key, batch), values[key] if side == "model" else reference[self.pair[key]])
+
+    def moved(self, index, batches):
+        """The frontier at the cut before call `index`, once every batch is saved: drop what it does not need."""
+        after = _Frontier(self.calls, self.reference, self.same, index, self.store)
+        for side, key in self.entries - after.entries:
+            for batch in range(batches):
+                self.store.drop((side, key, batch))
+        return after
+
+    def release(self, values, reference, call, index):
+        """Forget a batch's values that no call after call `index` reads."""
+        for key in call.inputs:
+            if self.last_use[key] <= index:
+                values.pop(key, None)
+                if reference is not None:
+                    reference.pop(self.pair[key], None)
+
+    def close(self):
+        self.store.close()
+
+
+def _last_use(calls):
+    """tensor id -> index of the last call reading it (model outputs: past the end)."""
+    last = {}
+    for index, call in enumerate(calls.calls):
+        for key in call.inputs:
+            last[key] = index
+    for key in calls.outputs:
+        last[key] = len(calls.calls)
+    return last
+
+
+class _Batches:
+    """The batches of the first `rows` rows of a calibration set (all: None), and how many there are."""
+
+    def __init__(self, calibration, rows):
+        self.calibration, self.rows = calibration, rows
+        total = calibration.rows if rows is None else min(rows, calibration.rows)
+        self.count = -(-total // calibration.batch_size)
+
+    def __iter__(self):
+        return self.calibration.batches(self.rows)
+
+
+def _no_grad():
+    """A context without gradient tracking where the backend tracks it eagerly (torch)."""
+    import keras
+
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()
+
+
+def _run_pass(calls, reference, batches, frontier, end, pending, progress):
+    """Run the calls from the frontier's cut up to call `end` (not run) on every batch, feeding the `pending`
+    observers at their calls, store the tensors crossing the cut before `end`, then finish the observers."""
+    start = frontier.index
+    observers = {}
+    for index, observer in pending:
+        observers.setdefault(index, []).append(observer)
+    done = 0
+    with _no_grad():
+        for batch, (row, arrays) in enumerate(batches):
+            _run_batch(calls, reference, frontier, start, end, observers, batch, row, arrays)
+            done = batch + 1
+            if progress is not None:
+                progress.update(start + (end - start) * done // batches.count)
+    for _, observer in pending:
+        observer.finish()
+    return frontier.moved(end, done)
+
+
+def _run_batch(calls, reference, frontier, start, end, observers, batch, row, arrays):
+    """One batch of a pass: load the frontier, run calls `start`..`end` - 1 (the reference's up to `end`: it runs
+    one call ahead, so that observers at `end` see its outputs) feeding the observers, save the new frontier."""
+    values, reference_values = frontier.load(batch, arrays)
+    for index in range(start, end + 1):
+        call = calls.calls[index]
+        reference_call = reference.calls[index] if reference is not None else None
+        if reference_call is not None and not (index == start and start > 0):  # not run ahead in the last pass
+            reference_values.update(zip(reference_call.outputs, run_call(reference_call, reference_values)))
+        for observer in observers.get(index, ()):
+            observer.add(
+                row,
+                [values[key] for key in call.inputs],
+                [reference_values[key] for key in reference_call.inputs] if reference_call else None,
+                [reference_values[key] for key in reference_call.outputs] if reference_call else None,
+            )
+        if index == end:
+            break
+        if reference_call is not None and all(key in frontier.same for key in call.outputs):
+            values.update((key, reference_values[frontier.pair[key]]) for key in call.outputs)
+        else:
+            values.update(zip(call.outputs, run_call(call, values)))
+        frontier.release(values, reference_values, call, index)
+    frontier.save(batch, values, reference_values, end)
+
