@@ -294,10 +294,11 @@ class _Normal:
             setattr(rest, name, getattr(self, name) - getattr(other, name))
         return rest
 
-    def error(self, weights, inputs, columns):
-        """Squared error of `weights` (rows `inputs` x `columns`) on these sums."""
+    def errors(self, inputs, columns):
+        """A function: weights (rows `inputs` x `columns`) -> their squared error on these sums."""
         gram, cross = self.gram[np.ix_(inputs, inputs)], self.cross[np.ix_(inputs, columns)]
-        return float(np.sum(weights * (gram @ weights)) - 2 * np.sum(weights * cross) + np.sum(self.energy[columns]))
+        energy = np.sum(self.energy[columns])
+        return lambda weights: float(np.sum(weights * (gram @ weights)) - 2 * np.sum(weights * cross) + energy)
 
 
 class _Refit(Observer):
@@ -393,10 +394,11 @@ class _Refit(Observer):
                 inputs = np.append(inputs, features)
             few_samples |= total.rows < len(inputs)
             start = current[np.ix_(inputs, columns)]
-            error_start = judge.error(start, inputs, columns)
+            error = judge.errors(inputs, columns)
+            error_start = error(start)
             ridges = _RIDGE if held_out.rows else (_RIDGE[2],)
             trials = [
-                (judge.error(w, inputs, columns), ridge)
+                (error(w), ridge)
                 for ridge, w in _ridge_path(fit if held_out.rows else total, inputs, columns, ridges, start)
             ]
             best_error, ridge = min(trials)
