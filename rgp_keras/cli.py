@@ -106,7 +106,8 @@ def _prune(args):
         raise InputValueError(f"-o/--output must end in .keras, got {args.output}")
     model = _load_keras_model(args.model)
     for option, value, default in (("--calibration-samples", args.calibration_samples, None),
-                                   ("--calibration-mixes", args.calibration_mixes, "auto")):
+                                   ("--calibration-mixes", args.calibration_mixes, "auto"),
+                                   ("--calibration-batch-size", args.calibration_batch_size, None)):
         if value != default and not args.calibration:
             raise InputValueError(f"{option} needs --calibration")
     if args.graph and args.nodes is not None:
@@ -118,7 +119,8 @@ def _prune(args):
         model, sparsity=args.sparsity, degree=args.degree, graph=args.graph,
         nodes="auto" if args.nodes is None else args.nodes, seed=args.seed,
         calibration_data=samples, calibration_samples=args.calibration_samples,
-        calibration_mixes=args.calibration_mixes, assign_channels=not args.keep_channel_order,
+        calibration_mixes=args.calibration_mixes, calibration_batch_size=args.calibration_batch_size,
+        assign_channels=not args.keep_channel_order,
         graph_candidates=args.graph_candidates,
     )
     pruned.save(args.output)
@@ -302,6 +304,9 @@ def _parser():
     prune.add_argument("--calibration-mixes", type=_auto_or_int, default="auto",
                        help="reconstruction also fits on N mixes of pairs of samples, or 'auto' (default: up to 8x "
                        "the samples when a masked layer is short of rows and the inputs are small); 0: none")
+    prune.add_argument("--calibration-batch-size", type=int,
+                       help="calibration samples run together (default: as many as keep the largest activation of a "
+                       "batch within 128 MB); memory is bounded by a batch")
     prune.add_argument("--graph-candidates", type=int, default=1,
                        help="with --calibration: prune with N minimum-ASPL graphs and keep the one whose outputs "
                        "on the calibration samples are closest to the dense model's (default: 1)")
@@ -377,7 +382,8 @@ def _native_logs_hidden():
 # Python argument names in library messages -> the options that set them
 _OPTIONS = {"representative_data": "--calibration", "calibration_data": "--calibration",
             "calibration_samples": "--calibration-samples",
-            "calibration_mixes": "--calibration-mixes", "graph_candidates": "--graph-candidates",
+            "calibration_mixes": "--calibration-mixes", "calibration_batch_size": "--calibration-batch-size",
+            "graph_candidates": "--graph-candidates",
             "time_limit": "--time-limit", **{name: f"--{name}" for name in (
                 "nodes", "degree", "sparsity", "seed", "symmetry", "attempts", "jobs", "threads", "layout",
                 "quantize", "objective", "runs")}}

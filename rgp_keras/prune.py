@@ -109,8 +109,10 @@ def prune_regular_graph(
             (default): when a masked layer has fewer than 32 rows per weight
             to fit (Dense layers; convolutions have a row per position), up to
             8x the samples in all while the set holds at most 2**23 input
-            values (3584 mixes for 512 28x28 images; none for 224x224 ones)
-            and every input is floating-point; 0: none.
+            values (3584 mixes for 512 28x28 images; none for 224x224 ones),
+            its forward pass costs at most 2**33 MACs (each mix runs through
+            both models: an MLP gets them, a Dense after convolutions
+            usually not) and every input is floating-point; 0: none.
         calibration_batch_size: samples that run through the model together.
             Every statistic is summed batch by batch and datasets and
             generators are read once and kept on disk beyond 1 GB, so memory

@@ -134,6 +134,10 @@ def test_auto_mixes_grow_small_sets_eightfold_and_leave_large_inputs_alone():
     count, why = mix_count("auto", *small, ["float32"], ["x"], rows_per_weight=32)  # convolutions: rows enough
     assert count == 0 and ">= 32 rows per weight" in why
     assert mix_count(10, *small, ["float32"], ["x"], rows_per_weight=100) == (10, None)
+    # mixes cost a forward pass each: 2**33 MACs in all; 10 M MACs a sample -> 858 rows, 346 mixes for 512
+    assert mix_count("auto", *small, ["float32"], ["x"], sample_macs=10_000_000)[0] == 346
+    count, why = mix_count("auto", *small, ["float32"], ["x"], sample_macs=87_000_000)  # the README's CNN
+    assert count == 0 and "87 M MACs a sample" in why
     count, why = mix_count("auto", 8, 8, ["float32", "int32"], ["pixels", "ids"])
     assert count == 0 and "'ids' (int32) is not floating-point" in why
 

@@ -102,7 +102,7 @@ def test_prune_with_calibration_data(tmp_path, model_file, capsys):
     out = tmp_path / "pruned.keras"
     assert main(["prune", str(model_file), "--degree", "4", "--nodes", "16", "--seed", "0", "-o", str(out),
                  "--calibration", str(samples), "--calibration-samples", "200", "--calibration-mixes", "50",
-                 "--graph-candidates", "2"]) == 0
+                 "--calibration-batch-size", "64", "--graph-candidates", "2"]) == 0
     printed = capsys.readouterr().out
     assert "data-aware pruning" in printed and "output error" in printed and "importance kept" in printed
     assert "reconstruction fit on 200 samples + 50 mixes of pairs" in printed
@@ -122,6 +122,10 @@ def test_prune_with_calibration_data(tmp_path, model_file, capsys):
                                                                                       "--calibration"),
         (["prune", "MODEL", "--degree", "4", "--nodes", "16", "-o", "OUT", "--calibration", "GOODNPY",
           "--calibration-mixes", "-3"], '--calibration-mixes must be "auto" or an integer >= 0'),
+        (["prune", "MODEL", "--degree", "4", "-o", "OUT", "--calibration-batch-size", "8"],
+         "--calibration-batch-size needs --calibration"),
+        (["prune", "MODEL", "--degree", "4", "--nodes", "16", "-o", "OUT", "--calibration", "GOODNPY",
+          "--calibration-batch-size", "0"], "--calibration-batch-size must be an integer >= 1"),
         (["prune", "missing.keras", "--degree", "4", "-o", "OUT"], "No such model file"),
         (["prune", "MODEL", "--degree", "4", "-o", "out.h5"], "must end in .keras"),
         (["prune", "MODEL", "--degree", "3", "--nodes", "15", "-o", "OUT"], "nodes * degree must be even"),

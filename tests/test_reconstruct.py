@@ -257,3 +257,16 @@ def test_the_result_does_not_depend_on_batches_disk_or_the_form_of_the_data(monk
     want = to_numpy(whole(held_out))
     for other in (batched, spilled):  # equal up to summation order (and the order of equally important channels)
         np.testing.assert_allclose(to_numpy(other(held_out)), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("verbose, shown", [(1, True), (0, False), ("auto", False)])  # 4 masked layers: "auto" quiet
+def test_verbose_shows_a_progress_bar_or_nothing(verbose, shown, capsys):
+    prune_regular_graph(teacher(), degree=4, nodes=16, seed=0, verbose=verbose,
+                        calibration_data=np.random.default_rng(0).normal(size=(32, 8, 8, 4)))
+    printed = capsys.readouterr().out
+    assert ("/layer" in printed) if shown else printed == ""
+
+
+def test_bad_verbose_says_what_is_accepted():
+    with pytest.raises(ValueError, match=r'`verbose` must be "auto" .*, 0 or 1, got 2'):
+        prune_regular_graph(teacher(), degree=4, nodes=16, verbose=2)

@@ -14,9 +14,10 @@ space, so least-squares fits that are short of rows (a Dense layer reading
 hundreds of features, one row per sample) generalise better (what that kept on
 MLPs: docs/data-aware.md).
 Convolutions get a row per sample and position, enough already (on a CNN they
-gained nothing and took much longer), and large inputs would multiply the cost, so
-"auto" mixes only when a masked layer is short of rows and the set is small,
-and only the fits short of rows use the mixes. Mixes follow the samples as more
+gained nothing and took much longer), and every mix costs a forward pass of the
+dense and the pruned model, so "auto" mixes only when a masked layer is short of
+rows and the set is small and cheap to run (a Dense classifier after a
+convolutional trunk gets none), and only the fits short of rows use the mixes. Mixes follow the samples as more
 batches, made when read.
 """
 
@@ -30,10 +31,12 @@ from rgp_keras.data_aware.stream import Store
 from rgp_keras.errors import InputTypeError, InputValueError
 
 # "auto" mixes: when a masked layer's fit has fewer than MIX_BELOW rows per weight, up to MIX_FACTOR x the
-# samples in all while the set holds at most MIX_VALUES input values.
+# samples in all while the set holds at most MIX_VALUES input values and its forward pass costs at most
+# MIX_MACS multiply-adds (the 784-512x4-10 MLP with 512 samples: 4.9e9 with its 3584 mixes).
 MIX_BELOW = 32
 MIX_FACTOR = 8
 MIX_VALUES = 1 << 23
+MIX_MACS = 1 << 33
 # Datasets and generators are read until exhausted or this many samples, so that an
 # endless generator (the usual Keras training stream) does not hang the pruning.
 STREAM_SAMPLES = 2048
@@ -91,10 +94,6 @@ class Calibration:
     @property
     def rows(self):
         return self.samples + self.mixes
-
-    @property
-    def batch_count(self):
-        return -(-self.rows // self.batch_size)
 
     @property
     def sample_values(self):
@@ -300,9 +299,9 @@ def _check_finite(part, name, whole=None, where=""):
         )
 
 
-def mix_count(mixes, samples, sample_values, input_dtypes, input_names, rows_per_weight=0.0):
+def mix_count(mixes, samples, sample_values, input_dtypes, input_names, rows_per_weight=0.0, sample_macs=0):
     """How many mixes `mixes` ("auto" or an integer >= 0) adds to `samples` samples of `sample_values` input
-    values each, and why none when "auto" gives 0.
+    values each, whose forward pass costs `sample_macs` MACs each, and why none when "auto" gives 0.
 
     `rows_per_weight`: the fewest least-squares rows per fitted weight among
     the masked layers with the samples alone ("auto" adds none from MIX_BELOW).
@@ -330,4 +329,7 @@ def mix_count(mixes, samples, sample_values, input_dtypes, input_names, rows_per
     total = min(MIX_FACTOR * samples, MIX_VALUES // max(sample_values, 1))
     if total <= samples:
         return 0, "no mixes: the samples are large enough to give many rows each"
+    total = min(total, MIX_MACS // max(sample_macs, 1))
+    if total <= samples:
+        return 0, f"no mixes: a forward pass costs {sample_macs / 1e6:.0f} M MACs a sample, too many to add mixes"
     return total - samples, None

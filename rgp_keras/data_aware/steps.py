@@ -16,6 +16,7 @@ from rgp_keras.data_aware.calibration import Calibration, check_batch_size, mix_
 from rgp_keras.data_aware.reconstruct import HOLD_OUT, input_channel_energy, reconstruct
 from rgp_keras.errors import InputTypeError, InputValueError
 from rgp_keras.masking.masks import prunable_kernel
+from rgp_keras.masking.selection import layer_macs
 from rgp_keras.model_walk import is_rgp_wrapper, layer_calls, leaves, to_numpy
 
 # verbose="auto" shows a progress bar over layer calls when this many layers or more are masked.
@@ -48,7 +49,7 @@ def plan(model, graph, selected, *, self_loops, calibration_data, calibration_sa
         rows = _fewest_rows_per_weight(model, selected, graph, self_loops, data.samples)
         dtypes = [tensor.dtype for tensor in model.inputs]
         count, why_none = mix_count(calibration_mixes, data.samples, data.sample_values, dtypes, _input_names(model),
-                                    rows)
+                                    rows, _macs_per_sample(model))
         mixed = data.with_mixes(count, HOLD_OUT)
         calibration = f"{data.samples} samples + {count} mixes of pairs" + (f" ({why_none})" if why_none else "")
     else:
@@ -84,6 +85,11 @@ def _fewest_rows_per_weight(model, selected, graph, self_loops, samples):
         weights = math.prod(kernel.shape[:-1]) * (graph.degree + self_loops) / graph.nodes + 1
         fewest = min(fewest, samples * (positions or 1) / weights)
     return fewest
+
+
+def _macs_per_sample(model):
+    """Multiply-adds of one sample's forward pass (layers of unknown cost count 0)."""
+    return sum(layer_macs(layer, layer)[0] or 0 for layer in leaves(model))
 
 
 def checked_calibration(model, calibration_data, calibration_samples=None, calibration_batch_size=None):

@@ -10,7 +10,9 @@ only the tensors that cross the cut (the frontier) are kept, for every batch,
 in a `Store` that holds arrays in memory up to a byte budget and spills the
 rest to a temporary folder, so that peak memory does not grow with the
 number of calibration samples. Each layer call runs once per batch; a layer
-whose inputs equal the reference's (upstream of every change) is not run twice.
+whose inputs equal the reference's (upstream of every change) is not run twice,
+and the reference runs one call ahead, so that an observer sees the dense
+layer's outputs (a refit's targets) without computing them again.
 """
 
 import contextlib
