@@ -336,7 +336,7 @@ class _Refit(Observer):
         used = max(0, min(len(x_pruned), self.limit - start))
         per_sample = math.prod(x_pruned.shape[1:]) * math.prod(getattr(self.inner, "kernel_size", (1,)))
         chunk = max(1, _CHUNK_ELEMENTS // max(per_sample, 1))
-        part = lambda x, rows: None if x is None else x[rows] if isinstance(rows, slice) else ops.take(x, rows, axis=0)
+        part = lambda x, rows: x[rows] if isinstance(rows, slice) else ops.take(x, rows, axis=0)
         held = np.flatnonzero(np.arange(start, start + used) % HOLD_OUT == HOLD_OUT - 1)
         # every row, then the held-out ones again (fit = all - held out)
         for sums, rows in [(self.all, slice(first, min(first + chunk, used))) for first in range(0, used, chunk)] + [
