@@ -118,7 +118,7 @@ def prune_regular_graph(
             generators are read once and kept on disk beyond 1 GB, so memory
             is bounded by a batch, not by the number of samples. Default:
             as many as keep a batch of the model's largest activation within
-            128 MB (26 images for MobileNetV2 at 224x224).
+            128 MB (27 images for MobileNetV2 at 224x224).
         assign_channels: permute hidden channels to keep the most important
             weights (importance w^2, times the input channel's mean square
             with calibration data). False keeps the channel order.

@@ -21,6 +21,7 @@ convolutional trunk gets none), and only the fits short of rows use the mixes. M
 batches, made when read.
 """
 
+import copy
 import itertools
 import math
 import numbers
@@ -86,9 +87,10 @@ class Calibration:
             self._arrays = [array[:samples] for array in arrays]
             for array, shape, name in zip(self._arrays, self.shapes, self.names):
                 _check_shape(array.shape, shape, name)
-            for start in range(0, len(self._arrays[0]), self._check_rows()):
+            rows = self._check_rows()
+            for start in range(0, len(self._arrays[0]), rows):
                 for array, name in zip(self._arrays, self.names):
-                    _check_finite(array[start : start + self._check_rows()], name, array)
+                    _check_finite(array[start : start + rows], name, array)
             self.samples = len(self._arrays[0])
 
     @property
@@ -123,8 +125,7 @@ class Calibration:
         the rest, so the held-out rows never share a sample with the fitted ones.
         Deterministic: the pairs depend only on the sample count.
         """
-        mixed = object.__new__(Calibration)
-        mixed.__dict__.update(self.__dict__)
+        mixed = copy.copy(self)  # the same samples (and store), other mixes
         mixed.mixes, mixed._pairs = count, None
         if count:
             samples = self.samples

@@ -213,12 +213,14 @@ def _numpy64(value):
     return to_numpy(value).astype(np.float64)
 
 
-def transposed_product(a, b):
-    """a^T b in float64, computed in float32: with numpy on the CPU (its BLAS runs X^T X as a symmetric rank-k
-    update, 2x faster here than the backend's general product), with the Keras backend on an accelerator."""
+def transposed_product(a, b=None):
+    """a^T b (b None: a^T a) in float64, computed in float32: with numpy on the CPU (its BLAS runs a^T a as a
+    symmetric rank-k update, 2x faster than TensorFlow's matmul in a one-off probe here), with the Keras
+    backend on an accelerator."""
+    b = a if b is None else b
     if _on_cpu(a):
         a = to_numpy(a)
-        return (a.T @ (a if b is None or b is a else to_numpy(b))).astype(np.float64)
+        return (a.T @ (a if b is a else to_numpy(b))).astype(np.float64)
     return _numpy64(ops.matmul(ops.transpose(a), b))
 
 
@@ -278,7 +280,7 @@ class _Normal:
 
     def add(self, rows, target):
         count = int(rows.shape[0])
-        self.gram[:-1, :-1] += transposed_product(rows, None)
+        self.gram[:-1, :-1] += transposed_product(rows)
         sums = _numpy64(ops.sum(rows, axis=0))
         self.gram[-1, :-1] += sums
         self.gram[:-1, -1] += sums

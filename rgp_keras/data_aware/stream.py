@@ -156,16 +156,22 @@ class _Frontier:
     and the reference's, which runs one call ahead (its call `index` has run: its outputs are stored, and
     inputs that only call `index` reads are not)."""
 
-    def __init__(self, calls, reference, same, index=0, store=None):
+    def __init__(self, calls, reference, same, index=0, store=None, pair=None, last_use=None):
         self.calls, self.reference, self.same, self.index = calls, reference, same, index
         self.store = Store() if store is None else store
-        self.pair = {}  # model tensor id -> reference tensor id
-        if reference is not None:
-            self.pair.update(zip(calls.inputs, reference.inputs))
-            for call, reference_call in zip(calls.calls, reference.calls):
-                self.pair.update(zip(call.outputs, reference_call.outputs))
-        self.last_use = _last_use(calls)
+        self.pair, self.last_use = pair, last_use
+        if pair is None:
+            self.pair = {}  # model tensor id -> reference tensor id
+            if reference is not None:
+                self.pair.update(zip(calls.inputs, reference.inputs))
+                for call, reference_call in zip(calls.calls, reference.calls):
+                    self.pair.update(zip(call.outputs, reference_call.outputs))
+            self.last_use = _last_use(calls)
         self.crossing, self.entries = self._needed(index)
+
+    def at(self, index):
+        """The frontier at the cut before call `index`, sharing this one's store (nothing stored or dropped)."""
+        return _Frontier(self.calls, self.reference, self.same, index, self.store, self.pair, self.last_use)
 
     def _needed(self, index):
         """(model tensor ids crossing the cut before call `index`, the (side, id) entries stored for it)."""
@@ -201,14 +207,13 @@ class _Frontier:
             values[key] = reference[self.pair[key]]
         return values, reference
 
-    def save(self, batch, values, reference, index):
-        """Store one batch of what the cut before call `index` needs (what is stored already stays)."""
-        for side, key in self._needed(index)[1] - self.entries:
+    def save(self, batch, values, reference, after):
+        """Store one batch of what frontier `after` needs and this one does not hold."""
+        for side, key in after.entries - self.entries:
             self.store.put((side, key, batch), values[key] if side == "model" else reference[self.pair[key]])
 
-    def moved(self, index, batches):
-        """The frontier at the cut before call `index`, once every batch is saved: drop what it does not need."""
-        after = _Frontier(self.calls, self.reference, self.same, index, self.store)
+    def moved(self, after, batches):
+        """`after`, once every batch is saved: drop what it does not need."""
         for side, key in self.entries - after.entries:
             for batch in range(batches):
                 self.store.drop((side, key, batch))
@@ -267,19 +272,19 @@ def _run_pass(calls, reference, batches, frontier, end, pending, progress):
     observers = {}
     for index, observer in pending:
         observers.setdefault(index, []).append(observer)
-    done = 0
+    done, after = 0, frontier.at(end)
     with _no_grad():
         for batch, (row, arrays) in enumerate(batches):
-            _run_batch(calls, reference, frontier, start, end, observers, batch, row, arrays)
+            _run_batch(calls, reference, frontier, after, start, end, observers, batch, row, arrays)
             done = batch + 1
             if progress is not None:
                 progress.update(start + (end - start) * done // batches.count)
     for _, observer in pending:
         observer.finish()
-    return frontier.moved(end, done)
+    return frontier.moved(after, done)
 
 
-def _run_batch(calls, reference, frontier, start, end, observers, batch, row, arrays):
+def _run_batch(calls, reference, frontier, after, start, end, observers, batch, row, arrays):
     """One batch of a pass: load the frontier, run calls `start`..`end` - 1 (the reference's up to `end`: it runs
     one call ahead, so that observers at `end` see its outputs) feeding the observers, save the new frontier."""
     values, reference_values = frontier.load(batch, arrays)
@@ -302,5 +307,5 @@ def _run_batch(calls, reference, frontier, start, end, observers, batch, row, ar
         else:
             values.update(zip(call.outputs, run_call(call, values)))
         frontier.release(values, reference_values, call, index)
-    frontier.save(batch, values, reference_values, end)
+    frontier.save(batch, values, reference_values, after)
 
