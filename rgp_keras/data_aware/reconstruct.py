@@ -125,33 +125,41 @@ def reconstruct(reference, pruned, calibration, *, progress=False):
 
 
 class _Moments:
-    """Per-channel (last axis) count, mean and sum of squared deviations, merged batch by batch in float64
-    (Chan et al.'s pairwise update: no cancellation when the mean is large)."""
+    """Per-channel (last axis) count, sum and sum of squares, summed batch by batch in float64 (`column_sums`)."""
 
     def __init__(self):
-        self.count, self.mean, self.deviations = 0, 0.0, 0.0
+        self.count, self.first, self.second = 0, 0.0, 0.0
 
     def add(self, x):
-        x = ops.reshape(ops.convert_to_tensor(x, "float32"), (-1, x.shape[-1]))
-        count = int(x.shape[0])
-        if not count:
-            return
-        mean = ops.mean(x, axis=0)
-        deviations = _numpy64(ops.sum(ops.square(x - mean), axis=0))
-        mean = _numpy64(mean)
-        total = self.count + count
-        delta = mean - self.mean
-        self.deviations = self.deviations + deviations + delta**2 * self.count * count / total
-        self.mean = self.mean + delta * count / total
-        self.count = total
+        count, first, second = column_sums(x)
+        self.count, self.first, self.second = self.count + count, self.first + first, self.second + second
+
+    @property
+    def mean(self):
+        return self.first / max(self.count, 1)
 
     @property
     def variance(self):
-        return self.deviations / max(self.count, 1)
+        return np.maximum(self.second / max(self.count, 1) - self.mean**2, 0.0)
+
+
+def column_sums(x):
+    """(rows, sum, sum of squares) over every axis of `x` but the last, in float64: one compiled pass over a
+    CPU array (numpy view of the tensor), `keras.ops` in float32 on an accelerator."""
+    count = math.prod(x.shape[:-1])
+    if not _on_cpu(x):
+        x = ops.reshape(ops.convert_to_tensor(x, "float32"), (-1, x.shape[-1]))
+        return count, _numpy64(ops.sum(x, axis=0)), _numpy64(ops.sum(ops.square(x), axis=0))
+    from rgp_keras.data_aware._column_sums import column_sums as compiled
+
+    x = np.asarray(to_numpy(x))
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float32)
+    return (count, *compiled(np.ascontiguousarray(x).reshape(count, x.shape[-1])))
 
 
 class _Energy(Observer):
-    """Mean square of each input channel, into `energy[key]`."""
+    """Mean square of each input channel (last axis), into `energy[key]`."""
 
     changes = False
 
@@ -162,7 +170,7 @@ class _Energy(Observer):
         self.moments.add(inputs[0])
 
     def finish(self):
-        self.energy[self.key] = self.moments.variance + self.moments.mean**2
+        self.energy[self.key] = self.moments.second / max(self.moments.count, 1)
 
 
 class _Reestimate(Observer):
@@ -186,8 +194,9 @@ class _Reestimate(Observer):
     def add(self, start, inputs, reference_inputs, reference_outputs):
         rows = min(len(inputs[0]), self.samples - start)
         if rows > 0:
-            self.pruned.add(inputs[0][:rows])
-            self.dense.add(reference_inputs[0][:rows])
+            part = lambda x: x if rows == len(x) else x[:rows]
+            self.pruned.add(part(inputs[0]))
+            self.dense.add(part(reference_inputs[0]))
 
     def finish(self):
         _set_statistics(self.layer, self.pruned.mean, self.pruned.variance, self.dense.mean, self.dense.variance)
@@ -230,14 +239,22 @@ def _on_cpu(tensor):
 
 
 def kernel_rows(layer, x):
-    """Rows of inputs the layer's kernel multiplies: (positions, kernel window x input channels), a tensor of the
-    Keras backend (so the products that follow run on its device)."""
+    """Rows of inputs the layer's kernel multiplies: (positions, kernel window x input channels), float32; a
+    numpy view of a numpy `x` where no patches are needed, else a tensor of the Keras backend (so the products
+    that follow run on its device)."""
+    if layer_type(layer)[1].layout == "dense" or (
+        all(k == 1 for k in layer.kernel_size) and all(s == 1 for s in layer.strides)
+    ):
+        return _matrix(x, x.shape[-1])  # a 1x1 convolution is a Dense layer over positions
     x = ops.convert_to_tensor(x, "float32")
-    if layer_type(layer)[1].layout == "dense":
-        return ops.reshape(x, (-1, x.shape[-1]))
-    if all(k == 1 for k in layer.kernel_size) and all(s == 1 for s in layer.strides):
-        return ops.reshape(x, (-1, x.shape[-1]))  # a 1x1 convolution is a Dense layer over positions
     return _patches(x, layer.kernel_size, layer.strides, layer.dilation_rate, str(layer.padding))
+
+
+def _matrix(x, columns):
+    """`x` as float32 rows of `columns`: a numpy view of a numpy array, else a backend tensor."""
+    if isinstance(x, np.ndarray):
+        return x.astype(np.float32, copy=False).reshape(-1, columns)
+    return ops.reshape(ops.convert_to_tensor(x, "float32"), (-1, columns))
 
 
 def _patches(x, kernel_size, strides, rates, padding):
@@ -279,15 +296,15 @@ class _Normal:
         self.rows = 0
 
     def add(self, rows, target):
-        count = int(rows.shape[0])
+        count, sums, _ = column_sums(rows)
         self.gram[:-1, :-1] += transposed_product(rows)
-        sums = _numpy64(ops.sum(rows, axis=0))
         self.gram[-1, :-1] += sums
         self.gram[:-1, -1] += sums
         self.gram[-1, -1] += count
         self.cross[:-1] += transposed_product(rows, target)
-        self.cross[-1] += _numpy64(ops.sum(target, axis=0))
-        self.energy += _numpy64(ops.sum(ops.square(target), axis=0))
+        _, target_sums, target_squares = column_sums(target)
+        self.cross[-1] += target_sums
+        self.energy += target_squares
         self.rows += count
 
     def __sub__(self, other):
@@ -338,7 +355,10 @@ class _Refit(Observer):
         used = max(0, min(len(x_pruned), self.limit - start))
         per_sample = math.prod(x_pruned.shape[1:]) * math.prod(getattr(self.inner, "kernel_size", (1,)))
         chunk = max(1, _CHUNK_ELEMENTS // max(per_sample, 1))
-        part = lambda x, rows: x[rows] if isinstance(rows, slice) else ops.take(x, rows, axis=0)
+        if _on_cpu(x_pruned):  # numpy views: slices and reshapes copy nothing
+            x_pruned, x_dense = to_numpy(x_pruned), to_numpy(x_dense)
+            y_dense = None if y_dense is None else to_numpy(y_dense)
+        part = lambda x, rows: x[rows] if isinstance(x, np.ndarray) or isinstance(rows, slice) else ops.take(x, rows, 0)
         held = np.flatnonzero(np.arange(start, start + used) % HOLD_OUT == HOLD_OUT - 1)
         # every row, then the held-out ones again (fit = all - held out)
         for sums, rows in [(self.all, slice(first, min(first + chunk, used))) for first in range(0, used, chunk)] + [
@@ -347,7 +367,7 @@ class _Refit(Observer):
             if y_dense is None:
                 target = ops.matmul(kernel_rows(self.dense, part(x_dense, rows)), self.dense_kernel) + self.dense_bias
             else:
-                target = ops.reshape(part(y_dense, rows), (-1, self.dense_kernel.shape[1]))
+                target = _matrix(part(y_dense, rows), self.dense_kernel.shape[1])
             sums.add(kernel_rows(self.inner, part(x_pruned, rows)), target)
 
     def _rows_used(self, x):

@@ -15,6 +15,8 @@ and the reference runs one call ahead, so that an observer sees the dense
 layer's outputs (a refit's targets) without computing them again.
 """
 
+import collections
+import concurrent.futures
 import contextlib
 import math
 import os
@@ -24,7 +26,7 @@ import weakref
 
 import numpy as np
 
-from rgp_keras.model_walk import is_rgp_wrapper, run_call, to_numpy
+from rgp_keras.model_walk import is_rgp_wrapper, is_tf_keras, run_call, to_numpy
 
 # Bytes of arrays a Store keeps in memory before it writes the rest to disk.
 MEMORY_BYTES = 1 << 30
@@ -34,16 +36,17 @@ class Store:
     """Arrays by key, held in memory up to `memory_bytes` in all, the rest in files of a temporary folder.
 
     In memory a value stays as it was given (a backend tensor is not converted,
-    so reading it back costs nothing); files are written with `np.save` and
-    read back whole (not memory-mapped, which would count towards the
-    process's resident memory). The folder is removed when the store is closed
-    or garbage-collected.
+    so reading it back costs nothing). Files are written with `np.save` by a
+    background thread, so that the next batch computes while one is written
+    (at most `_PENDING_WRITES` arrays wait for it), and read back whole (not
+    memory-mapped, which would count towards the process's resident memory).
+    The folder is removed when the store is closed or garbage-collected.
     """
 
     def __init__(self, memory_bytes=None):
         self.memory_bytes, self.held = MEMORY_BYTES if memory_bytes is None else memory_bytes, 0
-        self.in_memory, self.on_disk = {}, {}
-        self.folder, self.files = None, 0
+        self.in_memory, self.on_disk = {}, {}  # key -> value; key -> (path, the write's future)
+        self.folder, self.files, self.writer, self.pending = None, 0, None, collections.deque()
 
     def put(self, key, array):
         self.drop(key)
@@ -54,28 +57,46 @@ class Store:
             return
         if self.folder is None:
             self.folder = tempfile.mkdtemp(prefix="rgp_keras-")
-            self._cleanup = weakref.finalize(self, shutil.rmtree, self.folder, True)
+            self.writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rgp_keras-store")
+            self._cleanup = weakref.finalize(self, _remove, self.folder, self.writer)
         self.files += 1
         path = os.path.join(self.folder, f"{self.files}.npy")
-        np.save(path, np.ascontiguousarray(to_numpy(array)))
-        self.on_disk[key] = path
+        while len(self.pending) >= _PENDING_WRITES:
+            self.pending.popleft().result()
+        self.pending.append(self.writer.submit(_save, path, array))
+        self.on_disk[key] = path, self.pending[-1]
 
     def get(self, key):
         if key in self.in_memory:
             return self.in_memory[key]
-        return np.load(self.on_disk[key])
+        path, written = self.on_disk[key]
+        written.result()
+        return np.load(path)
 
     def drop(self, key):
         if key in self.in_memory:
             self.held -= _nbytes(self.in_memory.pop(key))
         elif key in self.on_disk:
-            os.remove(self.on_disk.pop(key))
+            self.writer.submit(os.remove, self.on_disk.pop(key)[0])  # after its write: one thread, in order
 
     def close(self):
         self.in_memory.clear()
         self.held = 0
         if self.folder is not None:
             self._cleanup()
+
+
+# Arrays a Store may hold in memory while they wait to be written.
+_PENDING_WRITES = 2
+
+
+def _save(path, array):
+    np.save(path, np.ascontiguousarray(to_numpy(array)))
+
+
+def _remove(folder, writer):
+    writer.shutdown(wait=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _nbytes(array):
@@ -194,9 +215,14 @@ class _Frontier:
         return crossing, entries
 
     def load(self, batch, arrays):
-        """(model values, reference values or None) of one batch at this cut; `arrays`: the batch's inputs."""
-        values = dict(zip(self.calls.inputs, arrays))
-        reference = dict(zip(self.reference.inputs, arrays)) if self.reference is not None else None
+        """(model values, reference values: empty without a reference) of one batch at this cut; `arrays`: the
+        batch's inputs."""
+        # the model's inputs, where a call from this cut on reads them
+        read = [self.index == 0 or self.last_use.get(key, -1) >= self.index for key in self.calls.inputs]
+        values = {key: array for key, array, used in zip(self.calls.inputs, arrays, read) if used}
+        reference = {}
+        if self.reference is not None:
+            reference = {key: array for key, array, used in zip(self.reference.inputs, arrays, read) if used}
         for side, key in self.entries:
             value = self.store.get((side, key, batch))
             if side == "model":
@@ -207,25 +233,12 @@ class _Frontier:
             values[key] = reference[self.pair[key]]
         return values, reference
 
-    def save(self, batch, values, reference, after):
-        """Store one batch of what frontier `after` needs and this one does not hold."""
-        for side, key in after.entries - self.entries:
-            self.store.put((side, key, batch), values[key] if side == "model" else reference[self.pair[key]])
-
     def moved(self, after, batches):
         """`after`, once every batch is saved: drop what it does not need."""
         for side, key in self.entries - after.entries:
             for batch in range(batches):
                 self.store.drop((side, key, batch))
         return after
-
-    def release(self, values, reference, call, index):
-        """Forget a batch's values that no call after call `index` reads."""
-        for key in call.inputs:
-            if self.last_use[key] <= index:
-                values.pop(key, None)
-                if reference is not None:
-                    reference.pop(self.pair[key], None)
 
     def close(self):
         self.store.close()
@@ -272,10 +285,22 @@ def _run_pass(calls, reference, batches, frontier, end, pending, progress):
     observers = {}
     for index, observer in pending:
         observers.setdefault(index, []).append(observer)
-    done, after = 0, frontier.at(end)
+    after = frontier.at(end)
+    saved = sorted(after.entries - frontier.entries)
+    forward = _compiled(
+        lambda values, reference_values: _forward(calls, reference, frontier, start, end, observers, saved, values,
+                                                  reference_values),
+        calls,
+    )
+    done = 0
     with _no_grad():
         for batch, (row, arrays) in enumerate(batches):
-            _run_batch(calls, reference, frontier, after, start, end, observers, batch, row, arrays)
+            observed, values = forward(*frontier.load(batch, arrays))
+            for index, arguments in observed.items():
+                for observer in observers[index]:
+                    observer.add(row, *arguments)
+            for entry, value in zip(saved, values):
+                frontier.store.put((*entry, batch), value)
             done = batch + 1
             if progress is not None:
                 progress.update(start + (end - start) * done // batches.count)
@@ -284,18 +309,19 @@ def _run_pass(calls, reference, batches, frontier, end, pending, progress):
     return frontier.moved(after, done)
 
 
-def _run_batch(calls, reference, frontier, after, start, end, observers, batch, row, arrays):
-    """One batch of a pass: load the frontier, run calls `start`..`end` - 1 (the reference's up to `end`: it runs
-    one call ahead, so that observers at `end` see its outputs) feeding the observers, save the new frontier."""
-    values, reference_values = frontier.load(batch, arrays)
+def _forward(calls, reference, frontier, start, end, observers, saved, values, reference_values):
+    """One batch of a pass: run calls `start`..`end` - 1 (the reference's up to `end`: it runs one call ahead, so
+    that observers at `end` see its outputs). Returns ({call index: (inputs, reference inputs, reference
+    outputs)} for the observed calls, [the values of the `saved` (side, tensor id) entries])."""
+    values, reference_values = dict(values), dict(reference_values)
+    observed = {}
     for index in range(start, end + 1):
         call = calls.calls[index]
         reference_call = reference.calls[index] if reference is not None else None
         if reference_call is not None and not (index == start and start > 0):  # not run ahead in the last pass
             reference_values.update(zip(reference_call.outputs, run_call(reference_call, reference_values)))
-        for observer in observers.get(index, ()):
-            observer.add(
-                row,
+        if index in observers:
+            observed[index] = (
                 [values[key] for key in call.inputs],
                 [reference_values[key] for key in reference_call.inputs] if reference_call else None,
                 [reference_values[key] for key in reference_call.outputs] if reference_call else None,
@@ -306,6 +332,32 @@ def _run_batch(calls, reference, frontier, after, start, end, observers, batch, 
             values.update((key, reference_values[frontier.pair[key]]) for key in call.outputs)
         else:
             values.update(zip(call.outputs, run_call(call, values)))
-        frontier.release(values, reference_values, call, index)
-    frontier.save(batch, values, reference_values, after)
+    return observed, [values[key] if side == "model" else reference_values[frontier.pair[key]] for side, key in saved]
 
+
+def _compiled(function, calls):
+    """`function` traced once for the backend of the model's layers (TensorFlow: `tf.function` with the batch
+    dimension left open; JAX: `jax.jit`), or as it is (torch, which runs eagerly)."""
+    import keras
+
+    backend = "tensorflow" if any(is_tf_keras(call.layer) for call in calls.calls[:1]) else keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.jit(function)
+    if backend != "tensorflow":
+        return function
+    import tensorflow as tf
+
+    traced = None
+
+    def run(values, reference_values):
+        nonlocal traced
+        values, reference_values = tf.nest.map_structure(tf.convert_to_tensor, (values, reference_values))
+        if traced is None:
+            open_batch = lambda value: tf.TensorSpec((None, *value.shape[1:]), value.dtype)
+            traced = tf.function(function, autograph=False, input_signature=tf.nest.map_structure(open_batch, [values,
+                                                                                               reference_values]))
+        return traced(values, reference_values)
+
+    return run
