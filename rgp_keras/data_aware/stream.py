@@ -28,6 +28,8 @@ import numpy as np
 
 from rgp_keras.model_walk import is_rgp_wrapper, is_tf_keras, run_call, to_numpy
 
+# Batches from which a pass is traced (tf.function, jax.jit): on fewer, tracing costs more than it saves.
+_TRACED_FROM = 3
 # Bytes of arrays a Store keeps in memory before it writes the rest to disk.
 MEMORY_BYTES = 1 << 30
 
@@ -287,11 +289,11 @@ def _run_pass(calls, reference, batches, frontier, end, pending, progress):
         observers.setdefault(index, []).append(observer)
     after = frontier.at(end)
     saved = sorted(after.entries - frontier.entries)
-    forward = _compiled(
-        lambda values, reference_values: _forward(calls, reference, frontier, start, end, observers, saved, values,
-                                                  reference_values),
-        calls,
+    forward = lambda values, reference_values: _forward(
+        calls, reference, frontier, start, end, observers, saved, values, reference_values
     )
+    if batches.count >= _TRACED_FROM:
+        forward = _compiled(forward, calls)
     done = 0
     with _no_grad():
         for batch, (row, arrays) in enumerate(batches):
