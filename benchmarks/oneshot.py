@@ -37,6 +37,7 @@ trained dense models are cached in --work. Writes results/oneshot.md.
     python benchmarks/oneshot.py [--models MLP CNN] [--seeds 3] [--seed S] [--work /tmp/rgp-oneshot]
     python benchmarks/oneshot.py --cost    # MobileNetV2, ResNet50, EfficientNetB0 at 224x224: seconds, memory
     python benchmarks/oneshot.py --equivalence TREE   # one-shot results vs an older commit's work tree
+    python benchmarks/oneshot.py --speed TREE   # README snippet and demo calibration step: seconds vs TREE
 """
 
 import argparse
@@ -192,7 +193,15 @@ def main():
                                                               "(results/oneshot_equivalence.md)")
     parser.add_argument("--equivalence-one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cnn-epochs", type=int, default=1, help="dense CNN epochs for --equivalence")
+    parser.add_argument("--speed", metavar="TREE", help="time the README snippet's and the demo's data-aware "
+                                                        "pruning here and in an older checkout "
+                                                        "(results/oneshot_speed.md)")
+    parser.add_argument("--speed-one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.speed:
+        return speed(args.speed)
+    if args.speed_one:
+        return speed_one()
     if args.equivalence or args.equivalence_one:
         work = Path(args.work)
         work.mkdir(parents=True, exist_ok=True)
@@ -359,6 +368,74 @@ def equivalence_one(work, cnn_epochs):
                 seconds = time.perf_counter() - start
                 results[f"{name}|{method}|{sparsity}"] = (accuracy(pruned, test), seconds)
     print(json.dumps(results))
+
+
+SPEED_REPEATS, SPEED_ROUNDS = 3, 2
+
+
+def speed(tree):
+    """Seconds of `prune_regular_graph(model, graph=G, calibration_data=x)` (the data-aware step: channel
+    assignment and reconstruction; G fixed, so no graph search) on the README quickstart's model and the demo's,
+    with this checkout and the one at `tree`, in alternating processes; medians over every repeat."""
+    import json
+    import subprocess
+    import sys
+
+    here = str(Path(__file__).resolve().parents[1])
+    times = {"before": [], "now": []}
+    for _ in range(SPEED_ROUNDS):
+        for label, path in (("before", tree), ("now", here)):
+            output = subprocess.run([sys.executable, __file__, "--speed-one"], check=True, capture_output=True,
+                                    text=True, env={**os.environ, "PYTHONPATH": f"{path}:{here}/examples"}).stdout
+            times[label].append(json.loads(output.strip().splitlines()[-1]))
+    commit = subprocess.run(["git", "-C", tree, "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    lines = ["# The data-aware step, before and after streamed calibration (`python benchmarks/oneshot.py --speed "
+             "TREE`)", "",
+             f"`prune_regular_graph(model, graph=G, calibration_data=x)` with a fixed random graph G (no graph "
+             f"search: the data-aware step alone), untrained weights, x uniform in [0, 1); by commit {commit} "
+             f"(before) and by this checkout (now), in alternating processes ({SPEED_ROUNDS} each, "
+             f"{SPEED_REPEATS} calls per process); median seconds over the {SPEED_ROUNDS * SPEED_REPEATS} calls.",
+             "", "| model | calibration | graph n/k | before (s) | now (s) | faster |", "|---|---|---|---|---|---|"]
+    for name, (images, nodes, degree) in SPEED_MODELS.items():
+        before, now = (float(np.median([t for run in times[label] for t in run[name]])) for label in times)
+        lines.append(f"| {name} | {images} images | {nodes}/{degree} | {before:.1f} | {now:.1f} | "
+                     f"{before / now:.2f}x |")
+    (RESULTS / "oneshot_speed.md").write_text("\n".join(lines + [""]))
+    print("\n".join(lines))
+
+
+SPEED_MODELS = {"README quickstart CNN": (256, 32, 4), "demo small_cnn": (1024, 16, 2)}
+
+
+def speed_one():
+    """The calls of `speed` with whichever rgp_keras is importable; prints a JSON line."""
+    import json
+
+    from demo import small_cnn
+
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    models = {"README quickstart CNN": keras.Sequential([  # README.md's quickstart model
+        keras.Input((28, 28, 1)), layers.Conv2D(64, 3, padding="same", activation="relu"),
+        layers.Conv2D(128, 3, padding="same", activation="relu"), layers.MaxPooling2D(),
+        layers.Conv2D(128, 3, padding="same", activation="relu"), layers.GlobalAveragePooling2D(),
+        layers.Dense(128, activation="relu"), layers.Dense(10)]), "demo small_cnn": small_cnn()}
+    import inspect
+
+    quiet = {"verbose": 0} if "verbose" in inspect.signature(rgp_keras.prune_regular_graph).parameters else {}
+    times = {}
+    for name, (images, nodes, degree) in SPEED_MODELS.items():
+        x = np.random.default_rng(0).random((images, 28, 28, 1)).astype("float32")
+        graph = RegularGraph.random(nodes, degree, seed=0)
+        times[name] = []
+        for _ in range(SPEED_REPEATS):
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                rgp_keras.prune_regular_graph(models[name], graph=graph, calibration_data=x, **quiet)
+            times[name].append(time.perf_counter() - start)
+    print(json.dumps(times))
 
 
 def write(rows):

@@ -259,6 +259,43 @@ def test_the_result_does_not_depend_on_batches_disk_or_the_form_of_the_data(monk
         np.testing.assert_allclose(to_numpy(other(held_out)), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
+def _groups(kept):
+    """(kept inputs, columns) per output group of a kept-weights matrix (features x outputs)."""
+    columns_of = {}
+    for column in range(kept.shape[1]):
+        columns_of.setdefault(kept[:, column].tobytes(), []).append(column)
+    return [(np.flatnonzero(kept[:, c[0]]), np.array(c)) for c in columns_of.values()]
+
+
+def test_each_output_group_sums_what_the_full_normal_equations_give_it(monkeypatch):
+    from rgp_keras.data_aware import reconstruct
+
+    rng = np.random.default_rng(0)
+    window, channels, outputs = 9, 8, 8  # a 3x3 convolution, 4 groups of 2 channels, each reading one group
+    graph = np.eye(4, dtype=bool)[[1, 2, 3, 0]]  # output group g reads input group g + 1
+    kept = np.tile(np.repeat(np.repeat(graph, 2, axis=0), 2, axis=1), (window, 1))
+    rows, target = rng.normal(size=(50, window * channels)), rng.normal(size=(50, outputs))
+    groups = _groups(kept)
+    by_group = reconstruct._Sums(groups, window * channels, outputs, window)
+    uneven = kept.copy()
+    uneven[:channels] = False  # the first window position keeps nothing: kept channels differ by position
+    assert reconstruct._Sums(_groups(uneven), window * channels, outputs, window).shared
+    monkeypatch.setattr(reconstruct, "_GROUP_SHARE", 0.0)  # one full X^T X (72 features: _GROUP_SHARE_WIDE not used)
+    full = reconstruct._Sums(groups, window * channels, outputs, window)
+    assert not by_group.shared and full.shared
+    for sums in (by_group, full):
+        sums.add(rows[:30].astype("float32"), target[:30].astype("float32"))
+        sums.add(rows[30:].astype("float32"), target[30:].astype("float32"))
+    for index, (inputs, columns) in enumerate(groups):
+        mine, want = by_group.group(index), full.group(index)
+        x = np.concatenate([rows[:, inputs], np.ones((50, 1))], axis=1)
+        np.testing.assert_allclose(mine.gram, x.T @ x, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(mine.cross, x.T @ target[:, columns], rtol=1e-5, atol=1e-4)
+        for name in ("gram", "cross", "energy"):
+            np.testing.assert_allclose(getattr(mine, name), getattr(want, name), rtol=1e-5, atol=1e-4)
+        assert mine.rows == want.rows == 50
+
+
 @pytest.mark.parametrize("verbose, shown", [(1, True), (0, False), ("auto", False)])  # 4 masked layers: "auto" quiet
 def test_verbose_shows_a_progress_bar_or_nothing(verbose, shown, capsys):
     prune_regular_graph(teacher(), degree=4, nodes=16, seed=0, verbose=verbose,

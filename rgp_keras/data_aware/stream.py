@@ -12,7 +12,9 @@ rest to a temporary folder, so that peak memory does not grow with the
 number of calibration samples. Each layer call runs once per batch; a layer
 whose inputs equal the reference's (upstream of every change) is not run twice,
 and the reference runs one call ahead, so that an observer sees the dense
-layer's outputs (a refit's targets) without computing them again.
+layer's outputs (a refit's targets) without computing them again. A pass over
+several batches is traced once (`tf.function`, `jax.jit`) and returns what its
+observers and the next cut need.
 """
 
 import collections
@@ -31,7 +33,7 @@ from rgp_keras.model_walk import is_rgp_wrapper, is_tf_keras, run_call, to_numpy
 # Batches from which a pass is traced (tf.function, jax.jit): on fewer, tracing costs more than it saves.
 _TRACED_FROM = 3
 # Bytes of arrays a Store keeps in memory before it writes the rest to disk.
-MEMORY_BYTES = 1 << 30
+MEMORY_BYTES = 1 << 29
 
 
 class Store:
@@ -89,7 +91,7 @@ class Store:
 
 
 # Arrays a Store may hold in memory while they wait to be written.
-_PENDING_WRITES = 2
+_PENDING_WRITES = 1
 
 
 def _save(path, array):
@@ -235,6 +237,14 @@ class _Frontier:
             values[key] = reference[self.pair[key]]
         return values, reference
 
+    def release(self, values, reference, call, index):
+        """Forget a batch's values that no call after call `index` reads (run eagerly, a pass would otherwise hold
+        every activation of its calls at once)."""
+        for key in call.inputs:
+            if self.last_use[key] <= index:
+                values.pop(key, None)
+                reference.pop(self.pair.get(key), None)
+
     def moved(self, after, batches):
         """`after`, once every batch is saved: drop what it does not need."""
         for side, key in self.entries - after.entries:
@@ -334,6 +344,7 @@ def _forward(calls, reference, frontier, start, end, observers, saved, values, r
             values.update((key, reference_values[frontier.pair[key]]) for key in call.outputs)
         else:
             values.update(zip(call.outputs, run_call(call, values)))
+        frontier.release(values, reference_values, call, index)
     return observed, [values[key] if side == "model" else reference_values[frontier.pair[key]] for side, key in saved]
 
 
@@ -342,7 +353,7 @@ def _compiled(function, calls):
     dimension left open; JAX: `jax.jit`), or as it is (torch, which runs eagerly)."""
     import keras
 
-    backend = "tensorflow" if any(is_tf_keras(call.layer) for call in calls.calls[:1]) else keras.backend.backend()
+    backend = "tensorflow" if calls.calls and is_tf_keras(calls.calls[0].layer) else keras.backend.backend()
     if backend == "jax":
         import jax
 
@@ -358,8 +369,8 @@ def _compiled(function, calls):
         values, reference_values = tf.nest.map_structure(tf.convert_to_tensor, (values, reference_values))
         if traced is None:
             open_batch = lambda value: tf.TensorSpec((None, *value.shape[1:]), value.dtype)
-            traced = tf.function(function, autograph=False, input_signature=tf.nest.map_structure(open_batch, [values,
-                                                                                               reference_values]))
+            signature = tf.nest.map_structure(open_batch, [values, reference_values])
+            traced = tf.function(function, autograph=False, input_signature=signature)
         return traced(values, reference_values)
 
     return run
