@@ -366,7 +366,8 @@ def _compiled(function, calls):
 
     def run(values, reference_values):
         nonlocal traced
-        values, reference_values = tf.nest.map_structure(tf.convert_to_tensor, (values, reference_values))
+        for given in (values, reference_values):  # in place: arrays read from disk are freed once converted
+            given.update([(key, tf.convert_to_tensor(value)) for key, value in given.items()])
         if traced is None:
             open_batch = lambda value: tf.TensorSpec((None, *value.shape[1:]), value.dtype)
             signature = tf.nest.map_structure(open_batch, [values, reference_values])
