@@ -312,21 +312,32 @@ def cost_one(name, images):
 EQUIVALENCE_METHODS = ("RGP + reconstruction", "RGP + both")
 
 
-def equivalence(tree, work, cnn_epochs):
-    """One-shot accuracy of the data-aware methods with this checkout and with the one at `tree` (an older
-    commit's work tree), on the same trained dense models, graphs and calibration samples (seed 0)."""
+def _run_with(python_path, *arguments):
+    """The JSON line this script prints last when run with `arguments`, importing from `python_path` first."""
     import json
     import subprocess
     import sys
 
+    output = subprocess.run([sys.executable, __file__, *arguments], check=True, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": python_path}).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def _commit(tree):
+    """The short commit hash checked out at `tree`."""
+    import subprocess
+
+    return subprocess.run(["git", "-C", tree, "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+
+
+def equivalence(tree, work, cnn_epochs):
+    """One-shot accuracy of the data-aware methods with this checkout and with the one at `tree` (an older
+    commit's work tree), on the same trained dense models, graphs and calibration samples (seed 0)."""
     results = {}
     for label, path in (("before", tree), ("now", str(Path(__file__).resolve().parents[1]))):
-        output = subprocess.run([sys.executable, __file__, "--equivalence-one", "--work", str(work),
-                                 "--cnn-epochs", str(cnn_epochs)], check=True, capture_output=True, text=True,
-                                env={**os.environ, "PYTHONPATH": path}).stdout
-        results[label] = json.loads(output.strip().splitlines()[-1])
-    commit = subprocess.run(["git", "-C", tree, "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+        results[label] = _run_with(path, "--equivalence-one", "--work", str(work), "--cnn-epochs", str(cnn_epochs))
+    commit = _commit(tree)
     lines = ["# Streamed calibration gives the same one-shot results (`python benchmarks/oneshot.py --equivalence "
              "TREE`)", "",
              f"Seed 0, 512 calibration images; one-shot test accuracy (%) of the same trained dense models (MLP: "
@@ -377,19 +388,12 @@ def speed(tree):
     """Seconds of `prune_regular_graph(model, graph=G, calibration_data=x)` (the data-aware step: channel
     assignment and reconstruction; G fixed, so no graph search) on the README quickstart's model and the demo's,
     with this checkout and the one at `tree`, in alternating processes; medians over every repeat."""
-    import json
-    import subprocess
-    import sys
-
     here = str(Path(__file__).resolve().parents[1])
     times = {"before": [], "now": []}
     for _ in range(SPEED_ROUNDS):
         for label, path in (("before", tree), ("now", here)):
-            output = subprocess.run([sys.executable, __file__, "--speed-one"], check=True, capture_output=True,
-                                    text=True, env={**os.environ, "PYTHONPATH": f"{path}:{here}/examples"}).stdout
-            times[label].append(json.loads(output.strip().splitlines()[-1]))
-    commit = subprocess.run(["git", "-C", tree, "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+            times[label].append(_run_with(f"{path}:{here}/examples", "--speed-one"))
+    commit = _commit(tree)
     lines = ["# The data-aware step, before and after streamed calibration (`python benchmarks/oneshot.py --speed "
              "TREE`)", "",
              f"`prune_regular_graph(model, graph=G, calibration_data=x)` with a fixed random graph G (no graph "

@@ -110,8 +110,9 @@ def reconstruct(reference, pruned, calibration, *, progress=False):
                     report[id(inner)] = {"reconstruction": f"not refit: inside nested model {layer.name!r}"}
         elif changed and layer_type(layer)[0] == "BatchNormalization":
             upstream = refit_output.get(call.inputs[0])
-            if upstream is not None and upstream.output_moments() is not None:
-                _set_statistics(layer, *upstream.output_moments())  # no pass needed: the refit's sums hold them
+            moments = upstream.output_moments() if upstream is not None else None
+            if moments is not None:
+                _set_statistics(layer, *moments)  # no pass needed: the refit's sums hold them
                 return None
             return _Reestimate(layer, calibration.samples)
         if refit is not None:
