@@ -20,6 +20,7 @@ _EXPORTS = {
     "kernel_mask": "rgp_keras.masking.masks",
     "RegularGraphPruning": "rgp_keras.masking.wrapper",
     "prune_regular_graph": "rgp_keras.prune",
+    "prune_channels": "rgp_keras.channels.prune",
     "reinitialize": "rgp_keras.prune",
     "strip_pruning": "rgp_keras.prune",
     "RegularGraphSummaries": "rgp_keras.masking.callbacks",

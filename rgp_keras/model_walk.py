@@ -88,6 +88,20 @@ def _fill_in(keras_node, values):
     return tf.nest.map_structure(replace, keras_node.call_args), tf.nest.map_structure(replace, keras_node.call_kwargs)
 
 
+def has_constant_tensors(call):
+    """Whether a Keras 3 call takes arrays besides its symbolic inputs (`x * np.array(...)`: a constant that
+    weights channels); plain numbers do not count."""
+    arguments = getattr(call.keras_node, "arguments", None)
+    if arguments is None:  # tf_keras: its merge layers take tensors only
+        return False
+    import keras
+
+    return any(
+        not _is_symbolic(value) and not isinstance(value, (bool, int, float, str, type(None))) and np.ndim(value) > 0
+        for value in keras.tree.flatten((arguments.args, arguments.kwargs))
+    )
+
+
 def _is_symbolic(obj):
     return type(obj).__name__.endswith("KerasTensor")
 

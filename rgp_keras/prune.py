@@ -211,6 +211,8 @@ def _prune_model(framework, model, graph, *, self_loops, skip_first, skip_last, 
             target.set_weights(plan.weights[id(original)])
         else:
             framework.copy_weights(original, target)
+        if hasattr(original, "pruned_channels"):  # thinned by prune_channels: the summary counts both reductions
+            target.pruned_channels = original.pruned_channels
         if wrapped:
             framework.apply_mask(new)
     reference = model

@@ -16,7 +16,7 @@ def test_every_entry_is_a_keras_layer_and_resolves_to_itself(name):
     cls = getattr(keras.layers, name)
     assert issubclass(cls, keras.layers.Layer)
     kind = REGISTRY[name]
-    assert kind.channels in (None, "kernel", "channelwise", "merge")
+    assert kind.channels in (None, "kernel", "channelwise", "merge", "concat", "flatten", "reshape")
     assert (kind.layout in KERNEL_LAYOUTS) == bool(kind.kernel) and not (kind.kernel and kind.not_prunable)
     assert kind.compact_as is None or kind.layout in ("dense", "conv")
 
@@ -39,6 +39,9 @@ def test_subclasses_resolve_to_their_keras_base_and_backend_operations_do_not():
     assert layer_type(MyConv(4, 3))[0] == "Conv2D"
     assert layer_type(keras.layers.Add())[0] == "Add"
     from keras.src.ops.numpy import Add as AddOperation  # what keras.ops.add builds in a functional model
+    from keras.src.ops.numpy import Flip
 
-    assert layer_type(AddOperation()) == (None, None)
-    assert layer_type(keras.layers.Flatten()) == (None, None)
+    name, kind = layer_type(AddOperation())  # an element-wise operation, not the Add layer's entry
+    assert name == "Add" and kind is not REGISTRY["Add"] and kind.channels == "merge" and kind.kernel is None
+    assert layer_type(Flip()) == (None, None)
+    assert layer_type(keras.layers.Layer()) == (None, None)

@@ -21,6 +21,7 @@ the report says why.
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from rgp_keras.channels.spaces import role_of
 from rgp_keras.masking.layer_types import layer_type
 from rgp_keras.masking.masks import channel_groups, group_mask
 from rgp_keras.model_walk import layer_calls, to_numpy, variable_index
@@ -57,26 +58,18 @@ def _channels_last(layer):
 def _is_kernel(layer):
     """Whether `layer`'s kernel maps every input channel to every output channel, channels last."""
     kind = layer_type(layer)[1]
-    return kind is not None and kind.channels == "kernel" and getattr(layer, "groups", 1) == 1 and _channels_last(
+    return kind is not None and kind.kernel == "kernel" and kind.channels == "kernel" and getattr(
+        layer, "groups", 1) == 1 and _channels_last(
         layer)
 
 
 def _kind(call, shapes):
-    """"kernel", "channelwise", "merge" or None (anything else: its tensors keep channel order)."""
-    layer = call.layer
-    _, kind = layer_type(layer)
-    if kind is None:
-        return None
-    single = len(call.inputs) == 1
-    if _is_kernel(layer) and single and len(call.outputs) == 1:
-        return "kernel"
-    rank = len(shapes[call.inputs[0]])
-    if kind.channels == "channelwise" and single and _channels_last(layer) and (
-            kind.per_channel is None or kind.per_channel(layer, rank)):
-        return "channelwise"
-    if kind.channels == "merge" and len({shapes[key][-1] for key in (*call.inputs, *call.outputs)}) == 1:
-        return "merge"
-    return None
+    """"kernel", "channelwise", "merge" or None (anything else, a Concatenate or Flatten too: its tensors keep
+    channel order), by the coupling rules of the width axis's walk (`rgp_keras.channels.spaces.role_of`)."""
+    role = role_of(call, shapes)
+    if role == "kernel":
+        return "kernel" if _is_kernel(call.layer) else None
+    return role if role in ("channelwise", "merge") else None
 
 
 def channel_spaces(calls):

@@ -66,12 +66,12 @@ def input_channel_energy(model, calibration, layer_ids, rows=None):
     return energy
 
 
-def reconstruct(reference, pruned, calibration, *, progress=False):
+def reconstruct(reference, pruned, calibration, *, progress=False, channels=None):
     """Refit every masked layer of `pruned` (in place) to reproduce `reference` on `calibration`.
 
     Args:
         reference: the dense model `pruned` was made from (same graph, same
-            channel order), not modified.
+            channel order, or a subset of the channels: `channels`), not modified.
         pruned: the pruned model; its wrappers' kept weights and biases and its
             BatchNormalization moving statistics change.
         calibration: a `rgp_keras.data_aware.calibration.Calibration`: its
@@ -80,6 +80,10 @@ def reconstruct(reference, pruned, calibration, *, progress=False):
             others and BatchNormalization statistics the samples only (a mix
             has less variance than a sample).
         progress: show a progress bar over the layer calls.
+        channels: tensor id of `pruned` -> the channels (indices into the
+            last axis of the reference's tensor) it holds, where it holds fewer
+            (the width axis); a layer writing such a tensor is refit to
+            reproduce those channels of the dense layer's output.
 
     Returns:
         wrapper id -> {"error_before", "error_after"} (relative squared error of
@@ -91,6 +95,7 @@ def reconstruct(reference, pruned, calibration, *, progress=False):
         raise AssertionError("the pruned model's layer graph differs from the dense model's")
     report, few_samples = {}, []
     refit_output = {}  # tensor id -> the _Refit of the call writing it
+    channels = channels or {}
 
     def visit(call, reference_call, changed):
         layer = call.layer
@@ -101,9 +106,12 @@ def reconstruct(reference, pruned, calibration, *, progress=False):
                 report[id(layer)] = {"reconstruction": f"not refit: {reason}"}
                 return None
             refit = _Refit(layer, layer.layer, to_numpy(layer.mask).astype(bool), reference_call.layer, calibration,
-                           report, few_samples)
+                           report, few_samples, channels.get(call.outputs[0]))
         elif changed and not unsupported_reason(layer):  # a dense layer downstream of masked ones
-            refit = _Refit(layer, layer, None, reference_call.layer, calibration, report, few_samples)
+            refit = _Refit(layer, layer, None, reference_call.layer, calibration, report, few_samples,
+                           channels.get(call.outputs[0]))
+        elif changed and getattr(layer_type(layer)[1], "channels", None) == "kernel":
+            report[id(layer)] = {"reconstruction": f"not refit: {unsupported_reason(layer)}"}
         elif hasattr(layer, "layers"):
             for inner in leaves(layer):
                 if is_rgp_wrapper(inner):
@@ -114,7 +122,7 @@ def reconstruct(reference, pruned, calibration, *, progress=False):
             if moments is not None:
                 _set_statistics(layer, *moments)  # no pass needed: the refit's sums hold them
                 return None
-            return _Reestimate(layer, calibration.samples)
+            return _Reestimate(layer, calibration.samples, channels.get(call.inputs[0]))
         if refit is not None:
             refit_output[call.outputs[0]] = refit
         return refit
@@ -194,8 +202,8 @@ class _Reestimate(Observer):
     themselves (up to BatchNorm's epsilon).
     """
 
-    def __init__(self, layer, samples):
-        self.layer, self.samples = layer, samples
+    def __init__(self, layer, samples, channels=None):
+        self.layer, self.samples, self.channels = layer, samples, channels
         self.pruned, self.dense = _Moments(), _Moments()
 
     def add(self, start, inputs, reference_inputs, reference_outputs):
@@ -203,10 +211,17 @@ class _Reestimate(Observer):
         if rows > 0:
             part = lambda x: x if rows == len(x) else x[:rows]
             self.pruned.add(part(inputs[0]))
-            self.dense.add(part(reference_inputs[0]))
+            self.dense.add(_channels(part(reference_inputs[0]), self.channels))
 
     def finish(self):
         _set_statistics(self.layer, self.pruned.mean, self.pruned.variance, self.dense.mean, self.dense.variance)
+
+
+def _channels(x, channels):
+    """The `channels` (indices; None: all) of `x`'s last axis."""
+    if channels is None:
+        return x
+    return np.take(x, channels, axis=-1) if isinstance(x, np.ndarray) else ops.take(x, channels, axis=-1)
 
 
 def _set_statistics(layer, mean_p, var_p, mean_d, var_d):
@@ -405,7 +420,8 @@ def _columns(x, runs, window=1):
 
 
 class _Refit(Observer):
-    """Refit `inner`'s kept weights (`mask`; None: all) to reproduce layer `dense` on the dense inputs.
+    """Refit `inner`'s kept weights (`mask`; None: all) to reproduce layer `dense` (its output `channels` only,
+    where `inner` computes fewer: None, all) on the dense inputs.
 
     The normal equations are summed batch by batch. Every `HOLD_OUT`-th row is
     held out to choose the ridge strength per output group (among `_RIDGE`, as
@@ -415,18 +431,20 @@ class _Refit(Observer):
     The report goes into `report[id(layer)]`.
     """
 
-    def __init__(self, layer, inner, mask, dense, calibration, report, few_samples):
+    def __init__(self, layer, inner, mask, dense, calibration, report, few_samples, channels=None):
         self.layer, self.inner, self.calibration, self.report, self.few_samples = (
             layer, inner, calibration, report, few_samples)
         kernel = to_numpy(inner.kernel)
         self.mask = np.ones(kernel.shape, bool) if mask is None else mask
         outputs = kernel.shape[-1]
-        self.dense = dense
-        self.dense_kernel = ops.convert_to_tensor(to_numpy(dense.kernel).reshape(-1, outputs), "float32")
+        self.dense, self.channels = dense, channels
+        dense_kernel = _channels(to_numpy(dense.kernel), channels)
+        self.dense_conv_kernel = ops.convert_to_tensor(dense_kernel, "float32")
+        self.dense_kernel = ops.reshape(self.dense_conv_kernel, (-1, outputs))
         self.use_bias = bool(getattr(inner, "use_bias", False))
-        self.dense_bias = ops.convert_to_tensor(to_numpy(dense.bias) if self.use_bias else np.zeros(outputs),
-                                                "float32")
-        features = int(self.dense_kernel.shape[0])
+        self.dense_bias = ops.convert_to_tensor(
+            _channels(to_numpy(dense.bias), channels) if self.use_bias else np.zeros(outputs), "float32")
+        features = math.prod(kernel.shape[:-1])
         kept, columns_of = self.mask.reshape(-1, outputs), {}
         for column in range(outputs):
             columns_of.setdefault(kept[:, column].tobytes(), []).append(column)
@@ -438,7 +456,7 @@ class _Refit(Observer):
     def add(self, start, inputs, reference_inputs, reference_outputs):
         x_pruned, x_dense = inputs[0], reference_inputs[0]
         # the dense call's output is the target, unless an activation follows the kernel
-        y_dense = reference_outputs[0] if _is_linear(self.dense) else None
+        y_dense = _channels(reference_outputs[0], self.channels) if _is_linear(self.dense) else None
         if self.limit is None:
             self.limit = self._rows_used(x_pruned)
         used = max(0, min(len(x_pruned), self.limit - start))
@@ -462,7 +480,7 @@ class _Refit(Observer):
     def _pre_activation(self, x):
         """The dense layer's output before its activation, as rows: its own convolution where it has one."""
         if hasattr(self.dense, "convolution_op"):
-            y = self.dense.convolution_op(ops.convert_to_tensor(x, "float32"), self.dense.kernel)
+            y = self.dense.convolution_op(ops.convert_to_tensor(x, "float32"), self.dense_conv_kernel)
             return ops.reshape(y, (-1, self.dense_kernel.shape[1])) + self.dense_bias
         return ops.matmul(kernel_rows(self.dense, x), self.dense_kernel) + self.dense_bias
 

@@ -40,24 +40,11 @@ def plan(model, graph, selected, *, self_loops, calibration_data, calibration_sa
     """Check the calibration data and choose channel permutations, before anything is built."""
     if not isinstance(assign_channels, bool):
         raise InputTypeError(f"`assign_channels` must be True or False, got {assign_channels!r}.")
-    if verbose not in ("auto", 0, 1) or isinstance(verbose, bool):
-        raise InputValueError(f'`verbose` must be "auto" (a progress bar for large models), 0 or 1, got {verbose!r}.')
-    progress = len(selected) >= _PROGRESS_LAYERS if verbose == "auto" else bool(verbose)
-    mixed = calibration = None
-    if calibration_data is not None:
-        data = checked_calibration(model, calibration_data, calibration_samples, calibration_batch_size)
-        rows = _fewest_rows_per_weight(model, selected, graph, self_loops, data.samples)
-        dtypes = [tensor.dtype for tensor in model.inputs]
-        count, why_none = mix_count(calibration_mixes, data.samples, data.sample_values, dtypes, _input_names(model),
-                                    rows, _macs_per_sample(model))
-        mixed = data.with_mixes(count, HOLD_OUT)
-        calibration = f"{data.samples} samples + {count} mixes of pairs" + (f" ({why_none})" if why_none else "")
-    else:
-        for name, value, default in (("calibration_samples", calibration_samples, None),
-                                     ("calibration_mixes", calibration_mixes, "auto"),
-                                     ("calibration_batch_size", calibration_batch_size, None)):
-            if value != default:
-                raise InputValueError(f"`{name}` needs `calibration_data`.")
+    progress = progress_wanted(verbose, len(selected))
+    density = (graph.degree + self_loops) / graph.nodes
+    mixed, calibration = calibration_set(
+        model, calibration_data, calibration_samples, calibration_mixes, calibration_batch_size,
+        lambda samples: fewest_rows_per_weight(model, selected, lambda layer: density, samples))
     weights, report = {}, {}
     if assign_channels:
         # channel energies are means over samples and positions: a few hundred samples estimate them well
@@ -68,8 +55,36 @@ def plan(model, graph, selected, *, self_loops, calibration_data, calibration_sa
     return Plan(mixed, calibration, weights, report, assign_channels, progress)
 
 
-def _fewest_rows_per_weight(model, selected, graph, self_loops, samples):
-    """The fewest least-squares rows per fitted weight among the masked layers (one row per sample and position)."""
+def progress_wanted(verbose, layers):
+    """Whether to show a progress bar while refitting `layers` layers, for `verbose` ("auto", 0 or 1)."""
+    if verbose not in ("auto", 0, 1) or isinstance(verbose, bool):
+        raise InputValueError(f'`verbose` must be "auto" (a progress bar for large models), 0 or 1, got {verbose!r}.')
+    return layers >= _PROGRESS_LAYERS if verbose == "auto" else bool(verbose)
+
+
+def calibration_set(model, calibration_data, calibration_samples, calibration_mixes, calibration_batch_size,
+                    rows_per_weight):
+    """(The checked calibration samples followed by their mixes, what the fits use: "512 samples + 0 mixes of
+    pairs (...)"), or (None, None) without calibration data (then the other calibration arguments must keep their
+    defaults). `rows_per_weight(samples)`: the fewest least-squares rows per fitted weight that many samples give."""
+    if calibration_data is None:
+        for name, value, default in (("calibration_samples", calibration_samples, None),
+                                     ("calibration_mixes", calibration_mixes, "auto"),
+                                     ("calibration_batch_size", calibration_batch_size, None)):
+            if value != default:
+                raise InputValueError(f"`{name}` needs `calibration_data`.")
+        return None, None
+    data = checked_calibration(model, calibration_data, calibration_samples, calibration_batch_size)
+    dtypes = [tensor.dtype for tensor in model.inputs]
+    count, why_none = mix_count(calibration_mixes, data.samples, data.sample_values, dtypes, _input_names(model),
+                                rows_per_weight(data.samples), _macs_per_sample(model))
+    description = f"{data.samples} samples + {count} mixes of pairs" + (f" ({why_none})" if why_none else "")
+    return data.with_mixes(count, HOLD_OUT), description
+
+
+def fewest_rows_per_weight(model, selected, density, samples):
+    """The fewest least-squares rows per fitted weight among the `selected` layers (one row per sample and
+    position), each fitting `density(layer)` of its kernel's inputs."""
     fewest = float("inf")
     for layer in leaves(model):
         if id(layer) not in selected:
@@ -82,7 +97,7 @@ def _fewest_rows_per_weight(model, selected, graph, self_loops, samples):
             positions = math.prod(layer.output.shape[1:-1])
         except (AttributeError, ValueError, TypeError):  # called more than once, or unknown sizes: count one
             positions = 1
-        weights = math.prod(kernel.shape[:-1]) * (graph.degree + self_loops) / graph.nodes + 1
+        weights = math.prod(kernel.shape[:-1]) * density(layer) + 1
         fewest = min(fewest, samples * (positions or 1) / weights)
     return fewest
 

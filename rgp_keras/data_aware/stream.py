@@ -165,12 +165,14 @@ def walk(calls, reference, calibration, visit, *, rows=None, progress=None):
 
 
 def _same_as_reference(calls, reference):
-    """Tensor ids of `calls` whose values equal the reference's (every input so, and no wrapper on the way)."""
+    """Tensor ids of `calls` whose values equal the reference's (every input so, no wrapper on the way, and the
+    same shape: not thinned by the width axis)."""
     if reference is None:
         return set()
     same = set(calls.inputs)
-    for call in calls.calls:
-        changes = is_rgp_wrapper(call.layer) or hasattr(call.layer, "layers")
+    for call, reference_call in zip(calls.calls, reference.calls):
+        changes = is_rgp_wrapper(call.layer) or hasattr(call.layer, "layers") or any(
+            calls.shapes[key] != reference.shapes[other] for key, other in zip(call.outputs, reference_call.outputs))
         if all(key in same for key in call.inputs) and not changes:
             same.update(call.outputs)
     return same

@@ -25,13 +25,19 @@ class LayerType:
         initializer: the layer's attribute holding that kernel's initializer.
         not_prunable: why a layer of this type carries no mask (None: it can, or it has no weights to).
         channels: its role in a channel space: "kernel" (its kernel ends one space and starts another),
-            "channelwise" (acts on each channel on its own) or "merge" (element-wise over equal-width inputs).
+            "channelwise" (acts on each channel on its own), "merge" (element-wise over equal-width inputs),
+            "concat" (joins its inputs' channels), "flatten" (positions x channels into one axis) or
+            "reshape" (moves positions around, channels kept when the last axis keeps its size).
         per_channel: for a "channelwise" type, `per_channel(layer, rank)` says whether this layer's settings
             keep it per channel (normalising over the last axis only, a depth multiplier of 1, ...); None: always.
         channel_axis: the axis of its multi-dimensional weights that holds its channels (a depthwise kernel's
             is -2); vectors hold them on their only axis.
         refit: reconstruction refits its kept weights by least squares.
         compact_as: the Keras convolution class the compact export computes it with (Dense as a 1x1 Conv2D).
+        width: the config key of a "kernel" layer's output channel count ("units", "filters").
+        reads: a "kernel" layer's weights whose axis -2 holds its input channels (its `kernel` and, for a
+            separable convolution, the depthwise kernel before it); its `kernel`'s last axis and its bias hold
+            its output channels.
     """
 
     kernel: str | None = None
@@ -43,6 +49,8 @@ class LayerType:
     channel_axis: int = -1
     refit: bool = False
     compact_as: str | None = None
+    width: str | None = None
+    reads: tuple = ()
 
 
 def _normalises_the_last_axis(layer, rank):
@@ -58,22 +66,32 @@ def _slopes_per_channel(layer, rank):
     return not any(axis % rank == rank - 1 for axis in (layer.shared_axes or ()))
 
 
+def _concatenates_channels(layer, rank):
+    return layer.axis in (-1, rank - 1)
+
+
 _DEPTHWISE = LayerType(not_prunable="depthwise convolution: no (in, out) channel pairs to prune",
                        channels="channelwise", per_channel=_one_output_per_channel, channel_axis=-2)
 _CHANNELWISE = LayerType(channels="channelwise")
 _NORMALISATION = LayerType(channels="channelwise", per_channel=_normalises_the_last_axis)
 
 REGISTRY = {
-    "Dense": LayerType("kernel", "dense", "kernel_initializer", channels="kernel", refit=True, compact_as="Conv2D"),
-    "Conv1D": LayerType("kernel", "conv", "kernel_initializer", channels="kernel", refit=True, compact_as="Conv1D"),
-    "Conv2D": LayerType("kernel", "conv", "kernel_initializer", channels="kernel", refit=True, compact_as="Conv2D"),
+    "Dense": LayerType("kernel", "dense", "kernel_initializer", channels="kernel", refit=True, compact_as="Conv2D",
+                       width="units", reads=("kernel",)),
+    "Conv1D": LayerType("kernel", "conv", "kernel_initializer", channels="kernel", refit=True, compact_as="Conv1D",
+                        width="filters", reads=("kernel",)),
+    "Conv2D": LayerType("kernel", "conv", "kernel_initializer", channels="kernel", refit=True, compact_as="Conv2D",
+                        width="filters", reads=("kernel",)),
     # LiteRT's CONV_3D has no groups: a grouped Conv3D converts but cannot run, so it is not compacted.
-    "Conv3D": LayerType("kernel", "conv", "kernel_initializer", channels="kernel"),
+    "Conv3D": LayerType("kernel", "conv", "kernel_initializer", channels="kernel", width="filters",
+                        reads=("kernel",)),
     "Conv1DTranspose": LayerType("kernel", "conv_transpose", "kernel_initializer"),
     "Conv2DTranspose": LayerType("kernel", "conv_transpose", "kernel_initializer"),
     "Conv3DTranspose": LayerType("kernel", "conv_transpose", "kernel_initializer"),
-    "SeparableConv1D": LayerType("pointwise_kernel", "conv", "pointwise_initializer"),
-    "SeparableConv2D": LayerType("pointwise_kernel", "conv", "pointwise_initializer"),
+    **{name: LayerType("pointwise_kernel", "conv", "pointwise_initializer", channels="kernel",
+                       per_channel=_one_output_per_channel, width="filters",
+                       reads=("depthwise_kernel", "pointwise_kernel"))
+       for name in ("SeparableConv1D", "SeparableConv2D")},
     "DepthwiseConv1D": _DEPTHWISE,
     "DepthwiseConv2D": _DEPTHWISE,
     "BatchNormalization": _NORMALISATION,
@@ -90,7 +108,19 @@ REGISTRY = {
         "UpSampling3D",
     )},
     **{name: LayerType(channels="merge") for name in ("Add", "Subtract", "Multiply", "Maximum", "Minimum", "Average")},
+    "Concatenate": LayerType(channels="concat", per_channel=_concatenates_channels),
+    "Flatten": LayerType(channels="flatten"),
+    "Reshape": LayerType(channels="reshape"),
 }
+
+# keras.ops operations that act element by element (`x + 3.0`, `ops.relu(x)` in a functional model): channels
+# pass through them as through a merge of equal-width inputs, when their other arguments are plain numbers.
+ELEMENTWISE_OPS = frozenset((
+    "Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum", "Power", "Negative", "Abs",
+    "Absolute", "Square", "Sqrt", "Exp", "Log", "Tanh", "Clip", "Relu", "Relu6", "Sigmoid", "HardSigmoid",
+    "HardSilu", "Silu", "Gelu", "Elu", "Selu", "Softplus", "Softsign", "LeakyRelu", "LogSigmoid",
+))
+_ELEMENTWISE = LayerType(channels="merge")
 
 
 def layer_type(layer):
@@ -105,4 +135,7 @@ def layer_type(layer):
     for cls in type(layer).__mro__:
         if cls.__name__ in REGISTRY and "layers" in cls.__module__.split("."):
             return cls.__name__, REGISTRY[cls.__name__]
+    cls = type(layer)
+    if cls.__name__ in ELEMENTWISE_OPS and "ops" in cls.__module__.split("."):
+        return cls.__name__, _ELEMENTWISE
     return None, None

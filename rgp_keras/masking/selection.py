@@ -54,7 +54,7 @@ def wanted(model, layers, skip_first, skip_last, reason_of=skip_reason):
     unknown = [s for s in selectors if isinstance(s, str) and s not in names]
     if unknown:
         raise InputValueError(f"No layer named {unknown} in model {model.name!r}; its layers are {sorted(names)}.")
-    return [(layer, layer.name in selectors) for layer in walked if _matches(layer, selectors)]
+    return [(layer, layer.name in selectors) for layer in walked if matches(layer, selectors)]
 
 
 def select(model, graph, layers, skip_first, skip_last, reason_of=skip_reason):
@@ -148,7 +148,8 @@ def _cost(layer):
     return kernel_macs if macs is not None and kernel_macs else layer.count_params()
 
 
-def _matches(layer, selectors):
+def matches(layer, selectors):
+    """Whether `layer` is named, is an instance of, or passes one of `selectors` (names, classes, predicates)."""
     for selector in selectors:
         if isinstance(selector, str) and layer.name == selector:
             return True

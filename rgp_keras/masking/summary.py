@@ -25,7 +25,11 @@ class PruningSummary(list):
     "kept_order", and the relative output error before/after reconstruction,
     "error_before"/"error_after", or why it was not refit, "reconstruction";
     what the fit used, "calibration": samples and mixes, and with
-    `graph_candidates`, which graph was kept, "graph_choice").
+    `graph_candidates`, which graph was kept, "graph_choice"),
+    width (a layer thinned by `prune_channels`: its channels before -> after,
+    "in 64 -> 32, out 128 -> 64", or ""; its params and macs are then the
+    original layer's), computed_params and computed_macs (the layer as it is
+    now, before any mask). `criteria` names how `prune_channels` chose channels.
     """
 
     graph = None
@@ -49,16 +53,25 @@ class PruningSummary(list):
             "kept_macs": kept_macs,
             "sparsity": 1 - kept / params if params else 0.0,
             "mac_reduction": 1 - kept_macs / macs if macs else 0.0,
+            "computed_params": sum(row["computed_params"] for row in self),
+            "computed_macs": sum(row["computed_macs"] for row in known),
         }
 
+    @property
+    def criteria(self):
+        return sorted({row["data_aware"]["channels"] for row in self if row["data_aware"].get("channels")})
+
     def __str__(self):
-        header = ("layer", "type", "graph", "params", "kept", "MACs", "kept MACs", "sparsity", "note")
-        data_aware = any(row["data_aware"] for row in self)
+        widths = any(row["width"] for row in self)
+        header = ("layer", "type", *(("width",) if widths else ()), "graph", "params", "kept", "MACs", "kept MACs",
+                  "sparsity", "note")
+        data_aware = any(set(row["data_aware"]) - {"channels"} for row in self)
         if data_aware:
             header += ("data-aware pruning",)
         lines = [
             (
-                row["name"], row["type"], row["graph"], f"{row['params']:,}", f"{row['kept_params']:,}",
+                row["name"], row["type"], *((row["width"],) if widths else ()), row["graph"], f"{row['params']:,}",
+                f"{row['kept_params']:,}",
                 _count(row["macs"]), _count(row["kept_macs"]), f"{100 * row['sparsity']:.1f}%", row["skipped"],
                 *((_describe(row["data_aware"]),) if data_aware else ()),
             )
@@ -66,7 +79,8 @@ class PruningSummary(list):
         ]
         totals = self.totals
         lines.append(
-            ("total", "", "", f"{totals['params']:,}", f"{totals['kept_params']:,}", _count(totals["macs"]),
+            ("total", "", *(("",) if widths else ()), "", f"{totals['params']:,}", f"{totals['kept_params']:,}",
+             _count(totals["macs"]),
              _count(totals["kept_macs"]), f"{100 * totals['sparsity']:.1f}%",
              f"MACs -{100 * totals['mac_reduction']:.1f}%", *(("",) if data_aware else ()))
         )
@@ -78,6 +92,7 @@ class PruningSummary(list):
             table.append(f"reconstruction fit on {' / '.join(fits)}")
         choices = sorted({row["data_aware"]["graph_choice"] for row in self if row["data_aware"].get("graph_choice")})
         table.extend(choices)
+        table.extend(f"channels chosen by {criterion}" for criterion in self.criteria)
         if self.graph is not None:
             table.append(
                 f"graph {self.graph.nodes}/{self.graph.degree}: {100 * self.kernel_sparsity:.1f}% of each masked "
@@ -125,19 +140,29 @@ def pruning_summary(model):
             skipped = _why_dense(layer, graph, prunable)
         kept = params - kernel_size + int(round(density * kernel_size))
         kept_macs = None if macs is None else macs - int(round((kernel_macs or 0) * (1 - density)))
+        report = dict(getattr(layer, "data_aware", None) or {})
+        thinned = getattr(inner, "pruned_channels", None) or {}
+        if thinned:  # made by prune_channels: counted against the layer it was made from
+            report = {**{key: thinned[key] for key in ("error_before", "error_after", "reconstruction", "channels")
+                         if key in thinned}, **report}
+            if not row_graph:
+                skipped = f"width kept: {thinned['kept_width']}" if thinned["kept_width"] else ""
         rows.append(
             {
                 "name": inner.name,
                 "type": type(inner).__name__,
+                "width": thinned.get("width", ""),
                 "graph": row_graph,
-                "params": params,
+                "params": thinned.get("params", params),
                 "kept_params": kept,
-                "macs": macs,
+                "macs": thinned.get("macs", macs) if macs is not None else None,
                 "kept_macs": kept_macs,
-                "sparsity": 1 - kept / params,
+                "sparsity": 1 - kept / thinned.get("params", params),
                 "skipped": skipped,
                 "channels": narrow_side(inner),
-                "data_aware": dict(getattr(layer, "data_aware", None) or {}),
+                "data_aware": report,
+                "computed_params": params,
+                "computed_macs": macs,
             }
         )
     return rows

@@ -1,0 +1,202 @@
+"""Which channels of a space to keep: by L1 filter norms without data; with calibration data, the channels whose
+loss the consumers' least squares can best make up for.
+
+Without data, a channel's importance is the L1 norm of the filters that write
+it, summed over the coupled producers (Li et al., ICLR 2017; Torch-Pruning's
+default). With data, channels are removed one small batch at a time in the
+order that least raises the error the refit cannot recover: for every consumer
+(a kernel layer reading the space) with inputs X (a channel is a block of
+features: its kernel-window positions) and dense outputs Y = X W, dropping
+channel block B from the kept features K raises min_V |X_K V - Y|^2 by
+tr(V_B^T [(H^-1)_BB]^-1 V_B), with H = X^T X (damped) and V the current best
+fit: Optimal Brain Surgeon over channel blocks (Frantar & Alistarh, NeurIPS
+2022, do the same for structured pruning). After each removal V and H^-1 are
+updated, so later choices see the compensation. A consumer too wide for its
+X^T X (a Dense layer after a large Flatten) scores each channel by the output
+energy it carries, E[x^2] |w|^2 (no compensation). Errors are relative to each
+consumer's output energy, and summed over the consumers of a space.
+"""
+
+import math
+
+import numpy as np
+import scipy.linalg
+
+from rgp_keras.data_aware.reconstruct import column_sums, kernel_rows, transposed_product, unsupported_reason
+from rgp_keras.data_aware.stream import Observer, walk
+from rgp_keras.masking.layer_types import layer_type
+from rgp_keras.model_walk import to_numpy
+
+# Consumers with more kernel features than this score channels by output energy (X^T X would take > 170 MB).
+GREEDY_FEATURES = 4608
+# Most removal steps per space (each removes the lowest-scoring channels together).
+_STEPS = 32
+# Damping of X^T X, as a fraction of its mean diagonal (SparseGPT's choice).
+_DAMPING = 0.01
+# Calibration rows of X^T X per chunk (bounded kernel-window patches).
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def l1_norms(spaces, root):
+    """The L1 norm of each channel of space `root`'s filters, summed over the kernel layers writing it."""
+    total = np.zeros(spaces.width(root))
+    for call in spaces.producers(root):
+        kernel = to_numpy(getattr(call.layer, layer_type(call.layer)[1].kernel))
+        total += np.abs(kernel.astype(np.float64)).reshape(-1, kernel.shape[-1]).sum(axis=0)
+    return total
+
+
+def least_squares_order(spaces, roots, keep, calibration):
+    """root -> its channels in the order the data-aware criterion removes them, the first `len - keep[root]`
+    only (the kept ones are the rest, in any order).
+
+    One pass of the calibration data through the dense model measures every
+    consumer's X^T X (or channel energies) at once."""
+    consumers = {}
+    for root in roots:
+        for call in spaces.consumers(root):
+            consumers.setdefault(id(call.layer), (call, []))[1].append(root)
+    statistics = {}
+
+    def visit(call, reference_call, changed):
+        if id(call.layer) not in consumers:
+            return None
+        features = _features(call.layer)
+        wide = features > GREEDY_FEATURES or unsupported_reason(call.layer) is not None
+        statistics[id(call.layer)] = _Statistics(call.layer, energy_only=wide)
+        return statistics[id(call.layer)]
+
+    walk(spaces.calls, None, calibration, visit)
+    order = {}
+    for root in roots:
+        scorers = [_scorer(spaces, call, root, statistics[id(call.layer)]) for call in spaces.consumers(root)]
+        order[root] = _greedy(spaces.width(root), spaces.width(root) - keep[root], scorers)
+    return order
+
+
+def _features(layer):
+    kind = layer_type(layer)[1]
+    return math.prod(getattr(layer, kind.kernel).shape[:-1])
+
+
+class _Statistics(Observer):
+    """X^T X of a kernel layer's input rows (features: window positions x channels, then a constant 1), or only
+    each input channel's mean square (`energy_only`)."""
+
+    changes = False
+
+    def __init__(self, layer, energy_only):
+        self.layer, self.energy_only = layer, energy_only
+        self.gram, self.second, self.rows = None, 0.0, 0
+
+    def add(self, start, inputs, reference_inputs, reference_outputs):
+        x = to_numpy(inputs[0])
+        if self.energy_only:
+            count, _, second = column_sums(x)
+            self.second, self.rows = self.second + second, self.rows + count
+            return
+        per_sample = math.prod(x.shape[1:]) * math.prod(getattr(self.layer, "kernel_size", (1,)))
+        chunk = max(1, _CHUNK_ELEMENTS // max(per_sample, 1))
+        for first in range(0, len(x), chunk):
+            rows = kernel_rows(self.layer, x[first:first + chunk])
+            count, sums, _ = column_sums(rows)
+            if self.gram is None:
+                self.gram = np.zeros((len(sums) + 1, len(sums) + 1))
+            self.gram[:-1, :-1] += transposed_product(rows)
+            self.gram[-1, :-1] += sums
+            self.gram[:-1, -1] += sums
+            self.gram[-1, -1] += count
+            self.rows += count
+
+    def finish(self):
+        pass
+
+
+def _scorer(spaces, call, root, statistics):
+    """A consumer's scores for the channels of space `root`, from its statistics and its dense kernel."""
+    kernel = to_numpy(getattr(call.layer, layer_type(call.layer)[1].kernel)).astype(np.float64)
+    channels, window = kernel.shape[-2], math.prod(kernel.shape[:-2])  # the layer's input channels, window
+    kernel = kernel.reshape(-1, kernel.shape[-1])
+    width = spaces.width(root)
+    # each channel of the space at its places in the consumer's input (several after a Flatten): (width, places)
+    blocks = _own_channels(spaces, call.inputs[0], root).reshape(-1, width).T
+    if statistics.energy_only:
+        energy = statistics.second / max(statistics.rows, 1)
+        carried = energy * np.square(kernel).sum(axis=1).reshape(window, channels).sum(axis=0)
+        return _Fixed(carried[blocks].sum(axis=1) / max(carried.sum(), 1e-30))
+    features = (np.arange(window)[None, None, :] * channels + blocks[:, :, None]).reshape(width, -1)
+    return _Surgeon(statistics.gram / max(statistics.rows, 1), kernel, features)
+
+
+def _own_channels(spaces, key, root):
+    """Positions, in tensor `key`'s last axis, of space `root`'s channels (each channel's repeats in turn)."""
+    parts, offset = [], 0
+    root = spaces.find(root)
+    for segment in spaces.layouts[key]:
+        if spaces.find(segment.space) == root:
+            parts.append(offset + np.arange(segment.width))
+        offset += segment.width
+    return np.concatenate(parts)
+
+
+class _Fixed:
+    """Scores that do not change as channels go (no compensation)."""
+
+    def __init__(self, scores):
+        self.fixed = scores
+
+    def scores(self, channels):
+        return self.fixed[channels]
+
+    def remove(self, channels):
+        pass
+
+
+class _Surgeon:
+    """Optimal Brain Surgeon over channel blocks of one consumer (see the module docstring)."""
+
+    def __init__(self, gram, kernel, blocks):
+        features = len(gram) - 1
+        self.blocks = blocks  # (channels of the space, features per channel)
+        damped = gram + _DAMPING * max(np.trace(gram[:-1, :-1]) / max(features, 1), 1e-12) * np.eye(len(gram))
+        self.inverse = scipy.linalg.cho_solve(scipy.linalg.cho_factor(damped), np.eye(len(gram)))
+        self.fit = np.vstack([kernel, np.zeros((1, kernel.shape[1]))])
+        self.energy = max(float(np.sum(kernel * (gram[:-1, :-1] @ kernel))), 1e-30)
+        self.where = np.arange(len(gram))  # feature -> its row in `inverse` and `fit` (-1: removed)
+
+    def scores(self, channels):
+        rows = self.where[self.blocks[channels]]  # (channels, block)
+        block = self.inverse[rows[:, :, None], rows[:, None, :]]
+        fit = self.fit[rows]
+        return np.einsum("jpo,jpo->j", fit, np.linalg.solve(block, fit)) / self.energy
+
+    def remove(self, channels):
+        rows = self.where[self.blocks[channels]].ravel()
+        columns = self.inverse[:, rows]
+        step = np.linalg.solve(self.inverse[np.ix_(rows, rows)], np.hstack([self.fit[rows], columns.T]))
+        outputs = self.fit.shape[1]
+        self.fit -= columns @ step[:, :outputs]
+        self.inverse -= columns @ step[:, outputs:]
+        kept = np.ones(len(self.inverse), bool)
+        kept[rows] = False
+        self.inverse, self.fit = self.inverse[np.ix_(kept, kept)], self.fit[kept]
+        removed = self.blocks[channels].ravel()
+        self.where[removed] = -1
+        alive = self.where >= 0
+        self.where[alive] = np.arange(int(alive.sum()))
+
+
+def _greedy(width, count, scorers):
+    """The `count` channels (of `width`) removed first: in at most `_STEPS` steps, the lowest summed scores."""
+    alive = np.ones(width, bool)
+    order = []
+    step = max(1, -(-count // _STEPS))
+    while len(order) < count:
+        candidates = np.flatnonzero(alive)
+        total = sum(scorer.scores(candidates) for scorer in scorers) if scorers else np.zeros(len(candidates))
+        chosen = candidates[np.argsort(total, kind="stable")[: min(step, count - len(order))]]
+        for scorer in scorers:
+            scorer.remove(chosen)
+        alive[chosen] = False
+        order.extend(chosen.tolist())
+    return np.array(order, np.int64)

@@ -1,0 +1,288 @@
+"""`prune_channels`: a physically thinner copy of a Keras 3 model, its channels chosen and refit on data."""
+
+import numbers
+
+import numpy as np
+
+from rgp_keras._keras_src import is_rebuildable
+from rgp_keras.channels.criteria import l1_norms, least_squares_order
+from rgp_keras.channels.spaces import ChannelSpaces
+from rgp_keras.data_aware.reconstruct import reconstruct
+from rgp_keras.data_aware.steps import calibration_set, fewest_rows_per_weight, progress_wanted
+from rgp_keras.errors import InputTypeError, InputValueError
+from rgp_keras.masking.layer_types import layer_type
+from rgp_keras.masking.selection import layer_macs, matches
+from rgp_keras.model_walk import clone_model, layer_calls, leaves, paired_leaves, reject_tf_keras
+
+
+def prune_channels(model, *, keep=None, macs=None, calibration_data=None, calibration_samples=None,
+                   calibration_mixes="auto", calibration_batch_size=None, layers=None, verbose="auto"):
+    """A copy of a Keras 3 model with fewer channels in its hidden layers: ordinary, thinner layers, no masks.
+
+    Channels that must go together go together: the producers of a residual
+    sum share their kept channels, BatchNormalization, depthwise convolutions,
+    pooling and activations keep those of their input, `Concatenate` and
+    `Flatten` map them onto their output, and every layer reading them drops
+    the matching input weights (`rgp_keras.channels.spaces`). Model inputs and
+    outputs keep all their channels, and so do tensors that reach a layer the
+    walk cannot follow; `pruning_summary` names them.
+
+    With `calibration_data`, channels are chosen by what least squares cannot
+    recover (Optimal Brain Surgeon over channel blocks, on each consumer's
+    X^T X), then every layer reading pruned channels is refit by least squares
+    to reproduce the dense model's outputs and BatchNormalization statistics
+    are re-measured, as `prune_regular_graph` does. Without data, the channels
+    with the largest L1 filter norms are kept (Li et al., ICLR 2017).
+
+    Args:
+        model: a built Keras 3 functional or Sequential model (not modified).
+        keep: the fraction of each prunable channel space to keep, in (0, 1].
+        macs: instead of `keep`, the fraction of the model's MACs to keep, in
+            (0, 1]: one fraction for every space, the largest that meets it.
+        calibration_data, calibration_samples, calibration_mixes,
+            calibration_batch_size: unlabelled model inputs and how to use
+            them, as in `prune_regular_graph`.
+        layers: which layers may lose output channels: names, layer classes
+            or a predicate (or a list of them). Default: every kernel layer
+            whose output channels the walk can follow.
+        verbose: "auto" (a progress bar for 16 or more refit layers), 1 or 0.
+
+    Returns:
+        The thinner model, uncompiled. `pruning_summary` shows each layer's
+        width, parameters and MACs before and after, and the criterion used.
+
+    Example:
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(64, activation="relu"),
+    ...                           keras.layers.Dense(4)])
+    >>> thin = prune_channels(model, keep=0.5)
+    >>> thin.layers[0].units, thin.count_params() < model.count_params()
+    (32, True)
+    """
+    reject_tf_keras(model, "prune_channels")
+    _check_model(model)
+    keep, macs = _check_amount(keep, macs)
+    progress_wanted(verbose, 0)
+    spaces = ChannelSpaces(layer_calls(model))
+    free, held = _prunable(spaces, model, layers)
+    counts = _counts(spaces, free, keep) if keep is not None else _counts_for_macs(model, spaces, free, macs)
+    calibration, fit = calibration_set(
+        model, calibration_data, calibration_samples, calibration_mixes, calibration_batch_size,
+        lambda samples: fewest_rows_per_weight(model, _readers(spaces, free), lambda layer: keep or macs, samples))
+    kept = {}
+    if calibration is None:
+        criterion = "L1 filter norms (no calibration data)"
+        for root in free:
+            kept[root] = np.sort(np.argsort(-l1_norms(spaces, root), kind="stable")[: counts[root]])
+    else:
+        criterion = f"least squares (Optimal Brain Surgeon over channels), refit on {fit}"
+        order = least_squares_order(spaces, free, counts, calibration)
+        for root in free:
+            kept[root] = np.setdiff1d(np.arange(spaces.width(root)), order[root])
+    thin = _thinned(model, spaces, kept)
+    report = {}
+    if calibration is not None:
+        report = reconstruct(model, thin, calibration, progress=progress_wanted(verbose, len(thin.layers)),
+                             channels=_channel_map(spaces, kept, thin))
+    _annotate(model, thin, spaces, kept, held, criterion, report)
+    return thin
+
+
+def _check_model(model):
+    import keras
+
+    if not isinstance(model, keras.Model):
+        raise InputTypeError(f"`model` must be a Keras 3 functional or Sequential model, got {type(model).__name__}.")
+    if not is_rebuildable(model):
+        raise InputTypeError(
+            f"{type(model).__name__} is a subclassed model: prune_channels needs a functional or Sequential model, "
+            "whose layer graph says which layers read which channels. Build the architecture with the functional "
+            "API (or keras.Sequential), or prune its layers' weights with rgp_keras.prune_regular_graph."
+        )
+    if not model.built or not model.inputs:
+        raise InputValueError(
+            f"Model {model.name!r} is not built: give it a `keras.Input(shape)` or call `model.build(input_shape)` "
+            "before prune_channels, so that channel counts are known."
+        )
+    for layer in leaves(model):
+        if isinstance(layer, keras.Model) and not is_rebuildable(layer):
+            raise InputTypeError(
+                f"Model {model.name!r} contains the subclassed model {layer.name!r}, whose layers cannot be rebuilt "
+                "thinner; rebuild that block as a functional or Sequential model."
+            )
+    if any(hasattr(layer, "masked_kernel") for layer in leaves(model)):
+        raise InputValueError(
+            f"Model {model.name!r} carries RGP masks: prune its channels first, then apply prune_regular_graph "
+            "to the thinner model (or strip_pruning it first)."
+        )
+
+
+def _check_amount(keep, macs):
+    if (keep is None) == (macs is None):
+        raise InputValueError(
+            "Give exactly one of `keep` (the fraction of each channel space to keep) and `macs` (the fraction of "
+            f"the model's MACs to keep), got keep={keep!r} and macs={macs!r}."
+        )
+    name, value = ("keep", keep) if keep is not None else ("macs", macs)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputTypeError(f"`{name}` must be a number in (0, 1], got {value!r} of type {type(value).__name__}.")
+    if not 0 < value <= 1:
+        raise InputValueError(f"`{name}` must be in (0, 1] (1 keeps every channel), got {value}.")
+    return (float(keep), None) if keep is not None else (None, float(macs))
+
+
+def _prunable(spaces, model, layers):
+    """(The spaces whose width may change, root -> why a space that has producers keeps its width)."""
+    free, held = [], {}
+    for root in spaces.spaces():
+        producers = spaces.producers(root)
+        if not producers:
+            continue
+        reason = spaces.frozen(root)
+        if reason is None and layers is not None:
+            selectors = layers if isinstance(layers, (list, tuple, set)) else [layers]
+            unselected = [call.layer.name for call in producers if not matches(call.layer, selectors)]
+            if unselected:
+                reason = f"not selected by `layers` ({', '.join(unselected)})"
+        if reason is None:
+            frozen = [call.layer.name for call in producers if not call.layer.trainable]
+            if frozen:
+                reason = f"not trainable ({', '.join(frozen)})"
+        if reason is None and spaces.width(root) < 2:
+            reason = "a single channel"
+        if reason:
+            held[root] = reason
+        else:
+            free.append(root)
+    if layers is not None:
+        selectors = layers if isinstance(layers, (list, tuple, set)) else [layers]
+        names = {layer.name for layer in leaves(model)}
+        unknown = [s for s in selectors if isinstance(s, str) and s not in names]
+        if unknown:
+            raise InputValueError(f"No layer named {unknown} in model {model.name!r}; its layers are {sorted(names)}.")
+    if not free:
+        why = "; ".join(sorted({f"{reason}" for reason in held.values()})) or "it has no hidden kernel layers"
+        raise InputValueError(
+            f"Model {model.name!r} has no channel space prune_channels may thin: {why}. Hidden Dense/Conv/"
+            "SeparableConv layers that are trainable (and selected by `layers`) and whose outputs reach no model "
+            "output directly can be thinned."
+        )
+    return free, held
+
+
+def _counts(spaces, free, fraction):
+    return {root: max(1, int(round(fraction * spaces.width(root)))) for root in free}
+
+
+def _counts_for_macs(model, spaces, free, target):
+    """Channels kept per space: one fraction for all, the largest whose model keeps at most `target` of its MACs."""
+    costs = _mac_terms(model, spaces)
+    dense = sum(macs for macs, _, _ in costs)
+    total = lambda counts: sum(macs * _share(spaces, key, counts) * _share(spaces, other, counts)
+                               for macs, key, other in costs)
+    fewest = total({root: 1 for root in free}) / max(dense, 1)
+    if target < fewest:
+        raise InputValueError(
+            f"`macs={target}` is below what this model can reach: with one channel left in every prunable space, "
+            f"the layers that keep their width still hold {fewest:.4f} of the MACs; pass macs >= {fewest:.4f}."
+        )
+    low, high = 0.0, 1.0
+    for _ in range(40):
+        middle = (low + high) / 2
+        if total(_counts(spaces, free, middle)) <= target * dense:
+            low = middle
+        else:
+            high = middle
+    return _counts(spaces, free, low if total(_counts(spaces, free, high)) > target * dense else high)
+
+
+def _mac_terms(model, spaces):
+    """[(MACs per sample, tensor id whose width scales them, another or None)] of every layer with multiply-adds:
+    a kernel's scale with its input and output widths, a depthwise kernel's with its input's."""
+    terms, counted = [], set()
+    for call, role in zip(spaces.calls.calls, spaces.roles):
+        macs, kernel_macs = layer_macs(call.layer, call.layer) if not hasattr(call.layer, "layers") else (None, None)
+        counted.add(id(call.layer))
+        if not macs:
+            continue
+        if role == "kernel":  # a separable convolution's depthwise part scales with its input only
+            terms += [(kernel_macs, call.inputs[0], call.outputs[0]), (macs - kernel_macs, call.inputs[0], None)]
+        elif role == "channelwise":
+            terms.append((macs, call.inputs[0], None))
+        else:
+            terms.append((macs, None, None))
+    for layer in leaves(model):  # inside nested models: their widths do not change
+        if id(layer) not in counted:
+            terms.append((layer_macs(layer, layer)[0] or 0, None, None))
+    return terms
+
+
+def _share(spaces, key, counts):
+    if key is None:
+        return 1.0
+    layout = spaces.layouts[key]
+    whole = sum(segment.width for segment in layout)
+    return sum(counts.get(spaces.find(segment.space), segment.width) for segment in layout) / max(whole, 1)
+
+
+def _readers(spaces, free):
+    """Ids of the layers whose inputs lose channels (the ones refit)."""
+    return {id(call.layer) for root in free for call in spaces.consumers(root)}
+
+
+def _thinned(model, spaces, kept):
+    """A copy of `model` whose producers write only their `kept` channels, every weight taken accordingly."""
+    changes = {}  # layer id -> config entries that name its output width
+    for call, role in zip(spaces.calls.calls, spaces.roles):
+        width = len(spaces.index(call.outputs[0], kept)) if role else None
+        if role == "kernel":
+            changes[id(call.layer)] = {layer_type(call.layer)[1].width: width}
+        elif layer_type(call.layer)[0] == "Reshape" and role:
+            changes[id(call.layer)] = {"target_shape": (*spaces.calls.shapes[call.outputs[0]][1:-1], width)}
+    weights = spaces.taken_weights(kept)
+
+    def clone(layer):
+        config = layer.get_config()
+        config.update(changes.get(id(layer), {}))
+        return layer.__class__.from_config(config)
+
+    thin = clone_model(model, clone)
+    for original, new in paired_leaves(model, thin):
+        new.set_weights(weights.get(id(original)) or original.get_weights())
+    return thin
+
+
+def _channel_map(spaces, kept, thin):
+    """Tensor id of `thin` -> the channels of the dense model's tensor it holds, where it holds fewer."""
+    channels = {}
+    for call, new_call in zip(spaces.calls.calls, layer_calls(thin).calls):
+        for key, new_key in zip(call.outputs, new_call.outputs):
+            index = spaces.index(key, kept)
+            if len(index) != spaces.calls.shapes[key][-1]:
+                channels[new_key] = index
+    return channels
+
+
+def _annotate(model, thin, spaces, kept, held, criterion, report):
+    """Each thinned layer's `pruned_channels`, read by `pruning_summary`: its width before -> after, its params
+    and MACs before, the criterion ("channels"), why its output channels stayed ("kept_width"), its refit."""
+    notes = {}
+    for call, role in zip(spaces.calls.calls, spaces.roles):
+        if role not in ("kernel", "channelwise"):
+            continue
+        sides = (("in", call.inputs[0]), ("out", call.outputs[0])) if role == "kernel" else (("", call.inputs[0]),)
+        widths = [(side, spaces.calls.shapes[key][-1], len(spaces.index(key, kept))) for side, key in sides]
+        root = spaces.find(spaces.layouts[call.outputs[0]][0].space)
+        notes[id(call.layer)] = {
+            "width": ", ".join(f"{side} {before} -> {after}".strip() for side, before, after in widths
+                               if before != after),
+            "kept_width": held.get(root, "") if role == "kernel" else "",
+        }
+    for original, new in paired_leaves(model, thin):
+        if not original.weights:
+            continue
+        info = {"params": original.count_params(), "macs": layer_macs(original, original)[0], "channels": criterion,
+                "width": "", "kept_width": ""}
+        info.update(notes.get(id(original), {}))
+        info.update(report.get(id(new), {}))
+        new.pruned_channels = info
