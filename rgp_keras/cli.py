@@ -11,7 +11,8 @@ from rgp_keras.errors import InputError, InputValueError
 
 _EXAMPLES = {
     "graph": "example: rgp graph --nodes 64 --sparsity 0.875 --seed 0 --time-limit 10 --out graph.npz",
-    "prune": "example: rgp prune model.keras --sparsity 0.875 --nodes 64 -o pruned.keras",
+    "prune": "examples: rgp prune model.keras --sparsity 0.875 --nodes 64 -o pruned.keras\n"
+             "          rgp prune model.keras --channels 0.5 --calibration x.npy -o thin.keras",
     "summary": "example: rgp summary pruned.keras",
     "export": "example: rgp export pruned.keras -o model.tflite --quantize int8 --calibration samples.npy",
     "bench": "example: rgp bench model.tflite --threads 1",
@@ -99,11 +100,21 @@ def _load_keras_model(path):
 
 
 def _prune(args):
+    from rgp_keras.channels.prune import prune_channels
     from rgp_keras.masking.summary import pruning_summary
     from rgp_keras.prune import prune_regular_graph
 
     if not args.output.endswith(".keras"):
         raise InputValueError(f"-o/--output must end in .keras, got {args.output}")
+    masks = any(value is not None for value in (args.sparsity, args.degree, args.graph))
+    channels = args.channels is not None or args.channels_macs is not None
+    if not masks and not channels:
+        raise InputValueError("pass --sparsity, --degree or --graph (RGP masks), --channels or --channels-macs "
+                              "(fewer channels), or both (channels first)")
+    for option, value, default in (("--graph-candidates", args.graph_candidates, 1),
+                                   ("--keep-channel-order", args.keep_channel_order, False)):
+        if value != default and not masks:
+            raise InputValueError(f"{option} needs --sparsity, --degree or --graph")
     model = _load_keras_model(args.model)
     for option, value, default in (("--calibration-samples", args.calibration_samples, None),
                                    ("--calibration-mixes", args.calibration_mixes, "auto"),
@@ -115,14 +126,17 @@ def _prune(args):
     samples = None
     if args.calibration:
         samples = _calibration(args.calibration, model.inputs[0].shape, args.calibration_samples)
-    pruned = prune_regular_graph(
-        model, sparsity=args.sparsity, degree=args.degree, graph=args.graph,
-        nodes="auto" if args.nodes is None else args.nodes, seed=args.seed,
-        calibration_data=samples, calibration_samples=args.calibration_samples,
-        calibration_mixes=args.calibration_mixes, calibration_batch_size=args.calibration_batch_size,
-        assign_channels=not args.keep_channel_order,
-        graph_candidates=args.graph_candidates,
-    )
+    calibration = dict(calibration_data=samples, calibration_samples=args.calibration_samples,
+                       calibration_mixes=args.calibration_mixes, calibration_batch_size=args.calibration_batch_size)
+    pruned = model
+    if channels:
+        pruned = prune_channels(pruned, keep=args.channels, macs=args.channels_macs, **calibration)
+    if masks:
+        pruned = prune_regular_graph(
+            pruned, sparsity=args.sparsity, degree=args.degree, graph=args.graph,
+            nodes="auto" if args.nodes is None else args.nodes, seed=args.seed, **calibration,
+            assign_channels=not args.keep_channel_order, graph_candidates=args.graph_candidates,
+        )
     pruned.save(args.output)
     if not args.quiet:
         print(pruning_summary(pruned))
@@ -285,14 +299,20 @@ def _parser():
     graph.add_argument("--quiet", action="store_true", help="no progress bar")
 
     prune = _command(
-        commands, "prune", "apply RGP masks to a .keras model",
-        "Prune every prunable layer of a Keras 3 model with one regular graph.",
+        commands, "prune", "apply RGP masks to a .keras model, or thin its channels, or both",
+        "Prune every prunable layer of a Keras 3 model with one regular graph (--sparsity, --degree, --graph), "
+        "keep fewer channels (--channels, --channels-macs), or both: channels first.",
         _prune, model="input .keras model",
     )
-    how = prune.add_mutually_exclusive_group(required=True)
+    how = prune.add_mutually_exclusive_group()
     how.add_argument("--sparsity", type=float, help="fraction of weights to prune")
     how.add_argument("--degree", type=int, help="graph degree k (keep k/n)")
     how.add_argument("--graph", help="graph file from `rgp graph`")
+    width = prune.add_mutually_exclusive_group()
+    width.add_argument("--channels", type=float, metavar="KEEP",
+                       help="keep this fraction of each hidden channel space: a thinner model of ordinary layers")
+    width.add_argument("--channels-macs", type=float, metavar="FRACTION",
+                       help="keep as many channels as leave this fraction of the model's MACs")
     prune.add_argument("--nodes", type=_auto_or_int, help="graph nodes n with --sparsity/--degree, or 'auto' (default: "
                        "the largest n giving the sparsity exactly with groups as wide as the layers allow; "
                        "64 with --degree)")
@@ -383,7 +403,7 @@ def _native_logs_hidden():
 _OPTIONS = {"representative_data": "--calibration", "calibration_data": "--calibration",
             "calibration_samples": "--calibration-samples",
             "calibration_mixes": "--calibration-mixes", "calibration_batch_size": "--calibration-batch-size",
-            "graph_candidates": "--graph-candidates",
+            "graph_candidates": "--graph-candidates", "keep": "--channels", "macs": "--channels-macs",
             "time_limit": "--time-limit", **{name: f"--{name}" for name in (
                 "nodes", "degree", "sparsity", "seed", "symmetry", "attempts", "jobs", "threads", "layout",
                 "quantize", "objective", "runs")}}

@@ -110,9 +110,30 @@ def test_prune_with_calibration_data(tmp_path, model_file, capsys):
     assert out.exists()
 
 
+def test_prune_channels_then_masks(tmp_path, model_file, capsys):
+    import keras
+    import numpy as np
+
+    samples = tmp_path / "samples.npy"
+    np.save(samples, np.random.default_rng(0).normal(size=(200, 64)).astype("float32"))
+    thin, both = tmp_path / "thin.keras", tmp_path / "both.keras"
+    assert main(["prune", str(model_file), "--channels", "0.5", "-o", str(thin)]) == 0
+    assert "in 128 -> 64, out 128 -> 64" in capsys.readouterr().out
+    assert [layer.units for layer in keras.saving.load_model(thin).layers] == [64, 64, 64, 10]
+    assert main(["prune", str(model_file), "--channels-macs", "0.5", "--degree", "2", "--nodes", "8",
+                 "--calibration", str(samples), "-o", str(both)]) == 0
+    printed = capsys.readouterr().out
+    assert "8/2" in printed and "channels chosen by least squares" in printed
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
+        (["prune", "MODEL", "-o", "OUT"], "pass --sparsity, --degree or --graph (RGP masks), --channels"),
+        (["prune", "MODEL", "--channels", "1.5", "-o", "OUT"], "--channels must be in (0, 1]"),
+        (["prune", "MODEL", "--channels-macs", "0.0001", "-o", "OUT"], "--channels-macs 0.0001 is below"),
+        (["prune", "MODEL", "--channels", "0.5", "--keep-channel-order", "-o", "OUT"],
+         "--keep-channel-order needs --sparsity, --degree or --graph"),
         (["prune", "MODEL", "--degree", "4", "-o", "OUT", "--calibration", "missing.npy"], "No such calibration file"),
         (["prune", "MODEL", "--degree", "4", "--nodes", "16", "-o", "OUT", "--calibration", "BADNPY"], "shape (5, 3)"),
         (["prune", "MODEL", "--degree", "4", "-o", "OUT", "--calibration-samples", "5"], "needs --calibration"),

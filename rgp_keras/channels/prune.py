@@ -183,7 +183,7 @@ def _counts_for_macs(model, spaces, free, target):
     fewest = total({root: 1 for root in free}) / max(dense, 1)
     if target < fewest:
         raise InputValueError(
-            f"`macs={target}` is below what this model can reach: with one channel left in every prunable space, "
+            f"`macs` {target} is below what this model can reach: with one channel left in every prunable space, "
             f"the layers that keep their width still hold {fewest:.4f} of the MACs; pass macs >= {fewest:.4f}."
         )
     low, high = 0.0, 1.0

@@ -218,10 +218,13 @@ class _Reestimate(Observer):
 
 
 def _channels(x, channels):
-    """The `channels` (indices; None: all) of `x`'s last axis."""
+    """The `channels` (indices; None: all) of `x`'s last axis (with numpy on the CPU: 10x faster than the
+    backend's gather there)."""
     if channels is None:
         return x
-    return np.take(x, channels, axis=-1) if isinstance(x, np.ndarray) else ops.take(x, channels, axis=-1)
+    if _on_cpu(x):
+        return np.take(to_numpy(x), channels, axis=-1)
+    return ops.take(x, channels, axis=-1)
 
 
 def _set_statistics(layer, mean_p, var_p, mean_d, var_d):
@@ -329,11 +332,11 @@ class _Normal:
         self.energy += target_squares
         self.rows += count
 
-    def __sub__(self, other):
-        rest = _Normal(len(self.gram) - 1, self.cross.shape[1])
+    def __add__(self, other):
+        both = _Normal(len(self.gram) - 1, self.cross.shape[1])
         for name in ("gram", "cross", "energy", "rows"):
-            setattr(rest, name, getattr(self, name) - getattr(other, name))
-        return rest
+            setattr(both, name, getattr(self, name) + getattr(other, name))
+        return both
 
     def restricted(self, inputs, columns):
         """These sums over features `inputs` (and the bias) and outputs `columns` only."""
@@ -395,10 +398,10 @@ class _Sums:
     def rows(self):
         return self.normals[0].rows
 
-    def __sub__(self, other):
-        rest = copy.copy(self)
-        rest.normals = [mine - theirs for mine, theirs in zip(self.normals, other.normals)]
-        return rest
+    def __add__(self, other):
+        both = copy.copy(self)
+        both.normals = [mine + theirs for mine, theirs in zip(self.normals, other.normals)]
+        return both
 
 
 def _runs(index):
@@ -450,7 +453,8 @@ class _Refit(Observer):
             columns_of.setdefault(kept[:, column].tobytes(), []).append(column)
         groups = [(np.flatnonzero(kept[:, columns[0]]), np.array(columns)) for columns in columns_of.values()]
         window = math.prod(self.mask.shape[:-2])
-        self.all, self.held_out = (_Sums(groups, features, outputs, window) for _ in range(2))
+        self.fit, self.held_out = (_Sums(groups, features, outputs, window) for _ in range(2))
+        self.all = None  # fit + held out, after `finish`
         self.limit = None  # rows used: every row, or the samples only when they give enough rows per weight
 
     def add(self, start, inputs, reference_inputs, reference_outputs):
@@ -465,12 +469,12 @@ class _Refit(Observer):
         if _on_cpu(x_pruned):  # numpy views: slices and reshapes copy nothing
             x_pruned, x_dense = to_numpy(x_pruned), to_numpy(x_dense)
             y_dense = None if y_dense is None else to_numpy(y_dense)
-        part = lambda x, rows: x[rows] if isinstance(x, np.ndarray) or isinstance(rows, slice) else ops.take(x, rows, 0)
-        held = np.flatnonzero(np.arange(start, start + used) % HOLD_OUT == HOLD_OUT - 1)
-        # every row, then the held-out ones again (fit = all - held out)
-        for sums, rows in [(self.all, slice(first, min(first + chunk, used))) for first in range(0, used, chunk)] + [
-            (self.held_out, held[first : first + chunk]) for first in range(0, len(held), chunk)
-        ]:
+        part = lambda x, rows: x[rows] if isinstance(x, np.ndarray) else ops.take(x, rows, 0)
+        held = np.arange(start, start + used) % HOLD_OUT == HOLD_OUT - 1
+        # the fitted rows and the held-out ones, each gathered once (cheap beside their products)
+        for sums, rows in [(sums, index[first : first + chunk])
+                           for sums, index in ((self.fit, np.flatnonzero(~held)), (self.held_out, np.flatnonzero(held)))
+                           for first in range(0, len(index), chunk)]:
             if y_dense is None:
                 target = self._pre_activation(part(x_dense, rows))
             else:
@@ -515,8 +519,8 @@ class _Refit(Observer):
         return mean_p, np.maximum(var_p, 0.0), mean_d, np.maximum(var_d, 0.0)
 
     def finish(self):
-        inner, mask, total, held_out = self.inner, self.mask, self.all, self.held_out
-        fit = total - held_out
+        inner, mask, fit, held_out = self.inner, self.mask, self.fit, self.held_out
+        total = self.all = fit + held_out
         kernel = to_numpy(inner.kernel)
         outputs = kernel.shape[-1]
         features = math.prod(mask.shape[:-1])
