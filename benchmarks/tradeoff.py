@@ -21,10 +21,17 @@ from 87.26 % at 5e-4 to 85.60 % at 4e-3):
                         of F epochs (unstructured; exported with the converter's sparsity encoding)
   thin dense            every hidden layer's channels scaled by r so that MACs match RGP's compact model,
                         trained from scratch D + F epochs
-  L1 filters + FT       the dense model with the lowest-L1 output filters of every hidden layer removed
-                        (same r: same architecture as thin dense; BatchNorm entries and the next layer's
-                        inputs follow; channels tied by residual Adds ranked together), then F epochs
-                        (Li et al. 2017; no maintained Keras 3 library does it, so it is implemented here)
+  channels L1           rgp_keras.prune_channels(dense, keep=r) without data: the dense model with the
+                        lowest-L1 output filters of every hidden layer removed (same r: same architecture
+                        as thin dense; channels tied by residual Adds ranked together; Li et al. 2017),
+                        no training
+  channels L1 + FT      the same, F epochs (rows before the library had prune_channels were made by this
+                        benchmark's own copy of the method, "L1 filters + FT", which built the same thin
+                        model with its channels in another order: the same function)
+  channels data-aware   prune_channels(dense, keep=r, calibration_data=512 images): channels chosen by
+                        least squares (Optimal Brain Surgeon over channel blocks), every reader refit,
+                        BatchNorm re-measured; no training
+  channels data-aware + FT   the same, F epochs
   RGP wide              2x channels, masked from scratch at 1/4 of the density, so that its compact MACs
                         match (D + F epochs)
   RGP data-aware + FT, n=N   (full profile) the same as RGP data-aware + FT on an N-node graph, N in
@@ -74,8 +81,6 @@ import numpy as np
 from _results import append, done_rows, start
 
 import rgp_keras
-from rgp_keras.data_aware.assign import channel_spaces, permuted_weights
-from rgp_keras.model_walk import layer_calls, to_numpy
 from rgp_keras.plots import new_figure
 
 RESULTS = Path(__file__).parent / "results"
@@ -84,7 +89,8 @@ FIELDS = ["profile", "model", "method", "sparsity", "seed", "graph", "accuracy",
           "latency_ratio", "epochs", "seconds"]
 SPARSITIES = (0.75, 0.875, 0.9375)
 METHODS = ("RGP plain + FT", "RGP data-aware", "RGP data-aware + FT", "RGP scratch", "TF-MOT magnitude",
-           "thin dense", "L1 filters + FT", "RGP wide")
+           "thin dense", "channels L1", "channels L1 + FT", "channels data-aware", "channels data-aware + FT",
+           "RGP wide")
 PROFILES = {
     # models in this order: with --jobs, the two longest start first
     # 1/8 of the training set: with every model and method, one process fits 30 min on this 2-core machine
@@ -102,7 +108,10 @@ MODELS = {  # D: dense epochs, F: epochs after it; rates for Adam with cosine de
 }
 # Fine-tuning: Adam, cosine decay from a peak rate picked per model and method among RATES (`probe_rates`).
 RATES = (5e-4, 1e-3, 2e-3, 4e-3, 8e-3)
-FINE_TUNED = ("RGP plain + FT", "RGP data-aware + FT", "TF-MOT magnitude", "L1 filters + FT")
+FINE_TUNED = ("RGP plain + FT", "RGP data-aware + FT", "TF-MOT magnitude", "channels L1 + FT",
+              "channels data-aware + FT")
+# the rows whose model is the dense one thinned to the width of thin dense's MACs (`width_matching`)
+THINNED = ("thin dense", "channels L1", "channels L1 + FT", "channels data-aware", "channels data-aware + FT")
 RATES_CSV = RESULTS / "tradeoff_rates.csv"
 # Full profile: RGP data-aware + FT also on these graph sizes where they differ from nodes="auto"'s (`other_graphs`)
 OTHER_NODES = (16, 32, 64)
@@ -240,29 +249,12 @@ def wide_rgp(name, target_macs, seed):
     return None  # the layers left dense alone exceed the target
 
 
-def l1_filters(dense, name, width):
-    """The thin architecture holding the dense model's highest-L1 filters of every hidden tensor.
-
-    Channels tied by residual Adds (and passed through BatchNorm / depthwise layers) form one channel
-    space (`rgp_keras.data_aware.assign.channel_spaces`, the graph walk channel assignment uses); each space is
-    ordered by the summed L1 norm of the filters writing it, consistently in every layer (a function-
-    preserving permutation), and the thin model takes the first channels of each weight.
-    """
-    structure = layer_calls(dense)
-    spaces, members = channel_spaces(structure)
-    slots = {}
-    for root, member in members.items():
-        if spaces.frozen.get(root) or not member["producers"]:
-            continue  # model inputs and outputs keep every channel
-        norms = sum(np.abs(to_numpy(call.layer.kernel)).reshape(-1, call.layer.kernel.shape[-1]).sum(axis=0)
-                    for call in member["producers"])
-        slots[root] = np.argsort(np.argsort(-norms, kind="stable"))  # channel -> its rank by L1 norm
-    permuted = permuted_weights(structure, spaces, members, slots)
-    thin = build(keras, name, width)
-    for old, new in zip(dense.layers, thin.layers):
-        weights = permuted.get(id(old)) or old.get_weights()
-        new.set_weights([w[tuple(slice(0, size) for size in v.shape)] for w, v in zip(weights, new.weights)])
-    return thin
+def channels(dense, width, calibration=None):
+    """The dense model thinned to `width` of every hidden channel space by the library: L1 filter norms without
+    calibration images, least squares with them (`rgp_keras.prune_channels`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the few-rows warning of a Dense refit on 512 images: it is ridge-fitted
+        return rgp_keras.prune_channels(dense, keep=width, calibration_data=calibration, verbose=0)
 
 
 def tfmot_magnitude(name, dense, sparsity, seed, train, test, epochs, rate, path):
@@ -336,15 +328,15 @@ def calibration_images(train, seed):
 def fine_tuned(method, name, dense, sparsity, seed, train, calibration, epochs, rate, width, nodes="auto"):
     """The model of `method` (one of FINE_TUNED but TF-MOT) after `epochs` epochs from peak rate `rate`.
 
-    `width`: L1's channel scale, the one whose MACs match RGP's compact model (`width_matching`);
+    `width`: the channels' scale, the one whose MACs match RGP's compact model (`width_matching`);
     `nodes`: the RGP graph's (see `other_graphs`).
     """
     if method == "RGP plain + FT":
         model = rgp(dense, sparsity, seed, nodes=nodes, assign_channels=False)
     elif method == "RGP data-aware + FT":
         model = data_aware(dense, sparsity, seed, calibration, nodes)
-    else:  # L1 filters + FT
-        model = l1_filters(dense, name, width)
+    else:  # channels L1 / data-aware + FT
+        model = channels(dense, width, calibration if "data-aware" in method else None)
     return trained(model, train, epochs, rate)
 
 
@@ -391,7 +383,7 @@ def chosen_rates(found):
     return {key: max(by_rate, key=by_rate.get) for key, by_rate in found.items() if set(by_rate) >= set(RATES)}
 
 
-def run(profile, work, seeds=None, models=None):
+def run(profile, work, seeds=None, models=None, methods=None):
     settings = PROFILES[profile]
     work.mkdir(parents=True, exist_ok=True)
     rates = {(name, method): RATES[0] for name in MODELS for method in FINE_TUNED}
@@ -439,7 +431,7 @@ def run(profile, work, seeds=None, models=None):
             calibration = calibration_images(train, seed)
             first_with = {}  # RGP's kept MACs -> the first sparsity that gave them
             for sparsity in settings["sparsities"]:
-                todo = [m for m in METHODS if (profile, name, m, str(sparsity), str(seed)) not in done]
+                todo = [m for m in methods or METHODS if (profile, name, m, str(sparsity), str(seed)) not in done]
                 # always measured: a resumed run must still see that an earlier sparsity had these MACs
                 plain = rgp(dense, sparsity, seed, assign_channels=False)
                 kept = macs(plain)["kept_macs"]
@@ -459,7 +451,7 @@ def run(profile, work, seeds=None, models=None):
                         # unstructured: LiteRT computes every MAC (no MACs ratio)
                         record(method, sparsity, result, path, epochs=epochs, seconds=time.perf_counter() - started)
                         continue
-                    if method in ("thin dense", "L1 filters + FT"):  # the width whose MACs match RGP's compact model
+                    if method in THINNED:  # the width whose MACs match RGP's compact model
                         width = width_matching(name, kept)
                         graph = f"width {width:.3f}"
                     if method in FINE_TUNED:
@@ -467,6 +459,9 @@ def run(profile, work, seeds=None, models=None):
                                            rates[(name, method)], width)
                     elif method == "RGP data-aware":
                         model = data_aware(dense, sparsity, seed, calibration)
+                        epochs = 0
+                    elif method in ("channels L1", "channels data-aware"):
+                        model = channels(dense, width, calibration if method == "channels data-aware" else None)
                         epochs = 0
                     elif method == "RGP scratch":
                         model = rgp(build(keras, name), sparsity, seed, assign_channels=False)
@@ -500,13 +495,13 @@ def run(profile, work, seeds=None, models=None):
                     record_model(method, sparsity, model, budget["epochs"], started)
 
 
-def run_in_parallel(profile, work, seeds, models, jobs):
+def run_in_parallel(profile, work, seeds, models, jobs, methods=None):
     """`run` with each model in a process of its own, `jobs` at a time in the profile's order, each with
     cores / jobs TensorFlow threads. Each process appends its rows to the CSV as it finishes them."""
     start(CSV, FIELDS)  # one header, not one per process
     os.environ["TF_NUM_INTRAOP_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))  # read by the children's TF
     with multiprocessing.get_context("spawn").Pool(jobs, maxtasksperchild=1) as pool:
-        pool.starmap(run, [(profile, work, seeds, [name]) for name in models or PROFILES[profile]["models"]],
+        pool.starmap(run, [(profile, work, seeds, [name], methods) for name in models or PROFILES[profile]["models"]],
                      chunksize=1)
 
 
@@ -630,15 +625,16 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="run only these seeds (one process per core: `--seeds 1` beside `--seeds 2`)")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), help="run only these models")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, help="run only these methods")
     parser.add_argument("--jobs", type=int, default=1, help="models run at once, one process each (one per core)")
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error(f"--jobs must be a whole number >= 1, got {args.jobs}")
     if not args.report:
         if args.jobs > 1:
-            run_in_parallel(args.profile, args.work, args.seeds, args.models, args.jobs)
+            run_in_parallel(args.profile, args.work, args.seeds, args.models, args.jobs, args.methods)
         else:
-            run(args.profile, args.work, args.seeds, args.models)
+            run(args.profile, args.work, args.seeds, args.models, args.methods)
     report()
 
 
