@@ -481,7 +481,7 @@ def run(profile, work, seeds=None, models=None, methods=None):
                         epochs = budget["dense_epochs"] + budget["epochs"]
                         model = trained(build(keras, name, width), train, epochs, budget["rate"])
                     record_model(method, sparsity, model, epochs, started, graph)
-                if not settings.get("other_graphs") or same != sparsity:
+                if not settings.get("other_graphs") or same != sparsity or methods:
                     continue
                 auto = rgp_keras.pruning_summary(plain).graph.nodes
                 for nodes in other_graphs(dense, sparsity, seed, kept, auto):
@@ -586,7 +586,7 @@ def plot(groups, profile, path):
         return
     figure = new_figure(figsize=(5 * len(models), 4.5))
     methods = ("dense", *METHODS)
-    markers, colors = dict(zip(methods, "*osD^vxPh")), {m: f"C{i}" for i, m in enumerate(methods)}
+    markers, colors = dict(zip(methods, "*osD^vxPh<>pd")), {m: f"C{i}" for i, m in enumerate(methods)}
     for axes, name in zip(np.atleast_1d(figure.subplots(1, len(models))), models):
         points = []
         for key, members in groups.items():
