@@ -35,8 +35,20 @@ class LayerCalls(NamedTuple):
     shapes: dict  # tensor id -> shape tuple (batch dimension None)
 
 
-def layer_calls(model):
+class Alias(NamedTuple):
+    """Where `layer_calls(..., nested=True)` enters or leaves nested model `model`: values pass on as they are."""
+
+    name: str
+    model: object
+
+
+def layer_calls(model, nested=False):
     """The `LayerCalls` of a built Keras 3 or tf_keras Sequential / functional model.
+
+    With `nested`, a nested functional or Sequential model called once on one
+    tensor is walked into: its calls appear in place of its own, between two
+    calls of an `Alias` (its input passed to its first layers, its output back
+    out), so each of its layers is a call of its own.
 
     Raises `TypeError` for models without a layer graph (subclassed models, or
     a Sequential model built without an `Input`).
@@ -58,8 +70,29 @@ def layer_calls(model):
                 shapes[id(tensor)] = tuple(None if d is None else int(d) for d in tensor.shape)
             if not inputs:  # an InputLayer
                 continue
+            inner = _walkable(layer, inputs, outputs) if nested else None
+            if inner is not None:
+                calls.append(LayerCall(Alias(f"{layer.name}/input", layer), (id(inputs[0]),), inner.inputs, None))
+                calls.extend(inner.calls)
+                shapes.update(inner.shapes)
+                calls.append(LayerCall(Alias(f"{layer.name}/output", layer), inner.outputs, (id(outputs[0]),), None))
+                continue
             calls.append(LayerCall(layer, tuple(map(id, inputs)), tuple(map(id, outputs)), keras_node))
     return LayerCalls(calls, tuple(map(id, network.inputs)), tuple(map(id, network.outputs)), shapes)
+
+
+def _walkable(layer, inputs, outputs):
+    """The nested `LayerCalls` of `layer` when it is a graph model called once, on one tensor, giving one; else
+    None (it stays one call)."""
+    if not isinstance(getattr(layer, "layers", None), list) or len(inputs) != 1 or len(outputs) != 1:
+        return None
+    if len(getattr(layer, "_inbound_nodes", ())) != 1:
+        return None
+    try:
+        inner = layer_calls(layer, nested=True)
+    except InputTypeError:  # a subclassed model: no graph to walk
+        return None
+    return inner if len(inner.inputs) == 1 and len(inner.outputs) == 1 else None
 
 
 def _flat_tensors(keras_node, side):
@@ -75,6 +108,8 @@ def run_call(call, values):
 
     Runs as the model's own call does outside `fit` (inference mode, unless the model fixed `training`).
     """
+    if isinstance(call.layer, Alias):
+        return [values[key] for key in call.inputs]
     args, kwargs = _fill_in(call.keras_node, values)
     return _flatten(call.layer(*args, **kwargs))
 
@@ -188,8 +223,9 @@ def clone_layer(layer):
     return layer.__class__.from_config(layer.get_config())
 
 
-def clone_model(model, clone_function):
-    """`keras.models.clone_model` of a Keras 3 model, recursive, keeping a functional model's input names."""
+def clone_model(model, clone_function, recursive=True):
+    """`keras.models.clone_model` of a Keras 3 model, keeping a functional model's input names; not `recursive`:
+    `clone_function` also gets the nested models."""
     import keras
     inputs = None
     if isinstance(model, functional_class()) and not isinstance(model, keras.Sequential):
@@ -200,4 +236,4 @@ def clone_model(model, clone_function):
             ),
             model.input,
         )
-    return keras.models.clone_model(model, input_tensors=inputs, clone_function=clone_function, recursive=True)
+    return keras.models.clone_model(model, input_tensors=inputs, clone_function=clone_function, recursive=recursive)

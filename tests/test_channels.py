@@ -267,8 +267,8 @@ def conv1d_residual():
 
 def nested():
     keras.utils.set_random_seed(0)
-    block = keras.Sequential([keras.Input((8, 8, 16)), layers.Conv2D(16, 3, padding="same", activation="relu")],
-                             name="block")
+    block = keras.Sequential([keras.Input((8, 8, 16)),
+                              layers.Conv2D(16, 3, padding="same", activation="relu", name="in_block")], name="block")
     inputs = keras.Input((8, 8, 3))
     x = layers.Conv2D(16, 3, padding="same", activation="relu", name="before_block")(inputs)
     x = layers.Conv2D(32, 3, padding="same", activation="relu")(block(x))
@@ -285,9 +285,10 @@ def test_small_architectures_keep_their_function_at_keep_1_and_thin_at_half(buil
     np.testing.assert_allclose(to_numpy(prune_channels(model, keep=1.0)(x)), to_numpy(model(x)), atol=1e-5)
     thin = prune_channels(model, keep=0.5, calibration_data=images(32, tuple(model.input.shape[1:])), verbose=0)
     assert thin.count_params() < model.count_params() and np.isfinite(to_numpy(thin(x))).all()
-    if build is nested:  # the nested model's channels stay as they are, and the summary says why
+    if build is nested:  # walked into: its layer is thinner, and so are the layers on either side
         rows = {row["name"]: row for row in pruning_summary(thin)}
-        assert "nested model" in rows["before_block"]["skipped"]
+        assert rows["in_block"]["width"] == "in 16 -> 8, out 16 -> 8"
+        assert rows["before_block"]["width"] == "out 16 -> 8" and thin.get_layer("block").output.shape[-1] == 8
 
 
 @pytest.mark.slow

@@ -2,11 +2,12 @@
 
 import numbers
 
+import keras
 import numpy as np
 
 from rgp_keras._keras_src import is_rebuildable
 from rgp_keras.channels.criteria import l1_norms, least_squares_order
-from rgp_keras.channels.spaces import ChannelSpaces
+from rgp_keras.channels.spaces import channel_spaces
 from rgp_keras.data_aware.reconstruct import reconstruct
 from rgp_keras.data_aware.steps import calibration_set, fewest_rows_per_weight, progress_wanted
 from rgp_keras.errors import InputTypeError, InputValueError
@@ -63,7 +64,7 @@ def prune_channels(model, *, keep=None, macs=None, calibration_data=None, calibr
     _check_model(model)
     keep, macs = _check_amount(keep, macs)
     progress_wanted(verbose, 0)
-    spaces = ChannelSpaces(layer_calls(model))
+    spaces = channel_spaces(model)
     free, held = _prunable(spaces, model, layers)
     counts = _counts(spaces, free, keep) if keep is not None else _counts_for_macs(model, spaces, free, macs)
     calibration, fit = calibration_set(
@@ -83,14 +84,12 @@ def prune_channels(model, *, keep=None, macs=None, calibration_data=None, calibr
     report = {}
     if calibration is not None:
         report = reconstruct(model, thin, calibration, progress=progress_wanted(verbose, len(thin.layers)),
-                             channels=_channel_map(spaces, kept, thin))
+                             channels=_channel_map(spaces, kept, thin), nested=True)
     _annotate(model, thin, spaces, kept, held, criterion, report)
     return thin
 
 
 def _check_model(model):
-    import keras
-
     if not isinstance(model, keras.Model):
         raise InputTypeError(f"`model` must be a Keras 3 functional or Sequential model, got {type(model).__name__}.")
     if not is_rebuildable(model):
@@ -201,7 +200,7 @@ def _mac_terms(model, spaces):
     a kernel's scale with its input and output widths, a depthwise kernel's with its input's."""
     terms, counted = [], set()
     for call, role in zip(spaces.calls.calls, spaces.roles):
-        macs, kernel_macs = layer_macs(call.layer, call.layer) if not hasattr(call.layer, "layers") else (None, None)
+        macs, kernel_macs = layer_macs(call.layer, call.layer) if role not in (None, "alias") else (None, None)
         counted.add(id(call.layer))
         if not macs:
             continue
@@ -232,21 +231,27 @@ def _readers(spaces, free):
 
 def _thinned(model, spaces, kept):
     """A copy of `model` whose producers write only their `kept` channels, every weight taken accordingly."""
-    changes = {}  # layer id -> config entries that name its output width
+    changes, entered = {}, {}  # layer id -> config entries that name its output width; nested model -> its width
     for call, role in zip(spaces.calls.calls, spaces.roles):
         width = len(spaces.index(call.outputs[0], kept)) if role else None
         if role == "kernel":
             changes[id(call.layer)] = {layer_type(call.layer)[1].width: width}
+        elif role == "alias" and call.layer.name.endswith("/input"):
+            entered[id(call.layer.model)] = width
         elif layer_type(call.layer)[0] == "Reshape" and role:
             changes[id(call.layer)] = {"target_shape": (*spaces.calls.shapes[call.outputs[0]][1:-1], width)}
     weights = spaces.taken_weights(kept)
 
     def clone(layer):
+        if id(layer) in entered:  # a nested model, rebuilt on its thinner input
+            given = layer.inputs[0]
+            tensor = keras.Input(batch_shape=(*given.shape[:-1], entered[id(layer)]), dtype=given.dtype)
+            return keras.models.clone_model(layer, input_tensors=tensor, clone_function=clone)
         config = layer.get_config()
         config.update(changes.get(id(layer), {}))
         return layer.__class__.from_config(config)
 
-    thin = clone_model(model, clone)
+    thin = clone_model(model, clone, recursive=False)
     for original, new in paired_leaves(model, thin):
         new.set_weights(weights.get(id(original)) or original.get_weights())
     return thin
@@ -255,7 +260,7 @@ def _thinned(model, spaces, kept):
 def _channel_map(spaces, kept, thin):
     """Tensor id of `thin` -> the channels of the dense model's tensor it holds, where it holds fewer."""
     channels = {}
-    for call, new_call in zip(spaces.calls.calls, layer_calls(thin).calls):
+    for call, new_call in zip(spaces.calls.calls, layer_calls(thin, nested=True).calls):
         for key, new_key in zip(call.outputs, new_call.outputs):
             index = spaces.index(key, kept)
             if len(index) != spaces.calls.shapes[key][-1]:

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from rgp_keras.masking.layer_types import layer_type
-from rgp_keras.model_walk import has_constant_tensors, layer_calls, variable_index
+from rgp_keras.model_walk import Alias, has_constant_tensors, layer_calls, variable_index
 
 
 class Segment(NamedTuple):
@@ -37,8 +37,8 @@ class ChannelSpaces:
 
     Attributes:
         calls: the `LayerCalls` walked.
-        roles: per call (same order), what it does to channels: "kernel", "channelwise", "merge", "concat",
-            "flatten", or None (a call the walk cannot follow: its spaces are frozen).
+        roles: per call (same order), what it does to channels (`role_of`); None: a call the walk cannot follow,
+            whose spaces are frozen.
         layouts: tensor id -> tuple of `Segment`s.
     """
 
@@ -74,6 +74,8 @@ class ChannelSpaces:
         inputs = [layouts[key] for key in call.inputs]
         if role == "kernel":
             layouts[call.outputs[0]] = self._new(shapes[call.outputs[0]][-1])
+        elif role == "alias":
+            layouts[call.outputs[0]] = inputs[0]
         elif role in ("channelwise", "merge"):
             for other in inputs[1:]:
                 self._join(inputs[0], other, call)
@@ -203,8 +205,10 @@ def _take(layer, role, values, inputs, outputs):
 
 def role_of(call, shapes):
     """What `call` does to the channels (last axis) of its tensors: "kernel", "channelwise", "merge", "concat",
-    "flatten", or None (a call the walk cannot follow)."""
+    "flatten", "alias" (into or out of a nested model), or None (a call the walk cannot follow)."""
     layer = call.layer
+    if isinstance(layer, Alias):
+        return "alias"
     _, kind = layer_type(layer)
     if kind is None or kind.channels is None or getattr(layer, "data_format", None) == "channels_first":
         return None
@@ -231,5 +235,6 @@ def role_of(call, shapes):
 
 
 def channel_spaces(model):
-    """The `ChannelSpaces` of a built functional or Sequential model (Keras 3 or tf_keras)."""
-    return ChannelSpaces(layer_calls(model))
+    """The `ChannelSpaces` of a built functional or Sequential model (Keras 3 or tf_keras), nested models
+    walked into."""
+    return ChannelSpaces(layer_calls(model, nested=True))

@@ -66,7 +66,7 @@ def input_channel_energy(model, calibration, layer_ids, rows=None):
     return energy
 
 
-def reconstruct(reference, pruned, calibration, *, progress=False, channels=None):
+def reconstruct(reference, pruned, calibration, *, progress=False, channels=None, nested=False):
     """Refit every masked layer of `pruned` (in place) to reproduce `reference` on `calibration`.
 
     Args:
@@ -84,13 +84,15 @@ def reconstruct(reference, pruned, calibration, *, progress=False, channels=None
             last axis of the reference's tensor) it holds, where it holds fewer
             (the width axis); a layer writing such a tensor is refit to
             reproduce those channels of the dense layer's output.
+        nested: walk into nested models (`layer_calls`), refitting their layers
+            too; `channels` then names their tensors as that walk does.
 
     Returns:
         wrapper id -> {"error_before", "error_after"} (relative squared error of
         the layer's pre-activation output against the dense layer on dense
         inputs), or {"reconstruction": reason} for wrappers left as they were.
     """
-    reference_calls, pruned_calls = layer_calls(reference), layer_calls(pruned)
+    reference_calls, pruned_calls = layer_calls(reference, nested), layer_calls(pruned, nested)
     if len(reference_calls.calls) != len(pruned_calls.calls):
         raise AssertionError("the pruned model's layer graph differs from the dense model's")
     report, few_samples = {}, []
