@@ -1,6 +1,6 @@
-"""Keras 3 on the JAX and torch backends: prune (channels, masks), data-aware steps, fit (also with rgp_keras.distiller), strip,
-save, then LiteRT export under TensorFlow; and keras.distribution.DataParallel on JAX. Each backend runs in
-its own process."""
+"""Keras 3 on the JAX and torch backends: prune (channels, masks), data-aware steps, fit (also with
+rgp_keras.distiller), strip, save, then LiteRT export under TensorFlow; and keras.distribution.DataParallel on
+JAX. Each backend runs in its own process."""
 
 import json
 import os
