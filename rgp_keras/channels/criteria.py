@@ -35,6 +35,9 @@ _STEPS = 32
 _DAMPING = 0.01
 # Calibration rows of X^T X per chunk (bounded kernel-window patches).
 _CHUNK_ELEMENTS = 1 << 24
+# Rows summed into a consumer's X^T X: at least this many per feature (and _MIN_ROWS), every s-th row beyond (a
+# ranking needs a good estimate, not every row: 64 rows a feature is SparseGPT's 128 x 2048 tokens for 4096).
+_ROWS_PER_FEATURE, _MIN_ROWS = 64, 1 << 16
 
 
 def l1_norms(spaces, root):
@@ -63,7 +66,7 @@ def least_squares_order(spaces, roots, keep, calibration):
             return None
         features = _features(call.layer)
         wide = features > GREEDY_FEATURES or unsupported_reason(call.layer) is not None
-        statistics[id(call.layer)] = _Statistics(call.layer, energy_only=wide)
+        statistics[id(call.layer)] = _Statistics(call.layer, calibration.rows, energy_only=wide)
         return statistics[id(call.layer)]
 
     walk(spaces.calls, None, calibration, visit)
@@ -80,14 +83,15 @@ def _features(layer):
 
 
 class _Statistics(Observer):
-    """X^T X of a kernel layer's input rows (features: window positions x channels, then a constant 1), or only
-    each input channel's mean square (`energy_only`)."""
+    """X^T X of a kernel layer's input rows (features: window positions x channels, then a constant 1) over
+    `samples` calibration samples, every `stride`-th row where there are many more than it needs; or only each
+    input channel's mean square (`energy_only`)."""
 
     changes = False
 
-    def __init__(self, layer, energy_only):
-        self.layer, self.energy_only = layer, energy_only
-        self.gram, self.second, self.rows = None, 0.0, 0
+    def __init__(self, layer, samples, energy_only):
+        self.layer, self.samples, self.energy_only = layer, samples, energy_only
+        self.gram, self.second, self.rows, self.stride = None, 0.0, 0, None
 
     def add(self, start, inputs, reference_inputs, reference_outputs):
         x = to_numpy(inputs[0])
@@ -99,6 +103,10 @@ class _Statistics(Observer):
         chunk = max(1, _CHUNK_ELEMENTS // max(per_sample, 1))
         for first in range(0, len(x), chunk):
             rows = kernel_rows(self.layer, x[first:first + chunk])
+            if self.stride is None:
+                wanted = max(_ROWS_PER_FEATURE * rows.shape[1], _MIN_ROWS)
+                self.stride = max(1, self.samples * (rows.shape[0] // len(x[first:first + chunk])) // wanted)
+            rows = rows[:: self.stride]
             count, sums, _ = column_sums(rows)
             if self.gram is None:
                 self.gram = np.zeros((len(sums) + 1, len(sums) + 1))
