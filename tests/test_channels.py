@@ -301,6 +301,6 @@ def test_keras_applications_keep_their_function_at_keep_1_and_thin_at_half(name,
     thin = prune_channels(model, keep=0.5)
     assert thin.count_params() < 0.6 * model.count_params()
     assert to_numpy(thin(x)).shape == want.shape
-    if name == "MobileNetV2":
+    if name == "MobileNetV3Small":  # keras.ops operations in its graph (every architecture exports: 19-51 s each)
         report = rgp_keras.export_tflite(thin, tmp_path / "thin.tflite")
         assert report.max_difference < 1e-3

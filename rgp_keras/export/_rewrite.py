@@ -78,7 +78,8 @@ def compact_model(model, layout="auto", *, int8=False, threads=1):
 
 def masked_kernel_of(layer):
     """The channel-pair kernel RGP masks in `layer` (a numpy array), or None for a layer without one."""
-    attribute = prunable_kernel(layer)[0] if layer.count_params() else None
+    # a keras.ops operation in a functional model (`x + 3.0`) holds no weights and has no count_params
+    attribute = prunable_kernel(layer)[0] if getattr(layer, "weights", None) else None
     return None if attribute is None else to_numpy(getattr(layer, attribute))
 
 
