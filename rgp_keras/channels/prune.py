@@ -13,7 +13,7 @@ from rgp_keras.data_aware.steps import calibration_set, fewest_rows_per_weight, 
 from rgp_keras.errors import InputTypeError, InputValueError
 from rgp_keras.masking.layer_types import layer_type
 from rgp_keras.masking.selection import layer_macs, matches
-from rgp_keras.model_walk import clone_model, layer_calls, leaves, paired_leaves, reject_tf_keras
+from rgp_keras.model_walk import clone_model, is_tf_keras, layer_calls, leaves, paired_leaves
 
 
 def prune_channels(model, *, keep=None, macs=None, calibration_data=None, calibration_samples=None,
@@ -60,7 +60,6 @@ def prune_channels(model, *, keep=None, macs=None, calibration_data=None, calibr
     >>> thin.layers[0].units, thin.count_params() < model.count_params()
     (32, True)
     """
-    reject_tf_keras(model, "prune_channels")
     _check_model(model)
     keep, macs = _check_amount(keep, macs)
     progress_wanted(verbose, 0)
@@ -90,6 +89,13 @@ def prune_channels(model, *, keep=None, macs=None, calibration_data=None, calibr
 
 
 def _check_model(model):
+    if is_tf_keras(model):
+        raise InputTypeError(
+            f"{type(model).__name__} {model.name!r} is a tf_keras (Keras 2) model, and prune_channels takes Keras 3 "
+            "models (`import keras`): build the same architecture with keras.layers, copy the weights over with "
+            "`set_weights(tf_keras_model.get_weights())` and prune that. (RGP masks on tf_keras models: "
+            "rgp_keras.prune_regular_graph, through TF-MOT.)"
+        )
     if not isinstance(model, keras.Model):
         raise InputTypeError(f"`model` must be a Keras 3 functional or Sequential model, got {type(model).__name__}.")
     if not is_rebuildable(model):
