@@ -13,108 +13,39 @@ kept importance stops improving (Pool & Yu, NeurIPS 2021, do the same for 2:4
 sparsity). A weight's importance is w^2 (summed over the kernel window), times
 its input channel's mean square activation on calibration data when given.
 
-Spaces that touch a model input or output, a Flatten/Reshape/Concatenate, a
-nested model or any layer not known to act channel by channel keep their order;
-the report says why.
+Channel spaces come from the width axis's walk (`rgp_keras.channels.spaces`):
+spaces that touch a model input or output, a nested model or any layer it
+cannot follow keep their order, and so do spaces laid out beside others by a
+Concatenate or repeated per position by a Flatten (RGP's channel groups of
+those tensors are not the space's); the report says why.
 """
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from rgp_keras.channels.spaces import role_of
+from rgp_keras.channels.spaces import ChannelSpaces
 from rgp_keras.masking.layer_types import layer_type
 from rgp_keras.masking.masks import channel_groups, group_mask
-from rgp_keras.model_walk import layer_calls, to_numpy, variable_index
-
-
-class _Spaces:
-    """Union-find over tensor ids; a root records why its space must keep channel order (or None)."""
-
-    def __init__(self):
-        self.parent, self.frozen = {}, {}
-
-    def find(self, key):
-        self.parent.setdefault(key, key)
-        while self.parent[key] != key:
-            self.parent[key] = self.parent[self.parent[key]]
-            key = self.parent[key]
-        return key
-
-    def union(self, a, b):
-        a, b = self.find(a), self.find(b)
-        if a != b:
-            self.parent[b] = a
-            self.frozen[a] = self.frozen.get(a) or self.frozen.get(b)
-
-    def freeze(self, key, reason):
-        root = self.find(key)
-        self.frozen[root] = self.frozen.get(root) or reason
-
-
-def _channels_last(layer):
-    return getattr(layer, "data_format", "channels_last") in ("channels_last", None)
+from rgp_keras.model_walk import layer_calls, to_numpy
 
 
 def _is_kernel(layer):
-    """Whether `layer`'s kernel maps every input channel to every output channel, channels last."""
+    """Whether `layer`'s `kernel` maps every input channel to every output channel, channels last."""
     kind = layer_type(layer)[1]
     return kind is not None and kind.kernel == "kernel" and kind.channels == "kernel" and getattr(
-        layer, "groups", 1) == 1 and _channels_last(
-        layer)
+        layer, "groups", 1) == 1 and getattr(layer, "data_format", "channels_last") in ("channels_last", None)
 
 
-def _kind(call, shapes):
-    """"kernel", "channelwise", "merge" or None (anything else, a Concatenate or Flatten too: its tensors keep
-    channel order), by the coupling rules of the width axis's walk (`rgp_keras.channels.spaces.role_of`)."""
-    role = role_of(call, shapes)
-    if role == "kernel":
-        return "kernel" if _is_kernel(call.layer) else None
-    return role if role in ("channelwise", "merge") else None
-
-
-def channel_spaces(calls):
-    """Group the tensors of `calls` (a model's `LayerCalls`) into channel spaces.
-
-    Returns `(spaces, members)`: the union-find and, per root, the calls of
-    kernel layers writing it ("producers"), reading it ("consumers") and
-    channel-wise layers with weights inside it.
-    """
-    spaces = _Spaces()
-    for key in calls.inputs:
-        spaces.freeze(key, "a model input")
-    for key in calls.outputs:
-        spaces.freeze(key, "a model output")
-    calls_of = {}
-    for call in calls.calls:
-        calls_of[id(call.layer)] = calls_of.get(id(call.layer), 0) + 1
-    members = {}
-    for call in calls.calls:
-        kind = _kind(call, calls.shapes)
-        if calls_of[id(call.layer)] > 1:
-            for key in (*call.inputs, *call.outputs):
-                spaces.freeze(key, f"layer {call.layer.name} is called more than once")
-        elif kind == "kernel":
-            members.setdefault(call.inputs[0], _members())["consumers"].append(call)
-            members.setdefault(call.outputs[0], _members())["producers"].append(call)
-        elif kind in ("channelwise", "merge"):
-            for key in (*call.inputs[1:], *call.outputs):
-                spaces.union(call.inputs[0], key)
-            if kind == "channelwise" and call.layer.weights:
-                members.setdefault(call.inputs[0], _members())["channelwise"].append(call)
-        else:
-            what = "a nested model" if hasattr(call.layer, "layers") else type(call.layer).__name__
-            for key in (*call.inputs, *call.outputs):
-                spaces.freeze(key, f"{what} ({call.layer.name})")
-    by_root = {}
-    for key, member in members.items():
-        merged = by_root.setdefault(spaces.find(key), _members())
-        for role, role_calls in member.items():
-            merged[role].extend(role_calls)
-    return spaces, by_root
-
-
-def _members():
-    return {"producers": [], "consumers": [], "channelwise": []}
+def _kept_order(spaces):
+    """Space root -> why assignment keeps its order: frozen by the walk, or laid out beside others (Concatenate)
+    or repeated per position (Flatten), where RGP's channel groups of the tensor are not the space's."""
+    reasons = {root: spaces.frozen(root) for root in spaces.spaces() if spaces.frozen(root)}
+    for call, role in zip(spaces.calls.calls, spaces.roles):
+        if role in ("concat", "flatten"):
+            for key in call.inputs:
+                for segment in spaces.layouts[key]:
+                    reasons.setdefault(spaces.find(segment.space), f"{type(call.layer).__name__} ({call.layer.name})")
+    return reasons
 
 
 def assign_channels(model, graph, wrapped, *, self_loops=False, input_energy=None, rounds=10):
@@ -138,7 +69,8 @@ def assign_channels(model, graph, wrapped, *, self_loops=False, input_energy=Non
         side kept its channel order, or "").
     """
     calls = layer_calls(model)
-    spaces, members = channel_spaces(calls)
+    spaces = ChannelSpaces(calls)
+    kept_order = _kept_order(spaces)
     blocks = group_mask(graph, self_loops).astype(np.float64)
     nodes = graph.nodes
     importance = {}
@@ -150,21 +82,21 @@ def assign_channels(model, graph, wrapped, *, self_loops=False, input_energy=Non
                 weight = weight * input_energy[id(call.layer)][:, None]
             importance[id(call.layer)] = weight
     call_of = {id(call.layer): call for call in calls.calls}
+    root_of = lambda key: spaces.find(spaces.layouts[key][0].space) if len(spaces.layouts[key]) == 1 else None
     # slot of each channel, per free space that touches a wrapped layer (identity to start)
-    slots = {}
-    for root, member in members.items():
-        if spaces.frozen.get(root):
+    slots, members = {}, {}
+    for root in spaces.spaces():
+        if root in kept_order:
             continue
-        if any(id(call.layer) in importance for call in member["producers"] + member["consumers"]):
-            channels = calls.shapes[member["producers"][0].outputs[0] if member["producers"] else
-                                        member["consumers"][0].inputs[0]][-1]
-            if channels >= nodes:
-                slots[root] = np.arange(channels)
+        producers = [call for call in spaces.producers(root) if id(call.layer) in importance]
+        consumers = [call for call in spaces.consumers(root) if id(call.layer) in importance]
+        if (producers or consumers) and spaces.width(root) >= nodes:
+            slots[root] = np.arange(spaces.width(root))
+            members[root] = producers, consumers
 
     def groups_of(key):
-        root = spaces.find(key)
-        channels = calls.shapes[key][-1]
-        base = channel_groups(channels, nodes)
+        root = root_of(key)
+        base = channel_groups(calls.shapes[key][-1], nodes)
         return base[slots[root]] if root in slots else base
 
     def kept():
@@ -178,17 +110,15 @@ def assign_channels(model, graph, wrapped, *, self_loops=False, input_energy=Non
     total_before = total = sum(before.values())
     for _ in range(rounds):
         for root in slots:
-            member = members[root]
+            producers, consumers = members[root]
             channels = len(slots[root])
             score = np.zeros((channels, nodes))
-            for call in member["consumers"]:
-                if id(call.layer) in importance:
-                    out_groups = np.eye(nodes)[groups_of(call.outputs[0])]
-                    score += importance[id(call.layer)] @ out_groups @ blocks.T
-            for call in member["producers"]:
-                if id(call.layer) in importance:
-                    in_groups = np.eye(nodes)[groups_of(call.inputs[0])]
-                    score += importance[id(call.layer)].T @ in_groups @ blocks
+            for call in consumers:
+                out_groups = np.eye(nodes)[groups_of(call.outputs[0])]
+                score += importance[id(call.layer)] @ out_groups @ blocks.T
+            for call in producers:
+                in_groups = np.eye(nodes)[groups_of(call.inputs[0])]
+                score += importance[id(call.layer)].T @ in_groups @ blocks
             cost = score[:, channel_groups(channels, nodes)]
             rows, columns = linear_sum_assignment(cost, maximize=True)
             slots[root] = columns[np.argsort(rows)]
@@ -204,45 +134,21 @@ def assign_channels(model, graph, wrapped, *, self_loops=False, input_energy=Non
         call = call_of[layer_id]
         whole = float(importance[layer_id].sum()) or 1.0
         reasons = [
-            f"{side} channels keep their order: {spaces.frozen[spaces.find(key)]}"
+            f"{side} channels keep their order: {why}"
             for side, key in (("input", call.inputs[0]), ("output", call.outputs[0]))
-            if spaces.frozen.get(spaces.find(key))
+            for why in [_why_kept(spaces, kept_order, key)] if why
         ]
         report[layer_id] = {
             "importance_before": before[layer_id] / whole,
             "importance_after": after[layer_id] / whole,
             "kept_order": "; ".join(reasons),
         }
-    return (permuted_weights(calls, spaces, members, slots) if improved else {}), report
+    orders = {root: np.argsort(slot) for root, slot in slots.items()}  # order[s]: the channel moving to s
+    return (spaces.taken_weights(orders) if improved else {}), report
 
 
-def permuted_weights(calls, spaces, members, slots):
-    weights = {}
+def _why_kept(spaces, kept_order, key):
+    """Why tensor `key`'s channels keep their order, or ""."""
+    reasons = [kept_order.get(spaces.find(segment.space)) for segment in spaces.layouts[key]]
+    return next((reason for reason in reasons if reason), "")
 
-    def current(layer):
-        if id(layer) not in weights:
-            weights[id(layer)] = layer.get_weights()
-        return weights[id(layer)]
-
-    for root, slot in slots.items():
-        if np.array_equal(slot, np.arange(len(slot))):
-            continue
-        order = np.argsort(slot)  # order[s]: the channel that moves to position s
-        member = members[root]
-        for call in member["producers"]:
-            values = current(call.layer)
-            kernel_index = variable_index(call.layer, call.layer.kernel)
-            values[kernel_index] = values[kernel_index][..., order]
-            if getattr(call.layer, "use_bias", False):
-                bias_index = variable_index(call.layer, call.layer.bias)
-                values[bias_index] = values[bias_index][order]
-        for call in member["consumers"]:
-            values = current(call.layer)
-            kernel_index = variable_index(call.layer, call.layer.kernel)
-            values[kernel_index] = np.take(values[kernel_index], order, axis=-2)
-        for call in member["channelwise"]:
-            values = current(call.layer)
-            axis = layer_type(call.layer)[1].channel_axis
-            for i, value in enumerate(values):
-                values[i] = np.take(value, order, axis=axis if value.ndim > 1 else -1)
-    return weights
