@@ -149,6 +149,17 @@ def test_the_least_squares_criterion_keeps_the_channels_a_refit_needs():
     assert relative_error(model, fitted, images(64, (16,), seed=1)) < 1e-6
 
 
+def test_layers_selects_which_layers_lose_output_channels():
+    model = branchy()
+    thin = prune_channels(model, keep=0.5, layers=["c3", layers.SeparableConv2D])
+    widths = {layer.name: getattr(layer, "filters", None) for layer in thin.layers}
+    assert (widths["c3"], widths["sep"], widths["c1"], widths["c4"], widths["c5"]) == (24, 20, 32, 16, 24)
+    rows = {row["name"]: row for row in pruning_summary(thin)}
+    assert rows["c1"]["skipped"] == "width kept: not selected by `layers` (c1, c2)"
+    with pytest.raises(InputValueError, match=r"No layer named \['c9'\]"):
+        prune_channels(model, keep=0.5, layers="c9")
+
+
 def test_a_macs_target_is_met_and_the_unreachable_one_names_the_smallest():
     model = branchy()
     dense = pruning_summary(model).totals["macs"]

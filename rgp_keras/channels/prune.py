@@ -12,7 +12,7 @@ from rgp_keras.data_aware.reconstruct import reconstruct
 from rgp_keras.data_aware.steps import calibration_set, fewest_rows_per_weight, progress_wanted
 from rgp_keras.errors import InputTypeError, InputValueError
 from rgp_keras.masking.layer_types import layer_type
-from rgp_keras.masking.selection import layer_macs, matches
+from rgp_keras.masking.selection import checked_selectors, layer_macs, matches
 from rgp_keras.model_walk import clone_model, is_tf_keras, layer_calls, leaves, paired_leaves
 
 
@@ -139,13 +139,13 @@ def _check_amount(keep, macs):
 def _prunable(spaces, model, layers):
     """(The spaces whose width may change, root -> why a space that has producers keeps its width)."""
     free, held = [], {}
+    selectors = None if layers is None else checked_selectors(model, layers)
     for root in spaces.spaces():
         producers = spaces.producers(root)
         if not producers:
             continue
         reason = spaces.frozen(root)
-        if reason is None and layers is not None:
-            selectors = layers if isinstance(layers, (list, tuple, set)) else [layers]
+        if reason is None and selectors is not None:
             unselected = [call.layer.name for call in producers if not matches(call.layer, selectors)]
             if unselected:
                 reason = f"not selected by `layers` ({', '.join(unselected)})"
@@ -159,12 +159,6 @@ def _prunable(spaces, model, layers):
             held[root] = reason
         else:
             free.append(root)
-    if layers is not None:
-        selectors = layers if isinstance(layers, (list, tuple, set)) else [layers]
-        names = {layer.name for layer in leaves(model)}
-        unknown = [s for s in selectors if isinstance(s, str) and s not in names]
-        if unknown:
-            raise InputValueError(f"No layer named {unknown} in model {model.name!r}; its layers are {sorted(names)}.")
     if not free:
         why = "; ".join(sorted({f"{reason}" for reason in held.values()})) or "it has no hidden kernel layers"
         raise InputValueError(

@@ -49,12 +49,18 @@ def wanted(model, layers, skip_first, skip_last, reason_of=skip_reason):
         if candidates and skip_last:
             skipped.add(id(candidates[-1]))
         return [(layer, False) for layer in candidates if id(layer) not in skipped]
+    selectors = checked_selectors(model, layers)
+    return [(layer, layer.name in selectors) for layer in walked if matches(layer, selectors)]
+
+
+def checked_selectors(model, layers):
+    """`layers` (a name, class or predicate, or a list of them) as a list; raises when a name matches no layer."""
     selectors = layers if isinstance(layers, (list, tuple, set)) else [layers]
-    names = {layer.name for layer in walked}
+    names = {layer.name for layer in leaves(model)}
     unknown = [s for s in selectors if isinstance(s, str) and s not in names]
     if unknown:
         raise InputValueError(f"No layer named {unknown} in model {model.name!r}; its layers are {sorted(names)}.")
-    return [(layer, layer.name in selectors) for layer in walked if matches(layer, selectors)]
+    return selectors
 
 
 def select(model, graph, layers, skip_first, skip_last, reason_of=skip_reason):
