@@ -62,13 +62,14 @@ def prune_channels(model, *, keep=None, macs=None, calibration_data=None, calibr
     """
     _check_model(model)
     keep, macs = _check_amount(keep, macs)
-    progress_wanted(verbose, 0)
+    progress_wanted(verbose, 0)  # a bad `verbose` fails before any work
     spaces = channel_spaces(model)
     free, held = _prunable(spaces, model, layers)
     counts = _counts(spaces, free, keep) if keep is not None else _counts_for_macs(model, spaces, free, macs)
+    readers = _readers(spaces, free, counts)
     calibration, fit = calibration_set(
         model, calibration_data, calibration_samples, calibration_mixes, calibration_batch_size,
-        lambda samples: fewest_rows_per_weight(model, _readers(spaces, free), lambda layer: keep or macs, samples))
+        lambda samples: fewest_rows_per_weight(model, readers, lambda layer: readers[id(layer)], samples))
     kept = {}
     if calibration is None:
         criterion = "L1 filter norms (no calibration data)"
@@ -224,9 +225,9 @@ def _share(spaces, key, counts):
     return sum(counts.get(spaces.find(segment.space), segment.width) for segment in layout) / max(whole, 1)
 
 
-def _readers(spaces, free):
-    """Ids of the layers whose inputs lose channels (the ones refit)."""
-    return {id(call.layer) for root in free for call in spaces.consumers(root)}
+def _readers(spaces, free, counts):
+    """Layer id -> the share of its input channels kept, for the layers whose inputs lose channels (refit)."""
+    return {id(call.layer): _share(spaces, call.inputs[0], counts) for root in free for call in spaces.consumers(root)}
 
 
 def _thinned(model, spaces, kept):
