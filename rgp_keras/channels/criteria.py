@@ -22,7 +22,7 @@ import math
 import numpy as np
 import scipy.linalg
 
-from rgp_keras.data_aware.reconstruct import column_sums, kernel_rows, transposed_product, unsupported_reason
+from rgp_keras.data_aware.reconstruct import add_gram, column_sums, kernel_rows, unsupported_reason
 from rgp_keras.data_aware.stream import Observer, walk
 from rgp_keras.masking.layer_types import layer_type
 from rgp_keras.model_walk import to_numpy
@@ -107,14 +107,9 @@ class _Statistics(Observer):
                 wanted = max(_ROWS_PER_FEATURE * rows.shape[1], _MIN_ROWS)
                 self.stride = max(1, self.samples * (rows.shape[0] // len(x[first:first + chunk])) // wanted)
             rows = rows[:: self.stride]
-            count, sums, _ = column_sums(rows)
             if self.gram is None:
-                self.gram = np.zeros((len(sums) + 1, len(sums) + 1))
-            self.gram[:-1, :-1] += transposed_product(rows)
-            self.gram[-1, :-1] += sums
-            self.gram[:-1, -1] += sums
-            self.gram[-1, -1] += count
-            self.rows += count
+                self.gram = np.zeros((rows.shape[1] + 1, rows.shape[1] + 1))
+            self.rows += add_gram(self.gram, rows)
 
     def finish(self):
         pass

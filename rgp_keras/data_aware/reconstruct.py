@@ -309,6 +309,17 @@ def _patches(x, kernel_size, strides, rates, padding):
     return ops.reshape(ops.stack(taps, axis=-2), (-1, len(taps) * x.shape[-1]))
 
 
+def add_gram(gram, rows):
+    """Add X^T X of `rows`, with a trailing constant feature 1 (the bias), to `gram` (float64, features + 1
+    square); returns the number of rows."""
+    count, sums, _ = column_sums(rows)
+    gram[:-1, :-1] += transposed_product(rows)
+    gram[-1, :-1] += sums
+    gram[:-1, -1] += sums
+    gram[-1, -1] += count
+    return count
+
+
 class _Normal:
     """Sums for least squares: X^T X, X^T Y and |Y|^2 over rows (X with a trailing 1 for the bias).
 
@@ -323,11 +334,7 @@ class _Normal:
         self.rows = 0
 
     def add(self, rows, target):
-        count, sums, _ = column_sums(rows)
-        self.gram[:-1, :-1] += transposed_product(rows)
-        self.gram[-1, :-1] += sums
-        self.gram[:-1, -1] += sums
-        self.gram[-1, -1] += count
+        count = add_gram(self.gram, rows)
         self.cross[:-1] += transposed_product(rows, target)
         _, target_sums, target_squares = column_sums(target)
         self.cross[-1] += target_sums
