@@ -277,12 +277,12 @@ def test_mobilenet_v2_compact_export_matches_keras(real_images, tmp_path):
 
 def test_int8_compact_classifies_like_int8_sparse(graph16, tmp_path):
     (x_train, y_train), (x_test, _) = load_fashion_mnist()
-    x_train = np.pad(x_train[:4096], ((0, 0), (2, 2), (2, 2)))[..., None].repeat(3, -1).astype("float32") / 255
+    x_train = np.pad(x_train[:2048], ((0, 0), (2, 2), (2, 2)))[..., None].repeat(3, -1).astype("float32") / 255
     x_test = np.pad(x_test[:300], ((0, 0), (2, 2), (2, 2)))[..., None].repeat(3, -1).astype("float32") / 255
     keras.utils.set_random_seed(0)
     pruned = prune_regular_graph(vgg((32, 64, 64)), graph=graph16)
     pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    pruned.fit(x_train, y_train[:4096], epochs=1, batch_size=128, verbose=0)
+    pruned.fit(x_train, y_train[:2048], epochs=1, batch_size=128, verbose=0)
     compact = export_tflite(pruned, tmp_path / "c8.tflite", quantize="int8", representative_data=x_train[:200])
     sparse = export_tflite(pruned, tmp_path / "s8.tflite", compact=False, quantize="int8",
                            representative_data=x_train[:200])

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import zipfile
 from fractions import Fraction
 
@@ -461,21 +460,6 @@ def test_saved_graph_files_get_the_umask_mode(tmp_path):
     assert (tmp_path / "g.npz").stat().st_mode & 0o777 == 0o644
 
 
-@pytest.mark.slow
-def test_first_compile_is_announced_once_and_a_second_process_loads_the_cache(tmp_path):
-    code = (
-        "from rgp_keras.graph import RegularGraph, optimize\n"
-        "optimize(RegularGraph.random(16, 8, seed=0, symmetry=2), attempts=100, seed=0)\n"
-        "optimize(RegularGraph.random(16, 4, seed=0), attempts=100, seed=0)\n"
-    )
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
-    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert first.stderr.count("compiling the graph optimiser (one time") == 1
-    started = time.perf_counter()
-    second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert "compiling" not in second.stderr and time.perf_counter() - started < 8  # compiling takes ~10 s
-
-
 def test_random_graphs_leave_every_global_random_state_alone():
     import random
 
@@ -496,10 +480,11 @@ def test_random_graphs_leave_every_global_random_state_alone():
 
 
 @pytest.mark.slow
-def test_after_warm_up_a_new_process_optimises_the_default_graphs_without_compiling(tmp_path):
+def test_the_first_compile_is_announced_once_and_later_processes_load_the_cache(tmp_path):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}  # an empty cache: what a fresh checkout has
     run = lambda code: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert "compiling the graph optimiser" in run("import rgp_keras.graph as g; g.warm_up()").stderr
+    # warm_up optimises 12 graphs (every path optimize takes): the compile is announced at the first only
+    assert run("import rgp_keras.graph as g; g.warm_up()").stderr.count("compiling the graph optimiser (one time") == 1
     # what prune_regular_graph(sparsity=0.875) and `rgp graph --sparsity 0.875` reach (64/8, symmetric search),
     # and a degree < 8 (no symmetry), each the first optimisation of its process
     for degree in (8, 4):
