@@ -28,6 +28,8 @@ _EXPORTS = {
     "export_tflite": "rgp_keras.export",
     "run_tflite": "rgp_keras.litert",
     "benchmark_tflite": "rgp_keras.litert",
+    "predict_latency": "rgp_keras.latency",
+    "LatencyTable": "rgp_keras.latency",
     "load_mnist": "rgp_keras.datasets",
     "load_fashion_mnist": "rgp_keras.datasets",
     "PruningSummary": "rgp_keras.masking.summary",

@@ -16,6 +16,7 @@ _EXAMPLES = {
     "summary": "example: rgp summary pruned.keras",
     "export": "example: rgp export pruned.keras -o model.tflite --quantize int8 --calibration samples.npy",
     "bench": "example: rgp bench model.tflite --threads 1",
+    "bench-layers": "example (on the target device): rgp bench-layers model.keras -o table.json --threads 4",
     "plot": "examples: rgp plot aspl graph.npz -o aspl.png; rgp plot layers pruned.keras -o layers.png",
 }
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -221,6 +222,23 @@ def _bench(args):
     )
 
 
+def _bench_layers(args):
+    if "keras" not in sys.modules:  # segments convert through TensorFlow, as export does
+        os.environ["KERAS_BACKEND"] = "tensorflow"
+    from rgp_keras.latency import LatencyTable, predict_latency
+
+    model = _load_keras_model(args.model)
+    table = LatencyTable(args.output, args.threads)
+    if table.threads != args.threads:
+        raise InputValueError(f"{args.output} holds times at {table.threads} thread(s), not --threads {args.threads}")
+    prediction = predict_latency(model, threads=args.threads, table=table, verbose=0 if args.json else 1)
+    if args.json:
+        return _print_json(model=args.model, table=args.output, total_ms=prediction.total_ms,
+                           segments=prediction.segments)
+    print(prediction)
+    print(f"{args.output}: {len(table.entries)} segment time(s) at {args.threads} thread(s) on {table.machine['cpu']}")
+
+
 def _plot(args):
     from rgp_keras import plots
 
@@ -362,6 +380,15 @@ def _parser():
     )
     bench.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     bench.add_argument("--runs", type=int, default=30, help="timed invocations (default 30)")
+
+    bench_layers = _command(
+        commands, "bench-layers", "time a .keras model's layers on this machine's LiteRT into a latency table",
+        "Time each layer segment of a model (once) and add the times to a JSON table that predict_latency reads; "
+        "run it on the target device (any machine with Python and ai-edge-litert).",
+        _bench_layers, model=".keras model", json="print the prediction as one JSON object",
+    )
+    bench_layers.add_argument("-o", "--output", required=True, help="latency table (.json) to write or extend")
+    bench_layers.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
 
     plot = _command(
         commands, "plot", "PNG figures: ASPL history, graph adjacency, per-layer kept weights",

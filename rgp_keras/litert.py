@@ -97,15 +97,16 @@ def _run_without_signature(interpreter, path, inputs, batch_size):
 def benchmark_tflite(path, *, threads=1, runs=30, warmup=5):
     """Median latency in milliseconds of one single-sample invocation (after `warmup` runs).
 
-    Returns a dict with median_ms, min_ms, runs and threads. The input is
-    random data of the model's input shape (latency does not depend on values).
+    Returns a dict with median_ms, min_ms, runs and threads. The inputs are
+    random data of the model's input shapes (latency does not depend on values).
     """
     if runs < 1 or warmup < 0:
         raise InputValueError(f"`runs` must be >= 1 and `warmup` >= 0, got runs={runs}, warmup={warmup}.")
     interpreter = load_interpreter(path, threads)
-    source = interpreter.get_input_details()[0]
-    sample = np.random.default_rng(0).normal(size=[max(1, d) for d in source["shape"]])
-    interpreter.set_tensor(source["index"], _quantize(sample, source))
+    rng = np.random.default_rng(0)
+    for source in interpreter.get_input_details():
+        sample = rng.normal(size=[max(1, d) for d in source["shape"]])
+        interpreter.set_tensor(source["index"], _quantize(sample, source))
     for _ in range(warmup):
         interpreter.invoke()
     times = []

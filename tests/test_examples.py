@@ -90,7 +90,8 @@ def test_every_readme_and_docs_cli_line_runs_as_written(tmp_path, monkeypatch, c
     assert len(commands) >= 10
     for argv in commands:
         assert main(argv[1:]) == 0, (argv, capsys.readouterr())
-    for name in ("graph.npz", "plain.npz", "aspl.png", "pruned.keras", "model.tflite", "adjacency.png", "layers.png"):
+    for name in ("graph.npz", "plain.npz", "aspl.png", "pruned.keras", "model.tflite", "adjacency.png", "layers.png",
+                 "table.json"):
         assert (tmp_path / name).stat().st_size > 0
 
 

@@ -1,0 +1,247 @@
+"""A model's LiteRT latency, predicted from its segments' latencies: each segment timed once on this machine
+(or read from a table measured on the target) and kept on disk.
+
+A segment is one layer call and the calls the converter fuses into it
+(BatchNormalization, activations, Dropout: each read only by it). Each is
+converted to a .tflite file of its own and timed by the LiteRT interpreter
+(XNNPACK, `threads`), on one sample. A whole file's latency is then the sum
+over its segments: within +-5 % on the benchmark CNN and on MobileNetV2 at
+224x224, one thread (benchmarks/latency_table.py checks it). What decides a
+segment's latency is its key: the layers' classes and configs (names left
+out) and the input shapes; weights do not matter for float files.
+
+Example:
+>>> prediction = predict_latency(model)  # doctest: +SKIP
+>>> print(prediction)  # doctest: +SKIP
+"""
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+from rgp_keras._checks import check_int
+from rgp_keras.errors import InputTypeError, InputValueError
+from rgp_keras.model_walk import Alias, clone_layer, is_rgp_wrapper, layer_calls, leaves, reject_tf_keras, run_call
+
+_FUSED = ("BatchNormalization", "ReLU", "Activation", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
+          "GaussianNoise", "GaussianDropout", "AlphaDropout")
+_RUNS, _WARMUP, _ROUNDS = 20, 3, 3
+_INVOKE = "invoke"  # the table's entry for what one call of a file costs beside its operations
+
+
+class Segment(NamedTuple):
+    """Calls converted and timed together: the first call, then those fused into it."""
+
+    name: str
+    key: str
+    calls: tuple
+    shapes: tuple  # the first call's input shapes, batch 1
+
+
+class LatencyPrediction(NamedTuple):
+    """A file's predicted latency: `total_ms`, and (segment name, ms) per segment in model order (each
+    segment's time less the cost of calling a file, which `total_ms` counts once)."""
+
+    total_ms: float
+    segments: list
+
+    def __str__(self):
+        width = max((len(name) for name, _ in self.segments), default=7)
+        lines = [f"{'segment':<{width}}  {'ms':>8}  share"]
+        lines += [f"{name:<{width}}  {ms:8.3f}  {ms / max(self.total_ms, 1e-12):5.1%}" for name, ms in self.segments]
+        return "\n".join(lines + [f"{'total':<{width}}  {self.total_ms:8.3f}"])
+
+
+class LatencyTable:
+    """Segment latencies (ms) by key, measured at `threads` LiteRT threads on one machine; a JSON file at
+    `path` (None: kept in memory only). `machine` names where the times come from (LiteRT version, CPU)."""
+
+    def __init__(self, path=None, threads=1):
+        self.path = None if path is None else Path(path)
+        self.threads, self.machine, self.entries = threads, _this_machine(), {}
+        if self.path is not None and self.path.is_file():
+            try:
+                stored = json.loads(self.path.read_text())
+                threads, machine, entries = stored["threads"], stored["machine"], dict(stored["entries"])
+            except (ValueError, KeyError, TypeError) as error:
+                raise InputValueError(f"{self.path} is not a latency table (a JSON file written by rgp_keras: "
+                                      f"{{'threads', 'machine', 'entries'}}): {error}") from None
+            self.threads, self.machine, self.entries = threads, machine, entries
+
+    @classmethod
+    def default(cls, threads=1, cache_dir=None):
+        """This machine's table at `threads` in `cache_dir` (default: the user's cache folder), one file per
+        LiteRT version, CPU and thread count."""
+        folder = Path(cache_dir) if cache_dir is not None else _cache_folder()
+        machine = _this_machine()
+        name = f"{machine['litert']}-{machine['cpu']}-{threads}threads".replace(" ", "_").replace("/", "_")
+        return cls(folder / f"{name}.json", threads)
+
+    def missing(self, segments):
+        return {segment.key: segment for segment in segments if segment.key not in self.entries}
+
+    def measure(self, segments, progress=False):
+        """Time the segments not in the table yet (each converted once); save the table. Returns how many
+        were measured."""
+        missing = list(self.missing(segments).values())
+        if not missing:
+            return 0
+        if self.machine != _this_machine():
+            raise InputValueError(
+                f"The latency table {self.path} was measured on {self.machine}, not on this machine "
+                f"({_this_machine()}), and lacks {len(missing)} segment(s), first {missing[0].name!r}: measure them "
+                "where the table comes from (`rgp bench-layers MODEL -o TABLE`) or use this machine's table.")
+        bar = _progress_bar(len(missing)) if progress else None
+        with tempfile.TemporaryDirectory() as folder:
+            paths = []
+            for number, segment in enumerate(missing):
+                paths.append(os.path.join(folder, f"{number}.tflite"))
+                _segment_model(segment).export(paths[-1], format="litert", verbose=False)
+                if bar is not None:
+                    bar.update(number + 1)
+            if _INVOKE not in self.entries:
+                paths.append(os.path.join(folder, "invoke.tflite"))
+                _invoke_model().export(paths[-1], format="litert", verbose=False)
+            # every file timed in each of _ROUNDS rounds, in turn: a slower spell of the machine is shared out
+            times = [[_time_file(path, self.threads) for path in paths] for _ in range(_ROUNDS)]
+        medians = [statistics.median(column) for column in zip(*times)]
+        if _INVOKE not in self.entries:
+            self.entries[_INVOKE] = medians.pop()
+        self.entries.update({segment.key: ms for segment, ms in zip(missing, medians)})
+        self.save()
+        return len(missing)
+
+    def save(self):
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(json.dumps({"threads": self.threads, "machine": self.machine, "entries": self.entries},
+                                      indent=0, sort_keys=True))
+        os.replace(partial, self.path)
+
+
+def predict_latency(model, *, threads=1, table=None, cache_dir=None, verbose="auto"):
+    """The LiteRT latency (ms, one sample, `threads` threads) of `model` exported as a float .tflite file,
+    predicted as the sum of its segments' latencies (see the module).
+
+    Segments not in the table are converted and timed once (a progress bar
+    for more than 16, or with verbose=1); the table is kept in `cache_dir`
+    (default: the user's cache folder) per LiteRT version, CPU and threads,
+    so a second call measures nothing. `table`: a `LatencyTable` or the path
+    of one (`rgp bench-layers`), e.g. measured on the target device; it must
+    hold every segment of `model`.
+
+    Example:
+    >>> predict_latency(keras.applications.MobileNetV2(weights=None)).total_ms  # doctest: +SKIP
+    """
+    check_int("threads", threads, minimum=1)
+    if verbose not in ("auto", 0, 1) or isinstance(verbose, bool):
+        raise InputValueError(f'`verbose` must be "auto", 0 or 1, got {verbose!r}.')
+    segments = model_segments(model)
+    if table is None:
+        table = LatencyTable.default(threads, cache_dir)
+    elif not isinstance(table, LatencyTable):
+        if not Path(table).is_file():
+            raise InputValueError(f"`table`: no latency table at {table} (write one with `rgp bench-layers`).")
+        table = LatencyTable(table)
+    if table.threads != threads:
+        raise InputValueError(f"`table` was measured at {table.threads} thread(s), not at threads={threads}.")
+    missing = len(table.missing(segments))
+    table.measure(segments, progress=missing > 16 if verbose == "auto" else bool(verbose))
+    # each segment's file paid one call's cost, the model's file pays it once
+    call = table.entries[_INVOKE]
+    parts = [(segment.name, max(table.entries[segment.key] - call, 0.0)) for segment in segments]
+    return LatencyPrediction(call + sum(ms for _, ms in parts), parts)
+
+
+def model_segments(model):
+    """The `Segment`s of a Keras 3 functional or Sequential model, in topological order."""
+    reject_tf_keras(model, "predict_latency")
+    if any(is_rgp_wrapper(layer) for layer in leaves(model)):
+        raise InputTypeError(f"Model {model.name!r} holds RegularGraphPruning wrappers: latency prediction takes "
+                             "plain layers (a dense or prune_channels model), not masked ones yet.")
+    walk = layer_calls(model, nested=True)
+    readers = {}
+    for call in walk.calls:
+        for key in set(call.inputs):
+            readers[key] = readers.get(key, 0) + 1
+    groups = []
+    for call in walk.calls:
+        if isinstance(call.layer, Alias):
+            continue
+        previous = groups[-1][-1] if groups else None
+        if (previous is not None and type(call.layer).__name__ in _FUSED and len(call.inputs) == 1
+                and call.inputs[0] in previous.outputs and readers[call.inputs[0]] == 1
+                and call.inputs[0] not in walk.outputs):
+            groups[-1].append(call)
+        else:
+            groups.append([call])
+    segments = []
+    for calls in groups:
+        inputs = tuple(dict.fromkeys(calls[0].inputs))
+        shapes = tuple((1, *walk.shapes[key][1:]) for key in inputs)
+        if any(d is None for shape in shapes for d in shape):
+            raise InputValueError(f"Layer {calls[0].layer.name!r} reads inputs of unknown size {shapes}: latency "
+                                  "prediction needs a model with fixed input shapes.")
+        key = json.dumps([[_describe(call.layer) for call in calls], shapes], sort_keys=True, default=str)
+        segments.append(Segment(calls[0].layer.name, key, tuple(calls), shapes))
+    return segments
+
+
+def _describe(layer):
+    config = {name: value for name, value in layer.get_config().items() if name != "name"}
+    return [f"{type(layer).__module__}.{type(layer).__qualname__}", config]
+
+
+def _segment_model(segment):
+    """A model of new layers of the segment's classes and configs (no weights copied) on batch-1 inputs."""
+    import keras
+
+    first = segment.calls[0]
+    inputs = [keras.Input(batch_shape=shape) for shape in segment.shapes]
+    values = dict(zip(dict.fromkeys(first.inputs), inputs))
+    for call in segment.calls:
+        values.update(zip(call.outputs, run_call(call._replace(layer=clone_layer(call.layer)), values)))
+    return keras.Model(inputs, values[segment.calls[-1].outputs[0]])
+
+
+def _invoke_model():
+    """A file of one tiny operation: what calling a file costs."""
+    import keras
+
+    return keras.Sequential([keras.Input(batch_shape=(1, 1)), keras.layers.ReLU()])
+
+
+def _time_file(path, threads):
+    from rgp_keras.litert import benchmark_tflite
+
+    return benchmark_tflite(path, threads=threads, runs=_RUNS, warmup=_WARMUP)["median_ms"]
+
+
+def _this_machine():
+    from importlib.metadata import version
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"litert": f"ai-edge-litert {version('ai-edge-litert')}", "cpu": cpu}
+
+
+def _cache_folder():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rgp_keras" / "latency"
+
+
+def _progress_bar(count):
+    import keras
+
+    print(f"rgp_keras: timing {count} layer segment(s) on LiteRT (each once; kept on disk)")
+    return keras.utils.Progbar(count, unit_name="segment")

@@ -1,0 +1,128 @@
+"""predict_latency: a model's LiteRT latency as the sum of its segments' times, each measured once and cached."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from rgp_keras import benchmark_tflite, export_tflite, prune_channels, prune_regular_graph
+from rgp_keras import latency as latency_module
+from rgp_keras.cli import main
+from rgp_keras.latency import LatencyTable, model_segments, predict_latency
+
+layers = keras.layers
+
+
+def branchy():
+    inputs = keras.Input((16, 16, 3))
+    x = layers.ReLU()(layers.BatchNormalization()(layers.Conv2D(32, 3, padding="same", use_bias=False)(inputs)))
+    y = layers.Conv2D(32, 3, padding="same", activation="relu")(x)
+    x = layers.Add()([x, y])
+    x = layers.Dropout(0.1)(layers.MaxPooling2D()(x))
+    x = layers.GlobalAveragePooling2D()(layers.Conv2D(64, 1)(x))
+    return keras.Model(inputs, layers.Dense(10)(x))
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Count the segments converted (each then timed)."""
+    converted = []
+    real = latency_module._segment_model
+    monkeypatch.setattr(latency_module, "_segment_model", lambda segment: converted.append(segment) or real(segment))
+    return converted
+
+
+def test_segments_fuse_what_the_converter_fuses_and_keep_merges_on_their_own():
+    model = branchy()
+    conv, bn, relu = (layer.name for layer in model.layers[1:4])
+    segments = model_segments(model)
+    assert [len(segment.calls) for segment in segments][:1] == [3]  # conv + BatchNormalization + ReLU
+    assert [call.layer.name for call in segments[0].calls] == [conv, bn, relu]
+    add = next(segment for segment in segments if isinstance(segment.calls[0].layer, layers.Add))
+    assert add.shapes == ((1, 16, 16, 32), (1, 16, 16, 32))  # both inputs, batch 1
+    # conv+bn+relu, conv (its activation inside), add, pool+dropout, conv, gap, dense
+    assert len(segments) == 7 and [call.layer.name for call in segments[3].calls][1:] == [model.layers[7].name]
+
+
+def test_prediction_sums_the_segments_and_a_second_call_measures_nothing(tmp_path, counted):
+    model = branchy()
+    first = predict_latency(model, cache_dir=tmp_path, verbose=0)
+    call = LatencyTable.default(cache_dir=tmp_path).entries["invoke"]  # a file's call, counted once
+    assert len(counted) == 7 and first.total_ms == pytest.approx(call + sum(ms for _, ms in first.segments))
+    assert [name for name, _ in first.segments] == [segment.name for segment in model_segments(model)]
+    again = predict_latency(branchy(), cache_dir=tmp_path, verbose=0)  # same shapes, other layer names
+    assert len(counted) == 7 and again.total_ms == first.total_ms
+    (table,) = tmp_path.glob("*.json")
+    assert "1threads" in table.name and "ai-edge-litert" in table.name
+    assert len(json.loads(table.read_text())["entries"]) == 7 + 1
+    assert "total" in str(first) and first.segments[0][0] in str(first)
+
+
+def test_a_thinner_model_is_predicted_faster(tmp_path):
+    # how near the prediction is to the measured file (within 5 % on an idle machine) is
+    # benchmarks/latency_table.py's job: the test workers share the cores
+    model = keras.Sequential([keras.Input((28, 28, 1)), layers.Conv2D(64, 3, padding="same"), layers.ReLU(),
+                              layers.Conv2D(128, 3, padding="same", activation="relu"),
+                              layers.GlobalAveragePooling2D(), layers.Dense(10)])
+    dense = predict_latency(model, cache_dir=tmp_path, verbose=0)
+    thin = predict_latency(prune_channels(model, keep=0.5, verbose=0), cache_dir=tmp_path, verbose=0)
+    assert [name for name, _ in thin.segments] == [name for name, _ in dense.segments]
+    assert thin.total_ms < 0.8 * dense.total_ms
+
+
+def test_a_table_from_another_machine_is_used_and_never_extended(tmp_path, counted):
+    model = branchy()
+    path = tmp_path / "board.json"
+    assert main(["bench-layers", "--json", str(_saved(model, tmp_path)), "-o", str(path)]) == 0
+    assert len(counted) == 7
+    here = predict_latency(model, table=path, verbose=0).total_ms
+    stored = json.loads(path.read_text())
+    stored["machine"] = {"litert": "ai-edge-litert 2.3.0", "cpu": "Cortex-A76"}
+    stored["entries"] = {key: 2 * ms for key, ms in stored["entries"].items()}  # a slower board
+    path.write_text(json.dumps(stored))
+    assert predict_latency(model, table=path, verbose=0).total_ms == pytest.approx(2 * here)
+    assert len(counted) == 7  # nothing measured here
+    wider = keras.Sequential([keras.Input((16, 16, 3)), layers.Conv2D(48, 3)])
+    with pytest.raises(ValueError, match=r"measured on .*Cortex-A76.*lacks 1 segment.*rgp bench-layers"):
+        predict_latency(wider, table=path, verbose=0)
+
+
+def _saved(model, folder):
+    path = folder / "model.keras"
+    model.save(path)
+    return path
+
+
+def test_bad_inputs_name_what_is_wrong_and_what_is_accepted(tmp_path, capsys):
+    model = branchy()
+    with pytest.raises(ValueError, match="`threads` must be"):
+        predict_latency(model, threads=0, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match='`verbose` must be "auto", 0 or 1'):
+        predict_latency(model, cache_dir=tmp_path, verbose=2)
+    with pytest.raises(ValueError, match="no latency table at .*rgp bench-layers"):
+        predict_latency(model, table=tmp_path / "none.json")
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="is not a latency table"):
+        predict_latency(model, table=tmp_path / "bad.json")
+    LatencyTable(tmp_path / "two.json", threads=2).save()
+    with pytest.raises(ValueError, match="measured at 2 thread.*not at threads=1"):
+        predict_latency(model, table=tmp_path / "two.json")
+    pruned = prune_regular_graph(model, sparsity=0.75, nodes=8, seed=0)
+    with pytest.raises(TypeError, match="RegularGraphPruning wrappers.*plain layers"):
+        predict_latency(pruned, cache_dir=tmp_path)
+    free = keras.Sequential([keras.Input((None, None, 3)), layers.Conv2D(8, 3)])
+    with pytest.raises(ValueError, match="unknown size.*fixed input shapes"):
+        predict_latency(free, cache_dir=tmp_path)
+    assert not list(tmp_path.glob("*threads.json"))  # nothing measured, nothing written
+    assert main(["bench-layers", str(tmp_path / "missing.keras"), "-o", str(tmp_path / "t.json")]) == 2
+    assert "rgp bench-layers: error:" in capsys.readouterr().err and not (tmp_path / "t.json").exists()
+    assert main(["bench-layers", str(_saved(model, tmp_path)), "-o", str(tmp_path / "two.json")]) == 2
+    assert "holds times at 2 thread(s), not --threads 1" in capsys.readouterr().err
+
+
+def test_inputs_of_every_shape_are_filled_when_timing(tmp_path):
+    a, b = keras.Input((4,)), keras.Input((6,))
+    model = keras.Model([a, b], layers.Concatenate()([layers.Dense(3)(a), layers.Dense(3)(b)]))
+    path = export_tflite(model, tmp_path / "two_inputs.tflite").path
+    assert np.isfinite(benchmark_tflite(path, runs=3)["median_ms"])
