@@ -41,7 +41,7 @@ class ExportReport:
     `params`. `format` is what the file holds: "compact" (some layers
     rewritten to compact kernels), "sparse" (zeros sparse-encoded by the
     converter) or "dense". `compacted` maps the layers rewritten to compact
-    kernels to their layout ("gather" or "scatter"); `not_compacted` maps the
+    kernels to their layout ("gather", "slices" or "scatter"); `not_compacted` maps the
     other layers holding zeros to the reason. `max_difference` is the largest
     difference between the written file's outputs (run once by LiteRT) and
     the Keras model's, on `check_samples` inputs.
@@ -113,8 +113,8 @@ def export_tflite(
             XNNPACK; layers not estimated faster than dense stay
             dense-shaped: convolutions sparse-encoded, and Dense layers
             stored dense, since LiteRT runs sparse-encoded ones slower), or
-            "gather"/"scatter" forced wherever it applies, e.g. after timing
-            both with `benchmark_tflite` on the target device.
+            "gather"/"slices"/"scatter" forced wherever it applies, e.g. after
+            timing them with `benchmark_tflite` on the target device.
         threads: CPU threads the file will run with (LiteRT `num_threads`);
             "auto" keeps more layers dense for more threads, since dense
             GEMMs share out over threads and the compact layouts' channel

@@ -6,9 +6,9 @@ import keras
 import numpy as np
 
 from rgp_keras.errors import InputValueError
+from rgp_keras.export._groups import channel_runs, gathered_channels, group_members
 from rgp_keras.export._latency import scatter_applies
 from rgp_keras.masking.layer_types import layer_type
-from rgp_keras.masking.masks import channel_groups
 from rgp_keras.model_walk import to_numpy
 
 
@@ -43,7 +43,7 @@ class CompactKernel(keras.layers.Layer):
         bias = None
         if config["use_bias"]:
             bias = to_numpy(layer.bias) if layer.built else np.zeros(self.units, kernel.dtype)
-        compact, conv_bias = self._compact(kernel, blocks, _group_members(self.units, self.nodes), bias, layer.name)
+        compact, conv_bias = self._compact(kernel, blocks, group_members(self.units, self.nodes), bias, layer.name)
         self._compact_weights = [compact.reshape(1, 1, *compact.shape) if self.is_dense else compact]
         if conv_bias is not None:
             self._compact_weights.append(conv_bias)
@@ -107,22 +107,13 @@ class GatherKernel(CompactKernel):
     layout = "gather"
 
     def _compact(self, kernel, blocks, out_members, bias, name):
-        nodes = len(blocks)
         channels_in, channels_out = kernel.shape[-2:]
-        in_members = _group_members(channels_in, nodes)
-        degree = int(blocks.sum(axis=0).max())
-        # neighbours[j]: the input groups output group j reads, padded with a
-        # group of only -1 (a zero weight) up to `degree`.
-        neighbours = np.full((nodes, degree), nodes)
-        for j in range(nodes):
-            reads = np.flatnonzero(blocks[:, j])
-            neighbours[j, : len(reads)] = reads
-        in_members = np.vstack([in_members, np.full(in_members.shape[1], -1)])
-        gathered = in_members[neighbours].reshape(nodes, -1)  # (n, k * group_in)
+        gathered = gathered_channels(blocks, channels_in)  # (n, k*g_in)
         padded = np.zeros((*kernel.shape[:-2], channels_in + 1, channels_out + 1), kernel.dtype)
         padded[..., :-1, :-1] = kernel
         compact = padded[..., gathered[:, :, None], out_members[:, None, :]]  # (..., n, k*g_in, g_out)
         compact = np.moveaxis(compact, -3, -2).reshape(*kernel.shape[:-2], gathered.shape[1], -1)
+        # a padded channel reads channel 0 (its weights are zero)
         self.gather_index = np.where(gathered < 0, 0, gathered).reshape(-1).astype("int32")
         flat_out = out_members.reshape(-1)
         self.output_index = None if np.all(flat_out >= 0) else np.flatnonzero(flat_out >= 0).astype("int32")
@@ -138,6 +129,24 @@ class GatherKernel(CompactKernel):
 
     def _after(self, y):
         return y if self.output_index is None else keras.ops.take(y, self.output_index, axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="rgp_keras")
+class SliceKernel(GatherKernel):
+    """Compact layout "slices": the "gather" layout with its input channels picked by slices of consecutive
+    channels and one concatenation (LiteRT's STRIDED_SLICE and CONCATENATION, which XNNPACK runs, where
+    GATHER runs outside it between two transposes): the faster of the two where groups are wide."""
+
+    layout = "slices"
+
+    def _compact(self, kernel, blocks, out_members, bias, name):
+        compact, bias = super()._compact(kernel, blocks, out_members, bias, name)
+        self.runs = channel_runs(self.gather_index)
+        return compact, bias
+
+    def _before(self, inputs):
+        parts = [inputs[..., start:stop] for start, stop in self.runs]
+        return parts[0] if len(parts) == 1 else keras.ops.concatenate(parts, axis=-1)
 
 
 @keras.saving.register_keras_serializable(package="rgp_keras")
@@ -212,7 +221,7 @@ class ScatterKernel(CompactKernel):
         return self.activation(y)
 
 
-KERNELS = {"gather": GatherKernel, "scatter": ScatterKernel}
+KERNELS = {"gather": GatherKernel, "slices": SliceKernel, "scatter": ScatterKernel}
 # export_tflite / compact_model `layout`: estimated fastest per layer, or one forced
 LAYOUTS = ("auto", *KERNELS)
 
@@ -255,14 +264,3 @@ def _channels_first(x):
 def _channels_last(x):
     rank = len(x.shape)
     return keras.ops.transpose(x, (*range(1, rank), 0))
-
-
-def _group_members(channels, nodes):
-    """`(nodes, max group size)` channel indices per group, -1 where a smaller group is padded."""
-    groups = channel_groups(channels, nodes)
-    size = np.bincount(groups).max()
-    members = np.full((nodes, size), -1)
-    for g in range(nodes):
-        chosen = np.flatnonzero(groups == g)
-        members[g, : len(chosen)] = chosen
-    return members

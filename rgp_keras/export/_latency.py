@@ -4,6 +4,8 @@ import math
 
 import numpy as np
 
+from rgp_keras.export._groups import channel_runs, gathered_channels
+
 # Latency estimate, fitted to single layers in LiteRT 2.3's XNNPACK on x86
 # AVX2, one thread (benchmarks/layout_choice.py checks it per layer): a GEMM
 # runs at full speed with >= 16 output channels per group (fewer use that
@@ -16,12 +18,17 @@ import numpy as np
 # about 50 MACs per call, whatever the plane it copies: negligible for a
 # convolution over many positions, dominant for a Dense layer at batch 1
 # (one position: a 512 -> 512 layer at n/k = 32/8 measured 1.3x dense
-# where the per-float cost alone predicted 0.6x). A layer is compacted when
-# its best layout is estimated below 0.9 x dense.
+# where the per-float cost alone predicted 0.6x). The "slices" layout moves
+# each input channel it picks once (no transposes) and costs about 20000
+# MACs per slice per call (one-off probe, 3x3 convs at 14x14 and 28x28, one
+# thread: 0.95x gather's latency with 16-channel groups, 1.16x with 4-channel
+# groups, ~100 slices). A layer is compacted when its best layout is
+# estimated below 0.9 x dense.
 _TILE_CHANNELS = 16
 _FULL_REDUCTION = 32
 _MACS_PER_FLOAT_MOVED = 10
 _MACS_PER_CHANNEL_PICKED = 50
+_MACS_PER_SLICE = 20000
 MAX_LATENCY_RATIO = 0.9
 
 
@@ -58,6 +65,10 @@ def estimated_latency_ratios(layer, blocks, threads=1, positions=None):
     picked = _MACS_PER_CHANNEL_PICKED * threads / positions
     ratios = {"gather": gather + moved * channels_in * (2 * fan_in + 1) * inputs_per_output
                         + picked * channels_in * fan_in}
+    # slices of consecutive channels, concatenated (in XNNPACK): ~k floats per input channel, a call per slice
+    slices = len(channel_runs(gathered_channels(blocks, channels_in).reshape(-1)))
+    ratios["slices"] = (gather + moved * channels_in * fan_in * inputs_per_output
+                        + _MACS_PER_SLICE * threads * slices / positions)
     if scatter_applies(channels_in, blocks):
         scatter = gemm(taps * nodes * fan_out * group_in * group_out, fan_out * group_out, taps * group_in)
         # k partial sums to the front, gathered, summed, back: ~(3k + 2) floats per output channel

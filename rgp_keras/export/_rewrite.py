@@ -22,8 +22,8 @@ def compact_model(model, layout="auto", *, int8=False, threads=1):
     become `CompactKernel` layers computing the same outputs. With
     `layout="auto"` each takes the layout estimated fastest, and a layer
     whose estimate is not clearly below the dense layer's stays as it is;
-    "gather" or "scatter" force that layout on every such layer where it
-    applies ("scatter" needs input channels divisible by n and every output
+    "gather", "slices" or "scatter" force that layout on every such layer
+    where it applies ("scatter" needs input channels divisible by n and every output
     group reading equally many groups; other layers get "gather"). The rest
     are copied unchanged. A BatchNormalization that alone reads a compacted
     layer's output is folded into the compact kernel (it becomes a
