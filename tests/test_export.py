@@ -274,7 +274,8 @@ def test_batch_norm_is_not_folded_into_a_kernel_whose_output_is_also_a_model_out
 
 def test_compact_model_rejects_an_unknown_layout(graph16):
     stripped = strip_pruning(prune_regular_graph(vgg((32, 48, 64)), graph=graph16))
-    with pytest.raises(ValueError, match=r"`layout` must be one of \('auto', 'gather', 'slices', 'scatter'\), got 'dense'"):
+    with pytest.raises(ValueError,
+                       match=r"`layout` must be one of \('auto', 'gather', 'slices', 'scatter'\), got 'dense'"):
         compact_model(stripped, layout="dense")
 
 

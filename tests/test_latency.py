@@ -1,6 +1,7 @@
 """predict_latency: a model's LiteRT latency as the sum of its segments' times, each measured once and cached."""
 
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -33,6 +34,18 @@ def counted(monkeypatch):
     return converted
 
 
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    """branchy()'s prediction from an empty cache folder, and how many segments that converted."""
+    folder = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        converted = []
+        real = latency_module._segment_model
+        patch.setattr(latency_module, "_segment_model", lambda segment: converted.append(segment) or real(segment))
+        prediction = predict_latency(branchy(), cache_dir=folder, verbose=0)
+    return folder, prediction, len(converted)
+
+
 def test_segments_fuse_what_the_converter_fuses_and_keep_merges_on_their_own():
     model = branchy()
     conv, bn, relu = (layer.name for layer in model.layers[1:4])
@@ -45,15 +58,15 @@ def test_segments_fuse_what_the_converter_fuses_and_keep_merges_on_their_own():
     assert len(segments) == 7 and [call.layer.name for call in segments[3].calls][1:] == [model.layers[7].name]
 
 
-def test_prediction_sums_the_segments_and_a_second_call_measures_nothing(tmp_path, counted):
-    model = branchy()
-    first = predict_latency(model, cache_dir=tmp_path, verbose=0)
-    call = LatencyTable.default(cache_dir=tmp_path).entries["invoke"]  # a file's call, counted once
-    assert len(counted) == 7 and first.total_ms == pytest.approx(call + sum(ms for _, ms in first.segments))
-    assert [name for name, _ in first.segments] == [segment.name for segment in model_segments(model)]
-    again = predict_latency(branchy(), cache_dir=tmp_path, verbose=0)  # same shapes, other layer names
-    assert len(counted) == 7 and again.total_ms == first.total_ms
-    (table,) = tmp_path.glob("*.json")
+def test_prediction_sums_the_segments_and_a_second_call_measures_nothing(measured, counted):
+    folder, first, converted = measured
+    call = LatencyTable.default(cache_dir=folder).entries["invoke"]  # a file's call, counted once
+    assert converted == 7 and first.total_ms == pytest.approx(call + sum(ms for _, ms in first.segments))
+    model = branchy()  # same shapes, other layer names
+    assert [name for name, _ in first.segments][1:] != [segment.name for segment in model_segments(model)][1:]
+    again = predict_latency(model, cache_dir=folder, verbose=0)
+    assert not counted and again.total_ms == first.total_ms
+    (table,) = folder.glob("*.json")
     assert "1threads" in table.name and "ai-edge-litert" in table.name
     assert len(json.loads(table.read_text())["entries"]) == 7 + 1
     assert "total" in str(first) and first.segments[0][0] in str(first)
@@ -71,18 +84,19 @@ def test_a_thinner_model_is_predicted_faster(tmp_path):
     assert thin.total_ms < 0.8 * dense.total_ms
 
 
-def test_a_table_from_another_machine_is_used_and_never_extended(tmp_path, counted):
+def test_a_table_from_another_machine_is_used_and_never_extended(measured, tmp_path, counted, capsys):
     model = branchy()
     path = tmp_path / "board.json"
+    shutil.copy(next(measured[0].glob("*.json")), path)  # as if `rgp bench-layers` had run on the board
     assert main(["bench-layers", "--json", str(_saved(model, tmp_path)), "-o", str(path)]) == 0
-    assert len(counted) == 7
-    here = predict_latency(model, table=path, verbose=0).total_ms
+    assert json.loads(capsys.readouterr().out)["total_ms"] == pytest.approx(measured[1].total_ms)
+    here = measured[1].total_ms
     stored = json.loads(path.read_text())
     stored["machine"] = {"litert": "ai-edge-litert 2.3.0", "cpu": "Cortex-A76"}
     stored["entries"] = {key: 2 * ms for key, ms in stored["entries"].items()}  # a slower board
     path.write_text(json.dumps(stored))
     assert predict_latency(model, table=path, verbose=0).total_ms == pytest.approx(2 * here)
-    assert len(counted) == 7  # nothing measured here
+    assert not counted  # nothing measured here
     wider = keras.Sequential([keras.Input((16, 16, 3)), layers.Conv2D(48, 3)])
     with pytest.raises(ValueError, match=r"measured on .*Cortex-A76.*lacks 1 segment.*rgp bench-layers"):
         predict_latency(wider, table=path, verbose=0)
