@@ -25,13 +25,17 @@ def branchy():
     return keras.Model(inputs, layers.Dense(10)(x))
 
 
-@pytest.fixture
-def counted(monkeypatch):
-    """Count the segments converted (each then timed)."""
+def _count_conversions(patch):
+    """The list each converted segment is appended to (each then timed)."""
     converted = []
     real = latency_module._segment_model
-    monkeypatch.setattr(latency_module, "_segment_model", lambda segment: converted.append(segment) or real(segment))
+    patch.setattr(latency_module, "_segment_model", lambda segment: converted.append(segment) or real(segment))
     return converted
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    return _count_conversions(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +43,7 @@ def measured(tmp_path_factory):
     """branchy()'s prediction from an empty cache folder, and how many segments that converted."""
     folder = tmp_path_factory.mktemp("cache")
     with pytest.MonkeyPatch.context() as patch:
-        converted = []
-        real = latency_module._segment_model
-        patch.setattr(latency_module, "_segment_model", lambda segment: converted.append(segment) or real(segment))
+        converted = _count_conversions(patch)
         prediction = predict_latency(branchy(), cache_dir=folder, verbose=0)
     return folder, prediction, len(converted)
 
