@@ -229,8 +229,6 @@ def _bench_layers(args):
 
     model = _load_keras_model(args.model)
     table = LatencyTable(args.output, args.threads)
-    if table.threads != args.threads:
-        raise InputValueError(f"{args.output} holds times at {table.threads} thread(s), not --threads {args.threads}")
     prediction = predict_latency(model, threads=args.threads, table=table, verbose=0 if args.json else 1)
     if args.json:
         return _print_json(model=args.model, table=args.output, total_ms=prediction.total_ms,
