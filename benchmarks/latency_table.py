@@ -21,7 +21,7 @@ import numpy as np
 from tradeoff import build
 
 import rgp_keras
-from rgp_keras.latency import LatencyTable, predict_latency
+from rgp_keras.plan.latency import LatencyTable, predict_latency
 
 RESULTS = Path(__file__).parent / "results"
 ROUNDS = 5

@@ -225,7 +225,7 @@ def _bench(args):
 def _bench_layers(args):
     if "keras" not in sys.modules:  # segments convert through TensorFlow, as export does
         os.environ["KERAS_BACKEND"] = "tensorflow"
-    from rgp_keras.latency import LatencyTable, predict_latency
+    from rgp_keras.plan.latency import LatencyTable, predict_latency
 
     model = _load_keras_model(args.model)
     table = LatencyTable(args.output, args.threads)

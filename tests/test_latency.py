@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from rgp_keras import benchmark_tflite, export_tflite, prune_channels, prune_regular_graph
-from rgp_keras import latency as latency_module
 from rgp_keras.cli import main
-from rgp_keras.latency import LatencyTable, model_segments, predict_latency
+from rgp_keras.plan import latency as latency_module
+from rgp_keras.plan.latency import LatencyTable, model_segments, predict_latency
 
 layers = keras.layers
 

@@ -51,7 +51,14 @@ def l1_norms(spaces, root):
 
 def least_squares_order(spaces, roots, keep, calibration):
     """root -> its channels in the order the data-aware criterion removes them, the first `len - keep[root]`
-    only (the kept ones are the rest, in any order).
+    only (the kept ones are the rest, in any order)."""
+    return {root: order for root, (order, _) in removal_curves(spaces, roots, keep, calibration).items()}
+
+
+def removal_curves(spaces, roots, keep, calibration):
+    """root -> (its channels in the order the data-aware criterion removes them, down to `keep[root]` kept;
+    the error the refit cannot recover after each removal, summed over the space's consumers, each relative
+    to its output energy).
 
     One pass of the calibration data through the dense model measures every
     consumer's X^T X (or channel energies) at once."""
@@ -70,11 +77,11 @@ def least_squares_order(spaces, roots, keep, calibration):
         return statistics[id(call.layer)]
 
     walk(spaces.calls, None, calibration, visit)
-    order = {}
+    curves = {}
     for root in roots:
         scorers = [_scorer(spaces, call, root, statistics[id(call.layer)]) for call in spaces.consumers(root)]
-        order[root] = _greedy(spaces.width(root), spaces.width(root) - keep[root], scorers)
-    return order
+        curves[root] = _greedy(spaces.width(root), spaces.width(root) - keep[root], scorers)
+    return curves
 
 
 def _features(layer):
@@ -190,9 +197,10 @@ class _Surgeon:
 
 
 def _greedy(width, count, scorers):
-    """The `count` channels (of `width`) removed first: in at most `_STEPS` steps, the lowest summed scores."""
+    """The `count` channels (of `width`) removed first, in at most `_STEPS` steps of the lowest summed scores;
+    and the summed scores of the removed channels so far, after each removal."""
     alive = np.ones(width, bool)
-    order = []
+    order, errors = [], []
     step = max(1, -(-count // _STEPS))
     while len(order) < count:
         candidates = np.flatnonzero(alive)
@@ -202,4 +210,5 @@ def _greedy(width, count, scorers):
             scorer.remove(chosen)
         alive[chosen] = False
         order.extend(chosen.tolist())
-    return np.array(order, np.int64)
+        errors.extend((errors[-1] if errors else 0.0) + np.cumsum(np.sort(total)[: len(chosen)]))
+    return np.array(order, np.int64), np.array(errors, np.float64)

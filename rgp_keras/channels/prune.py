@@ -60,36 +60,54 @@ def prune_channels(model, *, keep=None, macs=None, calibration_data=None, calibr
     >>> thin.layers[0].units, thin.count_params() < model.count_params()
     (32, True)
     """
-    _check_model(model)
+    check_model(model)
     keep, macs = _check_amount(keep, macs)
     progress_wanted(verbose, 0)  # a bad `verbose` fails before any work
     spaces = channel_spaces(model)
-    free, held = _prunable(spaces, model, layers)
-    counts = _counts(spaces, free, keep) if keep is not None else _counts_for_macs(model, spaces, free, macs)
-    readers = _readers(spaces, free, counts)
-    calibration, fit = calibration_set(
-        model, calibration_data, calibration_samples, calibration_mixes, calibration_batch_size,
-        lambda samples: fewest_rows_per_weight(model, readers, lambda layer: readers[id(layer)], samples))
-    kept = {}
+    free, held = prunable_spaces(spaces, model, layers)
+    counts = counts_at(spaces, free, keep) if keep is not None else _counts_for_macs(model, spaces, free, macs)
+    calibration, fit = channel_calibration(model, spaces, free, counts, calibration_data, calibration_samples,
+                                           calibration_mixes, calibration_batch_size)
     if calibration is None:
         criterion = "L1 filter norms (no calibration data)"
-        for root in free:
-            kept[root] = np.sort(np.argsort(-l1_norms(spaces, root), kind="stable")[: counts[root]])
+        kept = {root: np.sort(np.argsort(-l1_norms(spaces, root), kind="stable")[: counts[root]]) for root in free}
     else:
         criterion = f"least squares (Optimal Brain Surgeon over channels), refit on {fit}"
-        order = least_squares_order(spaces, free, counts, calibration)
-        for root in free:
-            kept[root] = np.setdiff1d(np.arange(spaces.width(root)), order[root])
+        kept = kept_channels(spaces, least_squares_order(spaces, free, counts, calibration), counts)
+    return thinned_model(model, spaces, kept, held, criterion, calibration, verbose)
+
+
+def channel_calibration(model, spaces, free, counts, calibration_data, calibration_samples, calibration_mixes,
+                        calibration_batch_size):
+    """(The calibration set, what the fit uses), or (None, None) without data; mixes are sized for the layers
+    reading channels of the `free` spaces thinned to `counts`."""
+    readers = _readers(spaces, free, counts)
+    return calibration_set(
+        model, calibration_data, calibration_samples, calibration_mixes, calibration_batch_size,
+        lambda samples: fewest_rows_per_weight(model, readers, lambda layer: readers[id(layer)], samples))
+
+
+def kept_channels(spaces, order, counts):
+    """root -> the channels kept: all but the first `width - counts[root]` of its removal `order`."""
+    return {root: np.setdiff1d(np.arange(spaces.width(root)), removed[: spaces.width(root) - counts[root]])
+            for root, removed in order.items()}
+
+
+def thinned_model(model, spaces, kept, held, criterion, calibration, verbose, notes=None):
+    """`model` with only the `kept` channels of each space; with calibration, every layer reading fewer channels
+    refit by least squares and BatchNormalization re-measured. Each layer is annotated for `pruning_summary`
+    (`held`: root -> why a space kept its width; `notes`: layer id -> more entries)."""
     thin = _thinned(model, spaces, kept)
     report = {}
     if calibration is not None:
         report = reconstruct(model, thin, calibration, progress=progress_wanted(verbose, len(thin.layers)),
                              channels=_channel_map(spaces, kept, thin), nested=True)
-    _annotate(model, thin, spaces, kept, held, criterion, report)
+    _annotate(model, thin, spaces, kept, held, criterion, report, notes or {})
     return thin
 
 
-def _check_model(model):
+def check_model(model):
+    """Raises unless `model` is a built Keras 3 functional or Sequential model without RGP masks."""
     if is_tf_keras(model):
         raise InputTypeError(
             f"{type(model).__name__} {model.name!r} is a tf_keras (Keras 2) model, and prune_channels takes Keras 3 "
@@ -137,7 +155,7 @@ def _check_amount(keep, macs):
     return (float(keep), None) if keep is not None else (None, float(macs))
 
 
-def _prunable(spaces, model, layers):
+def prunable_spaces(spaces, model, layers):
     """(The spaces whose width may change, root -> why a space that has producers keeps its width)."""
     free, held = [], {}
     selectors = None if layers is None else checked_selectors(model, layers)
@@ -170,7 +188,8 @@ def _prunable(spaces, model, layers):
     return free, held
 
 
-def _counts(spaces, free, fraction):
+def counts_at(spaces, free, fraction):
+    """root -> the channels kept when each free space keeps `fraction` of them (at least one)."""
     return {root: max(1, int(round(fraction * spaces.width(root)))) for root in free}
 
 
@@ -178,7 +197,7 @@ def _counts_for_macs(model, spaces, free, target):
     """Channels kept per space: one fraction for all, the largest whose model keeps at most `target` of its MACs."""
     costs = _mac_terms(model, spaces)
     dense = sum(macs for macs, _, _ in costs)
-    total = lambda counts: sum(macs * _share(spaces, key, counts) * _share(spaces, other, counts)
+    total = lambda counts: sum(macs * kept_share(spaces, key, counts) * kept_share(spaces, other, counts)
                                for macs, key, other in costs)
     fewest = total({root: 1 for root in free}) / max(dense, 1)
     if target < fewest:
@@ -189,11 +208,11 @@ def _counts_for_macs(model, spaces, free, target):
     low, high = 0.0, 1.0
     for _ in range(40):
         middle = (low + high) / 2
-        if total(_counts(spaces, free, middle)) <= target * dense:
+        if total(counts_at(spaces, free, middle)) <= target * dense:
             low = middle
         else:
             high = middle
-    return _counts(spaces, free, low if total(_counts(spaces, free, high)) > target * dense else high)
+    return counts_at(spaces, free, low if total(counts_at(spaces, free, high)) > target * dense else high)
 
 
 def _mac_terms(model, spaces):
@@ -217,7 +236,8 @@ def _mac_terms(model, spaces):
     return terms
 
 
-def _share(spaces, key, counts):
+def kept_share(spaces, key, counts):
+    """The share of tensor `key`'s channels kept when each space keeps `counts[root]` (others all)."""
     if key is None:
         return 1.0
     layout = spaces.layouts[key]
@@ -227,7 +247,8 @@ def _share(spaces, key, counts):
 
 def _readers(spaces, free, counts):
     """Layer id -> the share of its input channels kept, for the layers whose inputs lose channels (refit)."""
-    return {id(call.layer): _share(spaces, call.inputs[0], counts) for root in free for call in spaces.consumers(root)}
+    return {id(call.layer): kept_share(spaces, call.inputs[0], counts)
+            for root in free for call in spaces.consumers(root)}
 
 
 def _thinned(model, spaces, kept):
@@ -269,7 +290,7 @@ def _channel_map(spaces, kept, thin):
     return channels
 
 
-def _annotate(model, thin, spaces, kept, held, criterion, report):
+def _annotate(model, thin, spaces, kept, held, criterion, report, extra):
     """Each thinned layer's `pruned_channels`, read by `pruning_summary`: its width before -> after, its params
     and MACs before, the criterion ("channels"), why its output channels stayed ("kept_width"), its refit."""
     notes = {}
@@ -291,4 +312,5 @@ def _annotate(model, thin, spaces, kept, held, criterion, report):
                 "width": "", "kept_width": ""}
         info.update(notes.get(id(original), {}))
         info.update(report.get(id(new), {}))
+        info.update(extra.get(id(original), {}))
         new.pruned_channels = info

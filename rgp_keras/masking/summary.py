@@ -29,7 +29,8 @@ class PruningSummary(list):
     width (a layer thinned by `prune_channels`: its channels before -> after,
     "in 64 -> 32, out 128 -> 64", or ""; its params and macs are then the
     original layer's), computed_params and computed_macs (the layer as it is
-    now, before any mask). `criteria` names how `prune_channels` chose channels.
+    now, before any mask). `criteria` names how `prune_channels` chose channels; a layer
+    `prune_for_latency` planned has its planned ms and sensitivity in data_aware["plan"].
     """
 
     graph = None
@@ -143,8 +144,8 @@ def pruning_summary(model):
         report = dict(getattr(layer, "data_aware", None) or {})
         thinned = getattr(inner, "pruned_channels", None) or {}
         if thinned:  # made by prune_channels: counted against the layer it was made from
-            report = {**{key: thinned[key] for key in ("error_before", "error_after", "reconstruction", "channels")
-                         if key in thinned}, **report}
+            report = {**{key: thinned[key] for key in ("error_before", "error_after", "reconstruction", "channels",
+                                                       "plan") if key in thinned}, **report}
             if not row_graph:
                 skipped = f"width kept: {thinned['kept_width']}" if thinned["kept_width"] else ""
         rows.append(
@@ -223,6 +224,8 @@ def _describe(report):
         parts.append(f"output error {report['error_before']:.3f} -> {report['error_after']:.3f}")
     if report.get("reconstruction"):
         parts.append(report["reconstruction"])
+    if report.get("plan"):
+        parts.append(report["plan"])
     return "; ".join(parts)
 
 

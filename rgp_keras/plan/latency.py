@@ -116,6 +116,15 @@ class LatencyTable:
         self.save()
         return len(missing)
 
+    @property
+    def call_ms(self):
+        """What one call of a file costs beside its operations (measured with the first segments)."""
+        return self.entries[_INVOKE]
+
+    def segment_ms(self, key):
+        """A measured segment's time in a whole file: its own file's time less one call's cost."""
+        return max(self.entries[key] - self.call_ms, 0.0)
+
     def save(self):
         if self.path is None:
             return
@@ -145,6 +154,15 @@ def predict_latency(model, *, threads=1, table=None, cache_dir=None, verbose="au
     check_int("threads", threads, minimum=1)
     progress_wanted(verbose, 0)  # checks `verbose`
     segments = model_segments(model)
+    table = resolve_table(table, threads, cache_dir)
+    table.measure(segments, progress=progress_wanted(verbose, len(table.missing(segments))))
+    parts = [(segment.name, table.segment_ms(segment.key)) for segment in segments]
+    return LatencyPrediction(table.call_ms + sum(ms for _, ms in parts), parts)
+
+
+def resolve_table(table, threads, cache_dir):
+    """The `LatencyTable` that `table` names (None: this machine's, in `cache_dir`), checked to hold times at
+    `threads` threads."""
     if table is None:
         table = LatencyTable.default(threads, cache_dir)
     elif not isinstance(table, LatencyTable):
@@ -154,11 +172,7 @@ def predict_latency(model, *, threads=1, table=None, cache_dir=None, verbose="au
     if table.threads != threads:
         raise InputValueError(
             f"The latency table {table.path} holds times at {table.threads} thread(s), not at `threads`={threads}.")
-    table.measure(segments, progress=progress_wanted(verbose, len(table.missing(segments))))
-    # each segment's file paid one call's cost, the model's file pays it once
-    call = table.entries[_INVOKE]
-    parts = [(segment.name, max(table.entries[segment.key] - call, 0.0)) for segment in segments]
-    return LatencyPrediction(call + sum(ms for _, ms in parts), parts)
+    return table
 
 
 def model_segments(model):

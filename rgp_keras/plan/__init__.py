@@ -1,0 +1,1 @@
+"""Planning for latency: LiteRT latency tables (`latency`) and the per-layer planner (`search`)."""

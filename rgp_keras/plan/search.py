@@ -1,0 +1,259 @@
+"""`prune_for_latency`: the width of every channel space that brings a model's LiteRT file to a target latency
+at the least accuracy cost, measured on the calibration data.
+
+Three measurements meet here:
+- latency: every segment of the model (`latency.model_segments`) is timed at
+  a few uniform widths, and its time at any other width is interpolated in
+  its kept MAC share (a kernel layer's input share times its output share,
+  any other segment's output share);
+- sensitivity: for each space, the error the least-squares refit cannot
+  recover after each channel removed, in the data-aware criterion's order
+  (`channels.criteria.removal_curves`, Optimal Brain Surgeon over channel
+  blocks; relative to each consumer's output energy, summed over them);
+- search: from the dense widths, repeatedly the step (one space to a smaller
+  candidate width) that adds the least error per millisecond saved, until
+  the predicted latency meets the budget: a greedy knapsack over the table.
+  Coupled spaces (a residual sum's producers) are one space, so one width.
+The chosen widths are then predicted exactly (each new segment timed), the
+budget is corrected by what the interpolation missed, and the model is
+thinned and refit by `prune_channels`' engine.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+from rgp_keras._checks import check_int
+from rgp_keras.channels.criteria import removal_curves
+from rgp_keras.channels.prune import (
+    channel_calibration,
+    check_model,
+    counts_at,
+    kept_channels,
+    kept_share,
+    prunable_spaces,
+    thinned_model,
+)
+from rgp_keras.channels.spaces import channel_spaces
+from rgp_keras.data_aware.steps import progress_wanted
+from rgp_keras.errors import InputTypeError, InputValueError
+from rgp_keras.plan.latency import model_segments, predict_latency, resolve_table
+
+# Widths a space may keep (fractions of its channels), and the uniform widths timed to interpolate between.
+CANDIDATE_WIDTHS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.1875, 0.125)
+_TIMED_WIDTHS = (1.0, 0.75, 0.5, 0.375, 0.25, 0.125)
+# Searches with a corrected budget until the exact prediction is this close to the target (or _SEARCHES ran).
+_TOLERANCE, _SEARCHES = 0.03, 4
+
+
+class LatencyPlan(NamedTuple):
+    """What `prune_for_latency` chose: per kernel layer (`rows`: dicts of layer, width "before -> after",
+    graph, ms, sensitivity), and the predicted latencies (ms, one sample) of the dense and the pruned file."""
+
+    target: float
+    dense_ms: float
+    predicted_ms: float
+    threads: int
+    rows: list
+
+    def __str__(self):
+        header = ("layer", "width", "graph", "ms", "sensitivity")
+        lines = [(row["layer"], row["width"], row["graph"], f"{row['ms']:.3f}",
+                  "kept: " + row["kept_width"] if row["kept_width"] else f"{row['sensitivity']:.4f}")
+                 for row in self.rows]
+        widths = [max(len(str(line[i])) for line in [header, *lines]) for i in range(len(header))]
+        render = lambda line: "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip()
+        others = self.predicted_ms - sum(row["ms"] for row in self.rows)
+        return "\n".join([
+            render(header), render(["-" * width for width in widths]), *map(render, lines),
+            f"other segments and the file call: {others:.3f} ms",
+            f"predicted {self.predicted_ms:.3f} ms = {self.predicted_ms / self.dense_ms:.3f} x the dense file's "
+            f"{self.dense_ms:.3f} ms (target {self.target}), LiteRT {self.threads} thread(s)",
+        ])
+
+
+def prune_for_latency(model, target, *, calibration_data, threads=1, layers=None, latency_table=None,
+                      cache_dir=None, calibration_samples=None, calibration_batch_size=None, verbose="auto"):
+    """A thinner copy of `model` whose float LiteRT file runs in `target` times the dense file's time, each
+    channel space given the width that costs the least accuracy, and the plan that was chosen.
+
+    Latencies come from `predict_latency`'s table (this machine's, measured
+    once and kept in `cache_dir`, or `latency_table` measured on the target
+    with `rgp bench-layers`); the accuracy cost of each width from the
+    calibration data (see the module). The model is then thinned and refit
+    as `prune_channels` does, and is ready for `fit` and `export_tflite`.
+
+    Args:
+        model: a built Keras 3 functional or Sequential model (not modified).
+        target: the pruned file's latency as a fraction of the dense file's, in (0, 1).
+        calibration_data: unlabelled model inputs, as for `prune_channels`
+            (required: the sensitivities are measured on them).
+        threads: LiteRT threads the latencies are measured (or were measured) at.
+        layers: which layers may lose output channels, as for `prune_channels`.
+        latency_table: a `LatencyTable` or the path of one; default this machine's.
+        cache_dir: where this machine's table is kept (default `~/.cache/rgp_keras/latency`).
+        calibration_samples, calibration_batch_size: as for `prune_channels`.
+        verbose: "auto" (progress bars for long steps), 1 or 0.
+
+    Returns:
+        (the pruned model, uncompiled; its `LatencyPlan`). `pruning_summary`
+        of the model shows each layer's width and its planned ms and sensitivity.
+
+    Example:
+    >>> pruned, plan = prune_for_latency(model, 0.35, calibration_data=x[:512])  # doctest: +SKIP
+    >>> print(plan)  # doctest: +SKIP
+    """
+    check_model(model)
+    target = _check_target(target)
+    threads = check_int("threads", threads, minimum=1)
+    progress_wanted(verbose, 0)  # a bad `verbose` fails before any work
+    if calibration_data is None:
+        raise InputValueError("`calibration_data` is required: each width's accuracy cost is measured on it "
+                              "(unlabelled model inputs, a few hundred samples; as for prune_channels).")
+    table = resolve_table(latency_table, threads, cache_dir)
+    spaces = channel_spaces(model)
+    free, held = prunable_spaces(spaces, model, layers)
+    fewest = counts_at(spaces, free, CANDIDATE_WIDTHS[-1])
+    latency = _LatencyModel(model, spaces, free, table, verbose)
+    dense = predict_latency(model, threads=threads, table=table, verbose=0)
+    budget = target * dense.total_ms
+    if latency.total(fewest) > budget:
+        raise InputValueError(
+            f"`target` {target} is below what this model can reach: with every prunable space at "
+            f"{CANDIDATE_WIDTHS[-1]} of its channels, the file is predicted at "
+            f"{latency.total(fewest) / dense.total_ms:.3f} x the dense file's {dense.total_ms:.3f} ms (the layers that "
+            "keep their width and the file's call cost remain); pass a larger target.")
+    calibration, fit = channel_calibration(model, spaces, free, fewest, calibration_data, calibration_samples, "auto",
+                                           calibration_batch_size)
+    curves = removal_curves(spaces, free, fewest, calibration)
+    costs = {root: np.concatenate([[0.0], errors]) for root, (_, errors) in curves.items()}
+    order = {root: removed for root, (removed, _) in curves.items()}
+    tried, scale = [], 1.0
+    for _ in range(_SEARCHES):
+        counts = _search(spaces, free, costs, latency, scale * budget)
+        shape_only = thinned_model(model, spaces, kept_channels(spaces, order, counts), held, "", None, 0)
+        tried.append((predict_latency(shape_only, threads=threads, table=table, verbose=verbose), counts))
+        if abs(tried[-1][0].total_ms / budget - 1) <= _TOLERANCE:
+            break
+        scale *= budget / tried[-1][0].total_ms
+    # the slowest plan within the budget (the least pruned), else the fastest
+    within = [plan for plan in tried if plan[0].total_ms <= (1 + _TOLERANCE) * budget]
+    predicted, counts = (max(within, key=lambda plan: plan[0].total_ms) if within
+                         else min(tried, key=lambda plan: plan[0].total_ms))
+    rows, notes = _plan_rows(model, spaces, counts, costs, held, predicted)
+    criterion = f"prune_for_latency: least squares (Optimal Brain Surgeon over channels), refit on {fit}"
+    pruned = thinned_model(model, spaces, kept_channels(spaces, order, counts), held, criterion, calibration,
+                           verbose, notes)
+    return pruned, LatencyPlan(target, dense.total_ms, predicted.total_ms, threads, rows)
+
+
+def _check_target(target):
+    if isinstance(target, bool) or not isinstance(target, (int, float, np.floating)):
+        raise InputTypeError(f"`target` must be a number in (0, 1): the pruned file's latency as a fraction of the "
+                             f"dense file's; got {target!r} of type {type(target).__name__}.")
+    if not 0 < target < 1:
+        raise InputValueError(f"`target` must be in (0, 1) (0.35: the pruned file runs in 35 % of the dense file's "
+                              f"time), got {target}.")
+    return float(target)
+
+
+class _LatencyModel:
+    """Each segment's predicted time (ms) as a function of the spaces' kept channel counts, interpolated in its
+    kept MAC share between the uniform widths `_TIMED_WIDTHS`, all timed once into `table`."""
+
+    def __init__(self, model, spaces, free, table, verbose):
+        self.spaces, self.call_ms = spaces, None
+        roles = {call.outputs: role for call, role in zip(spaces.calls.calls, spaces.roles)}
+        segments = model_segments(model)
+        self.sides = [(segment.calls[0].inputs[0] if segment.calls[0].inputs[0] in spaces.layouts else None,
+                       segment.calls[-1].outputs[0], roles.get(segment.calls[0].outputs) == "kernel")
+                      for segment in segments]
+        uniform = [counts_at(spaces, free, width) for width in _TIMED_WIDTHS]
+        timed = [model_segments(thinned_model(model, spaces, _first(spaces, counts), {}, "", None, 0))
+                 for counts in uniform]
+        everything = [segment for widths in timed for segment in widths]
+        table.measure(everything, progress=progress_wanted(verbose, len(table.missing(everything))))
+        self.call_ms = table.call_ms
+        self.curves = []
+        for index in range(len(segments)):
+            shares = np.array([self.share(index, counts) for counts in uniform])
+            times = np.array([table.segment_ms(widths[index].key) for widths in timed])
+            order = np.argsort(shares, kind="stable")
+            self.curves.append((shares[order], times[order]))
+        self.affected = {root: [index for index, (inputs, outputs, _) in enumerate(self.sides)
+                                if root in self._roots(inputs) | self._roots(outputs)] for root in free}
+
+    def _roots(self, key):
+        return set() if key is None else {self.spaces.find(segment.space) for segment in self.spaces.layouts[key]}
+
+    def share(self, index, counts):
+        inputs, outputs, kernel = self.sides[index]
+        share = kept_share(self.spaces, outputs, counts)
+        return share * kept_share(self.spaces, inputs, counts) if kernel else share
+
+    def ms(self, index, counts):
+        shares, times = self.curves[index]
+        return float(np.interp(self.share(index, counts), shares, times))
+
+    def total(self, counts):
+        return self.call_ms + sum(self.ms(index, counts) for index in range(len(self.sides)))
+
+
+def _first(spaces, counts):
+    """root -> its first `counts[root]` channels: a thinned model's shapes (which channels does not matter)."""
+    return {root: np.arange(count) for root, count in counts.items()}
+
+
+def _search(spaces, free, costs, latency, budget):
+    """root -> channels kept: from the dense widths, the step of least added error per ms saved, until the
+    interpolated latency meets `budget` (or every space is at its narrowest candidate); then, while the budget
+    allows, the step back that removes the most error per ms added (a last large step may have saved more
+    than needed)."""
+    counts = {root: spaces.width(root) for root in free}
+    candidates = {root: sorted({max(1, int(round(width * spaces.width(root)))) for width in CANDIDATE_WIDTHS})
+                  for root in free}
+    times = [latency.ms(index, counts) for index in range(len(latency.sides))]
+
+    def step(root, count):
+        """(ms this step adds, error it adds) from the current counts."""
+        trial, width = {**counts, root: count}, spaces.width(root)
+        added = sum(latency.ms(index, trial) - times[index] for index in latency.affected[root])
+        return added, costs[root][width - count] - costs[root][width - counts[root]]
+
+    def take(root, count):
+        counts[root] = count
+        for index in latency.affected[root]:
+            times[index] = latency.ms(index, counts)
+
+    while latency.call_ms + sum(times) > budget:
+        steps = [(error / -added, root, count) for root in free for count in candidates[root] if count < counts[root]
+                 for added, error in [step(root, count)] if added < -1e-12]
+        if not steps:
+            break
+        take(*min(steps)[1:])
+    while True:
+        slack = budget - latency.call_ms - sum(times)
+        steps = [(error / added, root, count) for root in free for count in candidates[root] if count > counts[root]
+                 for added, error in [step(root, count)] if 1e-12 < added <= slack and error < 0]
+        if not steps:
+            return counts
+        take(*min(steps)[1:])
+
+
+def _plan_rows(model, spaces, counts, costs, held, predicted):
+    """The plan's rows (one per kernel layer, in model order) and, per layer id, its `pruning_summary` note."""
+    ms = dict(predicted.segments)
+    rows, notes = [], {}
+    for call, role in zip(spaces.calls.calls, spaces.roles):
+        if role != "kernel":
+            continue
+        root = spaces.find(spaces.layouts[call.outputs[0]][0].space)
+        width = spaces.width(root)
+        kept = counts.get(root, width)
+        row = {"layer": call.layer.name, "width": f"{width} -> {kept}" if kept != width else str(width),
+               "graph": "dense", "ms": ms.get(call.layer.name, 0.0),
+               "sensitivity": float(costs[root][width - kept]) if root in costs else 0.0,
+               "kept_width": "" if root in counts else held.get(root, "not prunable")}
+        rows.append(row)
+        notes[id(call.layer)] = {"plan": f"planned {row['ms']:.3f} ms, sensitivity {row['sensitivity']:.4f}"}
+    return rows, notes

@@ -1,0 +1,114 @@
+"""prune_for_latency: per channel space the width that meets a latency target at the least calibration error.
+
+Segment times come from a stand-in for LiteRT here (a fixed cost per file call plus one per MAC), so the
+search is tested exactly and fast; real timings are predict_latency's tests and benchmarks/latency_planner.py."""
+
+import keras
+import numpy as np
+import pytest
+
+from rgp_keras import LatencyPlan, prune_for_latency, pruning_summary
+from rgp_keras.masking.selection import layer_macs
+from rgp_keras.plan import latency as latency_module
+from rgp_keras.plan.latency import LatencyTable, predict_latency
+
+layers = keras.layers
+
+
+@pytest.fixture(autouse=True)
+def mac_timed(monkeypatch):
+    """Segments "timed" as 0.01 ms per file call + 1 ms per million MACs, without converting anything."""
+
+    def measure(self, segments, progress=False):
+        missing = list(self.missing(segments).values())
+        for segment in missing:
+            model = latency_module._segment_model(segment)
+            self.entries[segment.key] = 0.01 + 1e-6 * sum(layer_macs(layer, layer)[0] or 0 for layer in model.layers)
+        self.entries.setdefault("invoke", 0.01)
+        return len(missing)
+
+    monkeypatch.setattr(LatencyTable, "measure", measure)
+
+
+def residual():
+    inputs = keras.Input((12, 12, 3))
+    x = layers.ReLU()(layers.BatchNormalization()(layers.Conv2D(16, 3, padding="same")(inputs)))
+    y = layers.Conv2D(16, 3, padding="same", activation="relu")(x)
+    x = layers.Add()([x, y])
+    x = layers.Conv2D(32, 3, padding="same", activation="relu")(layers.MaxPooling2D()(x))
+    x = layers.Conv2D(32, 3, padding="same", activation="relu")(x)
+    return keras.Model(inputs, layers.Dense(4)(layers.GlobalAveragePooling2D()(x)))
+
+
+def duplicated():
+    """The first convolution's last 8 filters repeat its first 8: half its channels can go for free."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((10, 10, 3)), layers.Conv2D(16, 3, activation="relu"),
+                              layers.Conv2D(16, 3, activation="relu"), layers.GlobalAveragePooling2D(),
+                              layers.Dense(32)])
+    kernel, bias = model.layers[0].get_weights()
+    kernel[..., 8:], bias[8:] = kernel[..., :8], bias[:8]
+    model.layers[0].set_weights([kernel, bias])
+    return model
+
+
+def images(shape, count=128):
+    return np.random.default_rng(0).normal(size=(count, *shape)).astype("float32")
+
+
+@pytest.mark.parametrize("target", [0.5, 0.3])
+def test_the_plan_meets_the_target_and_residual_producers_share_their_width(tmp_path, target):
+    model = residual()
+    pruned, plan = prune_for_latency(model, target, calibration_data=images((12, 12, 3)), cache_dir=tmp_path,
+                                     verbose=0)
+    assert isinstance(plan, LatencyPlan) and plan.dense_ms == pytest.approx(predict_latency(model, cache_dir=tmp_path,
+                                                                                            verbose=0).total_ms)
+    assert abs(plan.predicted_ms / plan.dense_ms - target) <= 0.05 * target
+    assert predict_latency(pruned, cache_dir=tmp_path, verbose=0).total_ms == pytest.approx(plan.predicted_ms)
+    convs = [layer for layer in pruned.layers if isinstance(layer, layers.Conv2D)]
+    assert convs[0].filters == convs[1].filters < 16  # joined by the Add
+    assert pruned.output_shape == model.output_shape and len(plan.rows) == 5
+    assert plan.rows[-1]["kept_width"] == "a model output"
+    text = str(plan)
+    assert "sensitivity" in text and f"target {target}" in text and f"{plan.predicted_ms:.3f} ms" in text
+    summary = str(pruning_summary(pruned))
+    assert "planned" in summary and "channels chosen by prune_for_latency" in summary
+
+
+def test_free_channels_go_first_and_a_channel_that_costs_accuracy_only_when_needed():
+    model = duplicated()
+    x = images((10, 10, 3))
+    for target in (0.7, 0.6):
+        pruned, plan = prune_for_latency(model, target, calibration_data=x, latency_table=LatencyTable(), verbose=0)
+        # each copy costs ~0.001 (the damping of X^T X), the first original ~0.035
+        assert 8 <= pruned.layers[0].filters < 16 and plan.rows[0]["sensitivity"] < 0.01
+        dense, thin = model.predict(x, verbose=0), pruned.predict(x, verbose=0)
+        assert np.abs(thin - dense).max() <= 0.1 * np.abs(dense).max()
+
+
+@pytest.mark.parametrize(("target", "accepted"), [(0, "(0, 1)"), (1.0, "(0, 1)"), (1.5, "(0, 1)"),
+                                                  ("0.3", "a number in (0, 1)"), (True, "a number in (0, 1)")])
+def test_a_bad_target_is_refused(target, accepted):
+    with pytest.raises((TypeError, ValueError), match="`target`") as error:
+        prune_for_latency(residual(), target, calibration_data=images((12, 12, 3)), latency_table=LatencyTable())
+    assert accepted in str(error.value)
+
+
+def test_a_target_below_what_the_model_can_reach_names_the_smallest_and_leaves_the_model_as_it_was():
+    model = residual()
+    before = [weight.copy() for weight in model.get_weights()]
+    with pytest.raises(ValueError, match=r"`target` 0.001 is below what this model can reach.*predicted at 0\.\d+"):
+        prune_for_latency(model, 0.001, calibration_data=images((12, 12, 3)), latency_table=LatencyTable())
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+def test_calibration_data_is_required_and_other_bad_arguments_are_named(tmp_path):
+    with pytest.raises(ValueError, match="`calibration_data` is required"):
+        prune_for_latency(residual(), 0.5, calibration_data=None)
+    with pytest.raises(ValueError, match="`threads` must be an integer >= 1"):
+        prune_for_latency(residual(), 0.5, calibration_data=images((12, 12, 3)), threads=0)
+    with pytest.raises(ValueError, match="no latency table at"):
+        prune_for_latency(residual(), 0.5, calibration_data=images((12, 12, 3)), latency_table=tmp_path / "t.json")
+    with pytest.raises(ValueError, match=r"Calibration data .* has shape \(128, 8, 8, 3\), but the model takes"):
+        prune_for_latency(residual(), 0.5, calibration_data=images((8, 8, 3)), latency_table=LatencyTable())
+    assert not list(tmp_path.iterdir())
