@@ -7,23 +7,30 @@ import keras
 import numpy as np
 import pytest
 
-from rgp_keras import LatencyPlan, prune_for_latency, pruning_summary
+from rgp_keras import LatencyPlan, prune_for_latency, prune_regular_graph, pruning_summary, strip_pruning
 from rgp_keras.masking.selection import layer_macs
 from rgp_keras.plan import latency as latency_module
 from rgp_keras.plan.latency import LatencyTable, predict_latency
+from rgp_keras.plan.search import _graphs
 
 layers = keras.layers
 
 
 @pytest.fixture(autouse=True)
 def mac_timed(monkeypatch):
-    """Segments "timed" as 0.01 ms per file call + 1 ms per million MACs, without converting anything."""
+    """Segments "timed" as 0.01 ms per file call + 1 ms per million MACs (a masked layer's: the kept share),
+    without converting anything."""
+
+    def macs(layer):
+        if hasattr(layer, "density"):
+            return layer_macs(layer, layer.layer)[0] * float(layer.density)
+        return layer_macs(layer, layer)[0] or 0
 
     def measure(self, segments, progress=False):
         missing = list(self.missing(segments).values())
         for segment in missing:
             model = latency_module._segment_model(segment)
-            self.entries[segment.key] = 0.01 + 1e-6 * sum(layer_macs(layer, layer)[0] or 0 for layer in model.layers)
+            self.entries[segment.key] = 0.01 + 1e-6 * sum(macs(layer) for layer in model.layers)
         self.entries.setdefault("invoke", 0.01)
         return len(missing)
 
@@ -49,6 +56,18 @@ def duplicated():
     kernel, bias = model.layers[0].get_weights()
     kernel[..., 8:], bias[8:] = kernel[..., :8], bias[:8]
     model.layers[0].set_weights([kernel, bias])
+    return model
+
+
+def block_sparse():
+    """Its second convolution's kernel is already zero outside the blocks of a 4/2 regular graph (seed 0): masking
+    it loses nothing, while any channel dropped costs accuracy."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 64))
+    x = layers.Conv2D(128, 1, activation="relu")(inputs)
+    model = keras.Model(inputs, layers.Conv2D(64, 1)(x))
+    masked = prune_regular_graph(model, graph=_graphs(0)[0], layers=[model.layers[2].name], assign_channels=False)
+    model.set_weights(strip_pruning(masked).get_weights())
     return model
 
 
@@ -84,6 +103,18 @@ def test_free_channels_go_first_and_a_channel_that_costs_accuracy_only_when_need
         assert 8 <= pruned.layers[0].filters < 16 and plan.rows[0]["sensitivity"] < 0.01
         dense, thin = model.predict(x, verbose=0), pruned.predict(x, verbose=0)
         assert np.abs(thin - dense).max() <= 0.1 * np.abs(dense).max()
+
+
+def test_a_layer_rgp_masks_for_free_is_masked_and_the_plan_says_so(tmp_path):
+    model = block_sparse()
+    x = images((8, 8, 64))
+    pruned, plan = prune_for_latency(model, 0.8, calibration_data=x, seed=0, cache_dir=tmp_path, verbose=0)
+    assert [row["graph"] for row in plan.rows] == ["dense", "4/2"] and plan.rows[0]["width"] == "128"
+    assert type(pruned.layers[-1]).__name__ == "RegularGraphPruning"
+    assert predict_latency(pruned, cache_dir=tmp_path, verbose=0).total_ms == pytest.approx(plan.predicted_ms)
+    dense, thin = model.predict(x, verbose=0), pruned.predict(x, verbose=0)
+    assert np.abs(thin - dense).max() <= 1e-4 * np.abs(dense).max()
+    assert "4/2" in str(plan) and "planned" in str(pruning_summary(pruned))
 
 
 @pytest.mark.parametrize(("target", "accepted"), [(0, "(0, 1)"), (1.0, "(0, 1)"), (1.5, "(0, 1)"),

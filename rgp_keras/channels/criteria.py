@@ -84,6 +84,41 @@ def removal_curves(spaces, roots, keep, calibration):
     return curves
 
 
+def mask_residuals(calls, masks, calibration):
+    """Layer id -> the error a least-squares refit of its kept weights leaves on the dense model's inputs,
+    relative to its output energy, for each kernel layer of `masks` (layer id -> (layer, boolean mask of its
+    kernel)). One pass of the calibration data measures every layer's X^T X."""
+    statistics = {}
+
+    def visit(call, reference_call, changed):
+        if id(call.layer) not in masks:
+            return None
+        statistics[id(call.layer)] = _Statistics(call.layer, calibration.rows, energy_only=False)
+        return statistics[id(call.layer)]
+
+    walk(calls, None, calibration, visit)
+    return {key: _mask_residual(gathered.gram / max(gathered.rows, 1), *masks[key])
+            for key, gathered in statistics.items()}
+
+
+def _mask_residual(gram, layer, mask):
+    """min over the kept weights V of |X V - X W|^2 / |X W|^2, output columns with the same kept inputs solved
+    together (the bias, the gram's last feature, always free)."""
+    kernel = to_numpy(getattr(layer, layer_type(layer)[1].kernel)).astype(np.float64)
+    kernel, mask = kernel.reshape(-1, kernel.shape[-1]), mask.reshape(-1, kernel.shape[-1])
+    fit = np.vstack([kernel, np.zeros((1, kernel.shape[1]))])
+    kept = np.vstack([mask, np.ones((1, kernel.shape[1]), bool)])
+    damped = gram + _DAMPING * max(np.trace(gram[:-1, :-1]) / max(len(kernel), 1), 1e-12) * np.eye(len(gram))
+    product = gram @ fit
+    left = float(np.sum(fit * product))
+    patterns, which = np.unique(kept.T, axis=0, return_inverse=True)
+    for number, pattern in enumerate(patterns):
+        columns = which.ravel() == number
+        right = product[pattern][:, columns]
+        left -= float(np.sum(right * scipy.linalg.solve(damped[np.ix_(pattern, pattern)], right, assume_a="pos")))
+    return max(left, 0.0) / max(float(np.sum(kernel * (gram[:-1, :-1] @ kernel))), 1e-30)
+
+
 def _features(layer):
     kind = layer_type(layer)[1]
     return math.prod(getattr(layer, kind.kernel).shape[:-1])

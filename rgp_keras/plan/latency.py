@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from rgp_keras._checks import check_int
-from rgp_keras.errors import InputTypeError, InputValueError
-from rgp_keras.model_walk import Alias, clone_layer, is_rgp_wrapper, layer_calls, leaves, reject_tf_keras, run_call
+from rgp_keras.errors import InputValueError
+from rgp_keras.model_walk import Alias, clone_layer, is_rgp_wrapper, layer_calls, reject_tf_keras, run_call
 
 _FUSED = ("BatchNormalization", "ReLU", "Activation", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
           "GaussianNoise", "GaussianDropout", "AlphaDropout")
@@ -101,12 +101,12 @@ class LatencyTable:
             paths = []
             for number, segment in enumerate(missing):
                 paths.append(os.path.join(folder, f"{number}.tflite"))
-                _segment_model(segment).export(paths[-1], format="litert", verbose=False)
+                _export(_segment_model(segment), paths[-1], self.threads)
                 if bar is not None:
                     bar.update(number + 1)
             if _INVOKE not in self.entries:
                 paths.append(os.path.join(folder, "invoke.tflite"))
-                _invoke_model().export(paths[-1], format="litert", verbose=False)
+                _export(_invoke_model(), paths[-1], self.threads)
             # every file timed in each of _ROUNDS rounds, in turn: a slower spell of the machine is shared out
             times = [[_time_file(path, self.threads) for path in paths] for _ in range(_ROUNDS)]
         medians = [statistics.median(column) for column in zip(*times)]
@@ -178,9 +178,6 @@ def resolve_table(table, threads, cache_dir):
 def model_segments(model):
     """The `Segment`s of a Keras 3 functional or Sequential model, in topological order."""
     reject_tf_keras(model, "predict_latency")
-    if any(is_rgp_wrapper(layer) for layer in leaves(model)):
-        raise InputTypeError(f"Model {model.name!r} holds RegularGraphPruning wrappers: latency prediction takes "
-                             "plain layers (a dense or prune_channels model), not masked ones yet.")
     walk = layer_calls(model, nested=True)
     readers = {}
     for call in walk.calls:
@@ -211,6 +208,8 @@ def model_segments(model):
 
 def _describe(layer):
     config = {name: value for name, value in layer.get_config().items() if name != "name"}
+    if is_rgp_wrapper(layer):  # and the wrapped layer's name
+        config["layer"] = {**config["layer"], "config": _describe(layer.layer)[1]}
     return [f"{type(layer).__module__}.{type(layer).__qualname__}", config]
 
 
@@ -224,6 +223,16 @@ def _segment_model(segment):
     for call in segment.calls:
         values.update(zip(call.outputs, run_call(call._replace(layer=clone_layer(call.layer)), values)))
     return keras.Model(inputs, values[segment.calls[-1].outputs[0]])
+
+
+def _export(model, path, threads):
+    """`model` as a float .tflite file; RGP-masked layers as the compact kernels `export_tflite` writes."""
+    if any(is_rgp_wrapper(layer) for layer in model.layers):
+        from rgp_keras.export import export_tflite
+
+        export_tflite(model, path, threads=threads)
+    else:
+        model.export(path, format="litert", verbose=False)
 
 
 def _invoke_model():

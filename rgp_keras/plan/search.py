@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from rgp_keras._checks import check_int
-from rgp_keras.channels.criteria import removal_curves
+from rgp_keras.channels.criteria import mask_residuals, removal_curves
 from rgp_keras.channels.prune import (
     channel_calibration,
     check_model,
@@ -37,10 +37,20 @@ from rgp_keras.channels.prune import (
 from rgp_keras.channels.spaces import channel_spaces
 from rgp_keras.data_aware.steps import progress_wanted
 from rgp_keras.errors import InputTypeError, InputValueError
+from rgp_keras.graph import RegularGraph, optimize
+from rgp_keras.masking.layer_types import layer_type
+from rgp_keras.masking.masks import kernel_mask, prunable_kernel
+from rgp_keras.masking.selection import checked_selectors, matches, narrow_side, skip_reason
+from rgp_keras.model_walk import is_rgp_wrapper
 from rgp_keras.plan.latency import model_segments, predict_latency, resolve_table
+from rgp_keras.prune import prune_regular_graph
 
 # Widths a space may keep (fractions of its channels), and the uniform widths timed to interpolate between.
 CANDIDATE_WIDTHS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.1875, 0.125)
+# The RGP graphs (nodes, degree) a plan may mask layers with (densities 1/2 and 1/4), on layers whose channel groups
+# are at least _GROUP_WIDTH wide: below that XNNPACK's grouped kernels stop running at their MAC share.
+RGP_GRAPHS = ((4, 2), (8, 2))
+_GROUP_WIDTH = 16
 _TIMED_WIDTHS = (1.0, 0.75, 0.5, 0.375, 0.25, 0.125)
 # Searches with a corrected budget until the exact prediction is this close to the target (or _SEARCHES ran).
 _TOLERANCE, _SEARCHES = 0.03, 4
@@ -57,10 +67,9 @@ class LatencyPlan(NamedTuple):
     rows: list
 
     def __str__(self):
-        header = ("layer", "width", "graph", "ms", "sensitivity")
-        lines = [(row["layer"], row["width"], row["graph"], f"{row['ms']:.3f}",
-                  "kept: " + row["kept_width"] if row["kept_width"] else f"{row['sensitivity']:.4f}")
-                 for row in self.rows]
+        header = ("layer", "width", "graph", "ms", "sensitivity", "note")
+        lines = [(row["layer"], row["width"], row["graph"], f"{row['ms']:.3f}", f"{row['sensitivity']:.4f}",
+                  f"width kept: {row['kept_width']}" if row["kept_width"] else "") for row in self.rows]
         widths = [max(len(str(line[i])) for line in [header, *lines]) for i in range(len(header))]
         render = lambda line: "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip()
         others = self.predicted_ms - sum(row["ms"] for row in self.rows)
@@ -72,7 +81,7 @@ class LatencyPlan(NamedTuple):
         ])
 
 
-def prune_for_latency(model, target, *, calibration_data, threads=1, layers=None, latency_table=None,
+def prune_for_latency(model, target, *, calibration_data, threads=1, layers=None, seed=None, latency_table=None,
                       cache_dir=None, calibration_samples=None, calibration_batch_size=None, verbose="auto"):
     """A thinner copy of `model` whose float LiteRT file runs in `target` times the dense file's time, each
     channel space given the width that costs the least accuracy, and the plan that was chosen.
@@ -89,7 +98,8 @@ def prune_for_latency(model, target, *, calibration_data, threads=1, layers=None
         calibration_data: unlabelled model inputs, as for `prune_channels`
             (required: the sensitivities are measured on them).
         threads: LiteRT threads the latencies are measured (or were measured) at.
-        layers: which layers may lose output channels, as for `prune_channels`.
+        layers: which layers may lose output channels or be masked, as for `prune_channels`.
+        seed: seed of the RGP graphs.
         latency_table: a `LatencyTable` or the path of one; default this machine's.
         cache_dir: where this machine's table is kept (default `~/.cache/rgp_keras/latency`).
         calibration_samples, calibration_batch_size: as for `prune_channels`.
@@ -128,23 +138,39 @@ def prune_for_latency(model, target, *, calibration_data, threads=1, layers=None
     curves = removal_curves(spaces, free, fewest, calibration)
     costs = {root: np.concatenate([[0.0], errors]) for root, (_, errors) in curves.items()}
     order = {root: removed for root, (removed, _) in curves.items()}
+    data = dict(calibration_data=calibration_data, calibration_samples=calibration_samples,
+                calibration_batch_size=calibration_batch_size)
+    options = [_Masks(None, {}, {}, {})] + [option for graph in _graphs(seed)
+                                            if (option := _masks(model, graph, latency, layers, table, calibration))]
+    # the graph (or none) whose plan costs least, searched on the interpolated latencies
+    searches = [_Search(spaces, free, costs, latency, option, budget) for option in options]
+    search = min(searches, key=lambda candidate: candidate.cost)
     tried, scale = [], 1.0
     for _ in range(_SEARCHES):
-        counts = _search(spaces, free, costs, latency, scale * budget)
-        shape_only = thinned_model(model, spaces, kept_channels(spaces, order, counts), held, "", None, 0)
-        tried.append((predict_latency(shape_only, threads=threads, table=table, verbose=verbose), counts))
+        if scale != 1.0:
+            search = _Search(spaces, free, costs, latency, search.option, scale * budget)
+        shapes = _applied(model, spaces, held, kept_channels(spaces, order, search.counts), search, "", None, {})
+        tried.append((predict_latency(shapes, threads=threads, table=table, verbose=verbose), search))
         if abs(tried[-1][0].total_ms / budget - 1) <= _TOLERANCE:
             break
         scale *= budget / tried[-1][0].total_ms
-    # the slowest plan within the budget (the least pruned), else the fastest
-    within = [plan for plan in tried if plan[0].total_ms <= (1 + _TOLERANCE) * budget]
-    predicted, counts = (max(within, key=lambda plan: plan[0].total_ms) if within
-                         else min(tried, key=lambda plan: plan[0].total_ms))
-    rows, notes = _plan_rows(model, spaces, counts, costs, held, predicted)
+    # the plan predicted nearest the budget (discrete widths can step over it from both sides)
+    predicted, search = min(tried, key=lambda plan: abs(plan[0].total_ms / budget - 1))
+    rows, notes = _plan_rows(spaces, search, held, predicted)
     criterion = f"prune_for_latency: least squares (Optimal Brain Surgeon over channels), refit on {fit}"
-    pruned = thinned_model(model, spaces, kept_channels(spaces, order, counts), held, criterion, calibration,
-                           verbose, notes)
+    pruned = _applied(model, spaces, held, kept_channels(spaces, order, search.counts), search, criterion,
+                      calibration, notes, data, verbose)
     return pruned, LatencyPlan(target, dense.total_ms, predicted.total_ms, threads, rows)
+
+
+def _applied(model, spaces, held, kept, search, criterion, calibration, notes, data=None, verbose=0):
+    """`model` thinned to `kept` (refit with `calibration`), then its layers `search` chose RGP-masked with its
+    graph (refit on `data`, the calibration arguments)."""
+    thin = thinned_model(model, spaces, kept, held, criterion, calibration, verbose, notes)
+    if not search.masked:
+        return thin
+    return prune_regular_graph(thin, graph=search.option.graph, layers=search.masked_names, verbose=verbose,
+                               **(data or {}))
 
 
 def _check_target(target):
@@ -180,8 +206,9 @@ class _LatencyModel:
             times = np.array([table.segment_ms(widths[index].key) for widths in timed])
             order = np.argsort(shares, kind="stable")
             self.curves.append((shares[order], times[order]))
-        self.affected = {root: [index for index, (inputs, outputs, _) in enumerate(self.sides)
-                                if root in self._roots(inputs) | self._roots(outputs)] for root in free}
+        self.names = [segment.name for segment in segments]
+        self.roots = [self._roots(inputs) | self._roots(outputs) for inputs, outputs, _ in self.sides]
+        self.affected = {root: [index for index, roots in enumerate(self.roots) if root in roots] for root in free}
 
     def _roots(self, key):
         return set() if key is None else {self.spaces.find(segment.space) for segment in self.spaces.layouts[key]}
@@ -204,56 +231,131 @@ def _first(spaces, counts):
     return {root: np.arange(count) for root, count in counts.items()}
 
 
-def _search(spaces, free, costs, latency, budget):
-    """root -> channels kept: from the dense widths, the step of least added error per ms saved, until the
-    interpolated latency meets `budget` (or every space is at its narrowest candidate); then, while the budget
-    allows, the step back that removes the most error per ms added (a last large step may have saved more
-    than needed)."""
-    counts = {root: spaces.width(root) for root in free}
-    candidates = {root: sorted({max(1, int(round(width * spaces.width(root)))) for width in CANDIDATE_WIDTHS})
-                  for root in free}
-    times = [latency.ms(index, counts) for index in range(len(latency.sides))]
+class _Masks(NamedTuple):
+    """RGP as an option of the search: `graph` (None: no RGP), and per segment index of a layer it may mask, the
+    masked segment's ms, the masked layer's relative output error after the refit, and the layer's name."""
 
-    def step(root, count):
-        """(ms this step adds, error it adds) from the current counts."""
-        trial, width = {**counts, root: count}, spaces.width(root)
-        added = sum(latency.ms(index, trial) - times[index] for index in latency.affected[root])
-        return added, costs[root][width - count] - costs[root][width - counts[root]]
-
-    def take(root, count):
-        counts[root] = count
-        for index in latency.affected[root]:
-            times[index] = latency.ms(index, counts)
-
-    while latency.call_ms + sum(times) > budget:
-        steps = [(error / -added, root, count) for root in free for count in candidates[root] if count < counts[root]
-                 for added, error in [step(root, count)] if added < -1e-12]
-        if not steps:
-            break
-        take(*min(steps)[1:])
-    while True:
-        slack = budget - latency.call_ms - sum(times)
-        steps = [(error / added, root, count) for root in free for count in candidates[root] if count > counts[root]
-                 for added, error in [step(root, count)] if 1e-12 < added <= slack and error < 0]
-        if not steps:
-            return counts
-        take(*min(steps)[1:])
+    graph: object
+    ms: dict
+    errors: dict
+    names: dict
 
 
-def _plan_rows(model, spaces, counts, costs, held, predicted):
+def _graphs(seed):
+    return [optimize(RegularGraph.random(nodes, degree, seed=seed)).graph for nodes, degree in RGP_GRAPHS]
+
+
+def _masks(model, graph, latency, layers, table, calibration):
+    """The `_Masks` of `graph` over the Dense / convolution layers whose channel groups are at least
+    `_GROUP_WIDTH` wide (their compact kernels run near their MAC share), or None when the model has none.
+    A layer's error: its least-squares refit's on the dense model's inputs, its channels in their order (the
+    channel assignment RGP then runs can only keep more)."""
+    selectors = None if layers is None else checked_selectors(model, layers)
+    candidates = {id(call.layer): call.layer for call, role in zip(latency.spaces.calls.calls, latency.spaces.roles)
+                  if role == "kernel" and skip_reason(call.layer, graph) is None
+                  and prunable_kernel(call.layer)[0] == layer_type(call.layer)[1].kernel
+                  and (narrow_side(call.layer) or 0) >= _GROUP_WIDTH * graph.nodes
+                  and (selectors is None or matches(call.layer, selectors))}
+    if not candidates:
+        return None
+    masks = {key: (layer, kernel_mask(graph, getattr(layer, attribute).shape, layout))
+             for key, layer in candidates.items() for attribute, layout in [prunable_kernel(layer)]}
+    errors = mask_residuals(latency.spaces.calls, masks, calibration)
+    names = [layer.name for layer in candidates.values()]
+    masked = prune_regular_graph(model, graph=graph, layers=names, assign_channels=False, verbose=0)
+    segments = [segment for segment in model_segments(masked) if is_rgp_wrapper(segment.calls[0].layer)]
+    table.measure(segments)
+    index = {name: number for number, name in enumerate(latency.names)}
+    errors = {layer.name: errors[key] for key, layer in candidates.items()}
+    timed = {index[segment.calls[0].layer.layer.name]: table.segment_ms(segment.key) for segment in segments}
+    return _Masks(graph, timed, {number: errors[latency.names[number]] for number in timed},
+                  {number: latency.names[number] for number in timed})
+
+
+class _Search:
+    """root -> channels kept (`counts`) and the segments to mask (`masked`): from the dense widths, the step (a
+    space to a narrower candidate, or a layer masked by `option`'s graph while its spaces keep their width) of
+    least added error per ms saved, until the interpolated latency meets `budget` (or no step saves any); then,
+    while the budget allows, the width steps back that remove the most error per ms added (a last large step
+    may have saved more than needed). `cost`: the plan's summed error."""
+
+    def __init__(self, spaces, free, costs, latency, option, budget):
+        self.spaces, self.free, self.costs, self.latency, self.option = spaces, free, costs, latency, option
+        self.counts = {root: spaces.width(root) for root in free}
+        self.masked = set()
+        self.candidates = {root: sorted({max(1, int(round(width * spaces.width(root)))) for width in CANDIDATE_WIDTHS})
+                           for root in free}
+        self.times = [latency.ms(index, self.counts) for index in range(len(latency.sides))]
+        while latency.call_ms + sum(self.times) > budget:
+            steps = [(error / -added, move) for move, added, error in self._steps(narrower=True) if added < -1e-12]
+            if not steps:
+                break
+            self._take(min(steps, key=lambda step: step[0])[1])
+        while True:
+            slack = budget - latency.call_ms - sum(self.times)
+            steps = [(error / added, move) for move, added, error in self._steps(narrower=False)
+                     if 1e-12 < added <= slack and error < 0]
+            if not steps:
+                break
+            self._take(min(steps, key=lambda step: step[0])[1])
+        self.cost = sum(float(costs[root][spaces.width(root) - count]) for root, count in self.counts.items())
+        self.cost += sum(option.errors[index] for index in self.masked)
+
+    @property
+    def masked_names(self):
+        return [self.option.names[index] for index in sorted(self.masked)]
+
+    def _steps(self, narrower):
+        """(move, ms it adds, error it adds) of every width step (narrower or wider) and, narrowing, every mask."""
+        for root in self.free:
+            if any(root in self.latency.roots[index] for index in self.masked):
+                continue
+            for count in self.candidates[root]:
+                if (count < self.counts[root]) if narrower else (count > self.counts[root]):
+                    yield (root, count), *self._width_step(root, count)
+        if narrower:
+            for index, ms in self.option.ms.items():
+                if index not in self.masked and all(self.counts.get(root, 0) == self.spaces.width(root)
+                                                    for root in self.latency.roots[index] if root in self.counts):
+                    yield ("mask", index), ms - self.times[index], self.option.errors[index]
+
+    def _width_step(self, root, count):
+        trial, width = {**self.counts, root: count}, self.spaces.width(root)
+        added = sum(self.latency.ms(index, trial) - self.times[index] for index in self.latency.affected[root])
+        return added, self.costs[root][width - count] - self.costs[root][width - self.counts[root]]
+
+    def _take(self, move):
+        if move[0] == "mask":
+            self.masked.add(move[1])
+            self.times[move[1]] = self.option.ms[move[1]]
+            return
+        root, count = move
+        self.counts[root] = count
+        for index in self.latency.affected[root]:
+            self.times[index] = self.latency.ms(index, self.counts)
+
+
+def _plan_rows(spaces, search, held, predicted):
     """The plan's rows (one per kernel layer, in model order) and, per layer id, its `pruning_summary` note."""
     ms = dict(predicted.segments)
+    masked = set(search.masked_names)
+    graph = search.option.graph
     rows, notes = [], {}
     for call, role in zip(spaces.calls.calls, spaces.roles):
         if role != "kernel":
             continue
         root = spaces.find(spaces.layouts[call.outputs[0]][0].space)
         width = spaces.width(root)
-        kept = counts.get(root, width)
-        row = {"layer": call.layer.name, "width": f"{width} -> {kept}" if kept != width else str(width),
-               "graph": "dense", "ms": ms.get(call.layer.name, 0.0),
-               "sensitivity": float(costs[root][width - kept]) if root in costs else 0.0,
-               "kept_width": "" if root in counts else held.get(root, "not prunable")}
+        kept = search.counts.get(root, width)
+        name = call.layer.name
+        row = {"layer": name, "width": f"{width} -> {kept}" if kept != width else str(width),
+               "graph": f"{graph.nodes}/{graph.degree}" if name in masked else "dense",
+               "ms": ms.get(name, ms.get(f"rgp_{name}", 0.0)),
+               "sensitivity": float(search.costs[root][width - kept]) if root in search.costs else 0.0,
+               "kept_width": "" if root in search.counts else held.get(root, "not prunable")}
+        if name in masked:
+            row["sensitivity"] = next(search.option.errors[index] for index, masked_name in search.option.names.items()
+                                      if masked_name == name)
         rows.append(row)
         notes[id(call.layer)] = {"plan": f"planned {row['ms']:.3f} ms, sensitivity {row['sensitivity']:.4f}"}
     return rows, notes
