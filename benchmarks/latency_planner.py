@@ -160,7 +160,7 @@ def report():
                      f"{row['predicted_ratio']} | {row['measured_ratio']} | {off:.3f} | {percent(row['accuracy'])} | "
                      f"{percent(row['accuracy_ft'])} | {row['seconds'] or ''} |")
     lines += ["", "Seconds in the planner's LiteRT timing (table s) of its whole call (planner s); the first "
-              "MobileNetV2 row starts from an empty table (the dense model and 6 uniform widths, then the plans):"]
+              "MobileNetV2 row starts from an empty table (the dense model and 4 uniform widths, then the plans):"]
     lines += [f"- {row['model']} {row['target']}: {float(row['table_seconds']):.0f} of {float(row['seconds']):.0f} s"
               for row in rows if row["table_seconds"]]
     (RESULTS / "latency_planner.md").write_text("\n".join(lines) + "\n")

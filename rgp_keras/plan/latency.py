@@ -222,7 +222,7 @@ def _segment_model(segment):
     values = dict(zip(dict.fromkeys(first.inputs), inputs))
     for call in segment.calls:
         values.update(zip(call.outputs, run_call(call._replace(layer=clone_layer(call.layer)), values)))
-    return keras.Model(inputs, values[segment.calls[-1].outputs[0]])
+    return keras.Model(inputs[0] if len(inputs) == 1 else inputs, values[segment.calls[-1].outputs[0]])
 
 
 def _export(model, path, threads):

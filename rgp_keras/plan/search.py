@@ -51,7 +51,7 @@ CANDIDATE_WIDTHS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.1875, 0.125)
 # are at least _GROUP_WIDTH wide: below that XNNPACK's grouped kernels stop running at their MAC share.
 RGP_GRAPHS = ((4, 2), (8, 2))
 _GROUP_WIDTH = 16
-_TIMED_WIDTHS = (1.0, 0.75, 0.5, 0.375, 0.25, 0.125)
+_TIMED_WIDTHS = (1.0, 0.625, 0.375, 0.125)
 # Searches with a corrected budget until the exact prediction is this close to the target (or _SEARCHES ran).
 _TOLERANCE, _SEARCHES = 0.03, 4
 
