@@ -226,10 +226,12 @@ def _bench_layers(args):
     if "keras" not in sys.modules:  # segments convert through TensorFlow, as export does
         os.environ["KERAS_BACKEND"] = "tensorflow"
     from rgp_keras.plan.latency import LatencyTable, predict_latency
+    from rgp_keras.plan.search import time_plan_segments
 
     model = _load_keras_model(args.model)
     table = LatencyTable(args.output, args.threads)
-    prediction = predict_latency(model, threads=args.threads, table=table, verbose=0 if args.json else 1)
+    time_plan_segments(model, threads=args.threads, table=table, verbose=0 if args.json else 1)
+    prediction = predict_latency(model, threads=args.threads, table=table, verbose=0)
     if args.json:
         return _print_json(model=args.model, table=args.output, total_ms=prediction.total_ms,
                            segments=prediction.segments)
@@ -381,8 +383,9 @@ def _parser():
 
     bench_layers = _command(
         commands, "bench-layers", "time a .keras model's layers on this machine's LiteRT into a latency table",
-        "Time each layer segment of a model (once) and add the times to a JSON table that predict_latency reads; "
-        "run it on the target device (any machine with Python and ai-edge-litert).",
+        "Time each layer segment of a model (once; dense, at the widths and as the RGP kernels prune_for_latency "
+        "plans with) and add the times to a JSON table that predict_latency and prune_for_latency read; run it on "
+        "the target device (any machine with Python, TensorFlow and ai-edge-litert).",
         _bench_layers, model=".keras model", json="print the prediction as one JSON object",
     )
     bench_layers.add_argument("-o", "--output", required=True, help="latency table (.json) to write or extend")

@@ -3,22 +3,23 @@
 Segment times come from a stand-in for LiteRT here (a fixed cost per file call plus one per MAC), so the
 search is tested exactly and fast; real timings are predict_latency's tests and benchmarks/latency_planner.py."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
 
 from rgp_keras import LatencyPlan, prune_for_latency, prune_regular_graph, pruning_summary, strip_pruning
 from rgp_keras.masking.selection import layer_macs
-from rgp_keras.plan import latency as latency_module
 from rgp_keras.plan.latency import LatencyTable, predict_latency
-from rgp_keras.plan.search import _graphs
+from rgp_keras.plan.search import _graphs, time_plan_segments
 
 layers = keras.layers
 
 
 @pytest.fixture(autouse=True)
 def mac_timed(monkeypatch):
-    """Segments "timed" as 0.01 ms per file call + 1 ms per million MACs (a masked layer's: the kept share),
+    """Segments "timed" as 1 ms per million MACs (a masked layer's: the kept share) + 0.01 ms per file call,
     without converting anything."""
 
     def macs(layer):
@@ -26,15 +27,10 @@ def mac_timed(monkeypatch):
             return layer_macs(layer, layer.layer)[0] * float(layer.density)
         return layer_macs(layer, layer)[0] or 0
 
-    def measure(self, segments, progress=False):
-        missing = list(self.missing(segments).values())
-        for segment in missing:
-            model = latency_module._segment_model(segment)
-            self.entries[segment.key] = 0.01 + 1e-6 * sum(macs(layer) for layer in model.layers)
-        self.entries.setdefault("invoke", 0.01)
-        return len(missing)
+    def time(self, models, bar):
+        return [0.01 + 1e-6 * sum(macs(layer) for layer in model.layers) for model in models]
 
-    monkeypatch.setattr(LatencyTable, "measure", measure)
+    monkeypatch.setattr(LatencyTable, "_time", time)
 
 
 def residual():
@@ -60,13 +56,13 @@ def duplicated():
 
 
 def block_sparse():
-    """Its second convolution's kernel is already zero outside the blocks of a 4/2 regular graph (seed 0): masking
+    """Its second convolution's kernel is already zero outside the blocks of the planner's 4/2 graph: masking
     it loses nothing, while any channel dropped costs accuracy."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 64))
     x = layers.Conv2D(128, 1, activation="relu")(inputs)
     model = keras.Model(inputs, layers.Conv2D(64, 1)(x))
-    masked = prune_regular_graph(model, graph=_graphs(0)[0], layers=[model.layers[2].name], assign_channels=False)
+    masked = prune_regular_graph(model, graph=_graphs()[0], layers=[model.layers[2].name], assign_channels=False)
     model.set_weights(strip_pruning(masked).get_weights())
     return model
 
@@ -108,13 +104,28 @@ def test_free_channels_go_first_and_a_channel_that_costs_accuracy_only_when_need
 def test_a_layer_rgp_masks_for_free_is_masked_and_the_plan_says_so(tmp_path):
     model = block_sparse()
     x = images((8, 8, 64))
-    pruned, plan = prune_for_latency(model, 0.8, calibration_data=x, seed=0, cache_dir=tmp_path, verbose=0)
+    pruned, plan = prune_for_latency(model, 0.8, calibration_data=x, cache_dir=tmp_path, verbose=0)
     assert [row["graph"] for row in plan.rows] == ["dense", "4/2"] and plan.rows[0]["width"] == "128"
     assert type(pruned.layers[-1]).__name__ == "RegularGraphPruning"
     assert predict_latency(pruned, cache_dir=tmp_path, verbose=0).total_ms == pytest.approx(plan.predicted_ms)
     dense, thin = model.predict(x, verbose=0), pruned.predict(x, verbose=0)
     assert np.abs(thin - dense).max() <= 1e-4 * np.abs(dense).max()
     assert "4/2" in str(plan) and "planned" in str(pruning_summary(pruned))
+
+
+def test_a_table_from_the_target_device_is_read_and_never_extended(tmp_path):
+    model = block_sparse()
+    local = time_plan_segments(model, table=tmp_path / "table.json")
+    stored = json.loads((tmp_path / "table.json").read_text())
+    stored["machine"] = {"litert": "ai-edge-litert 2.3.0", "cpu": "Cortex-A76 (the board)"}
+    (tmp_path / "board.json").write_text(json.dumps(stored))
+    pruned, plan = prune_for_latency(model, 0.8, calibration_data=images((8, 8, 64)),
+                                     latency_table=tmp_path / "board.json", verbose=0)
+    assert json.loads((tmp_path / "board.json").read_text()) == stored  # nothing measured, nothing written
+    assert [row["graph"] for row in plan.rows] == ["dense", "4/2"]
+    assert plan.predicted_ms == pytest.approx(predict_latency(pruned, table=local).total_ms)
+    with pytest.raises(ValueError, match=r"measured on .*Cortex-A76 .*lacks \d+ segment\(s\).*rgp bench-layers"):
+        prune_for_latency(residual(), 0.5, calibration_data=images((12, 12, 3)), latency_table=tmp_path / "board.json")
 
 
 @pytest.mark.parametrize(("target", "accepted"), [(0, "(0, 1)"), (1.0, "(0, 1)"), (1.5, "(0, 1)"),

@@ -91,30 +91,38 @@ class LatencyTable:
         missing = list(self.missing(segments).values())
         if not missing:
             return 0
-        if self.machine != _this_machine():
+        if not self.is_local:
             raise InputValueError(
                 f"The latency table {self.path} was measured on {self.machine}, not on this machine "
                 f"({_this_machine()}), and lacks {len(missing)} segment(s), first {missing[0].name!r}: measure them "
                 "where the table comes from (`rgp bench-layers MODEL -o TABLE`) or use this machine's table.")
-        bar = _progress_bar(len(missing)) if progress else None
-        with tempfile.TemporaryDirectory() as folder:
-            paths = []
-            for number, segment in enumerate(missing):
-                paths.append(os.path.join(folder, f"{number}.tflite"))
-                _export(_segment_model(segment), paths[-1], self.threads)
-                if bar is not None:
-                    bar.update(number + 1)
-            if _INVOKE not in self.entries:
-                paths.append(os.path.join(folder, "invoke.tflite"))
-                _export(_invoke_model(), paths[-1], self.threads)
-            # every file timed in each of _ROUNDS rounds, in turn: a slower spell of the machine is shared out
-            times = [[_time_file(path, self.threads) for path in paths] for _ in range(_ROUNDS)]
-        medians = [statistics.median(column) for column in zip(*times)]
+        models = [_segment_model(segment) for segment in missing]
+        if _INVOKE not in self.entries:
+            models.append(_invoke_model())
+        medians = self._time(models, _progress_bar(len(models)) if progress else None)
         if _INVOKE not in self.entries:
             self.entries[_INVOKE] = medians.pop()
         self.entries.update({segment.key: ms for segment, ms in zip(missing, medians)})
         self.save()
         return len(missing)
+
+    def _time(self, models, bar):
+        """Each model's LiteRT latency (ms): converted once, then every file timed in each of _ROUNDS rounds in
+        turn (a slower spell of the machine is shared out), the median of its rounds."""
+        with tempfile.TemporaryDirectory() as folder:
+            paths = []
+            for number, model in enumerate(models):
+                paths.append(os.path.join(folder, f"{number}.tflite"))
+                _export(model, paths[-1], self.threads)
+                if bar is not None:
+                    bar.update(number + 1)
+            times = [[_time_file(path, self.threads) for path in paths] for _ in range(_ROUNDS)]
+        return [statistics.median(column) for column in zip(*times)]
+
+    @property
+    def is_local(self):
+        """Whether the times were measured on this machine (so missing segments may be timed here)."""
+        return self.machine == _this_machine()
 
     @property
     def call_ms(self):

@@ -37,12 +37,12 @@ from rgp_keras.channels.prune import (
 from rgp_keras.channels.spaces import channel_spaces
 from rgp_keras.data_aware.steps import progress_wanted
 from rgp_keras.errors import InputTypeError, InputValueError
-from rgp_keras.graph import RegularGraph, optimize
+from rgp_keras.graph import RegularGraph
 from rgp_keras.masking.layer_types import layer_type
 from rgp_keras.masking.masks import kernel_mask, prunable_kernel
 from rgp_keras.masking.selection import checked_selectors, matches, narrow_side, skip_reason
 from rgp_keras.model_walk import is_rgp_wrapper
-from rgp_keras.plan.latency import model_segments, predict_latency, resolve_table
+from rgp_keras.plan.latency import LatencyPrediction, LatencyTable, model_segments, predict_latency, resolve_table
 from rgp_keras.prune import prune_regular_graph
 
 # Widths a space may keep (fractions of its channels), and the uniform widths timed to interpolate between.
@@ -81,7 +81,7 @@ class LatencyPlan(NamedTuple):
         ])
 
 
-def prune_for_latency(model, target, *, calibration_data, threads=1, layers=None, seed=None, latency_table=None,
+def prune_for_latency(model, target, *, calibration_data, threads=1, layers=None, latency_table=None,
                       cache_dir=None, calibration_samples=None, calibration_batch_size=None, verbose="auto"):
     """A thinner copy of `model` whose float LiteRT file runs in `target` times the dense file's time, each
     channel space given the width that costs the least accuracy, and the plan that was chosen.
@@ -99,8 +99,9 @@ def prune_for_latency(model, target, *, calibration_data, threads=1, layers=None
             (required: the sensitivities are measured on them).
         threads: LiteRT threads the latencies are measured (or were measured) at.
         layers: which layers may lose output channels or be masked, as for `prune_channels`.
-        seed: seed of the RGP graphs.
-        latency_table: a `LatencyTable` or the path of one; default this machine's.
+        latency_table: a `LatencyTable` or the path of one; default this machine's. A table measured on
+            another device (`rgp bench-layers`, which times what the planner reads) is only read: the
+            plan's latency is then the interpolated one, not re-measured.
         cache_dir: where this machine's table is kept (default `~/.cache/rgp_keras/latency`).
         calibration_samples, calibration_batch_size: as for `prune_channels`.
         verbose: "auto" (progress bars for long steps), 1 or 0.
@@ -140,20 +141,24 @@ def prune_for_latency(model, target, *, calibration_data, threads=1, layers=None
     order = {root: removed for root, (removed, _) in curves.items()}
     data = dict(calibration_data=calibration_data, calibration_samples=calibration_samples,
                 calibration_batch_size=calibration_batch_size)
-    options = [_Masks(None, {}, {}, {})] + [option for graph in _graphs(seed)
+    options = [_Masks(None, {}, {}, {})] + [option for graph in _graphs()
                                             if (option := _masks(model, graph, latency, layers, table, calibration))]
     # the graph (or none) whose plan costs least, searched on the interpolated latencies
     searches = [_Search(spaces, free, costs, latency, option, budget) for option in options]
     search = min(searches, key=lambda candidate: candidate.cost)
     tried, scale = [], 1.0
-    for _ in range(_SEARCHES):
+    for _ in range(_SEARCHES if table.is_local else 1):  # a target's table is read, never extended
         if scale != 1.0:
             search = _Search(spaces, free, costs, latency, search.option, scale * budget)
-        shapes = _applied(model, spaces, held, kept_channels(spaces, order, search.counts), search, "", None, {})
-        tried.append((predict_latency(shapes, threads=threads, table=table, verbose=verbose), search))
-        if abs(tried[-1][0].total_ms / budget - 1) <= _TOLERANCE:
+        if table.is_local:
+            shapes = _applied(model, spaces, held, kept_channels(spaces, order, search.counts), search, "", None, {})
+            prediction = predict_latency(shapes, threads=threads, table=table, verbose=verbose)
+        else:
+            prediction = LatencyPrediction(latency.call_ms + sum(search.times), list(zip(latency.names, search.times)))
+        tried.append((prediction, search))
+        if abs(prediction.total_ms / budget - 1) <= _TOLERANCE:
             break
-        scale *= budget / tried[-1][0].total_ms
+        scale *= budget / prediction.total_ms
     # the plan predicted nearest the budget (discrete widths can step over it from both sides)
     predicted, search = min(tried, key=lambda plan: abs(plan[0].total_ms / budget - 1))
     rows, notes = _plan_rows(spaces, search, held, predicted)
@@ -241,35 +246,68 @@ class _Masks(NamedTuple):
     names: dict
 
 
-def _graphs(seed):
-    return [optimize(RegularGraph.random(nodes, degree, seed=seed)).graph for nodes, degree in RGP_GRAPHS]
+def _graphs():
+    """RGP_GRAPHS as ring lattices: with degree 2 every connected graph is a cycle (one ASPL), and a fixed one
+    keeps the compact segments' table keys the same from call to call."""
+    return [RegularGraph.ring_lattice(nodes, degree) for nodes, degree in RGP_GRAPHS]
+
+
+def _mask_candidates(model, graph, spaces, layers):
+    """Layer id -> the Dense / convolution layers `graph` may mask in the plan: channel groups at least
+    `_GROUP_WIDTH` wide (their compact kernels run near their MAC share)."""
+    selectors = None if layers is None else checked_selectors(model, layers)
+    return {id(call.layer): call.layer for call, role in zip(spaces.calls.calls, spaces.roles)
+            if role == "kernel" and skip_reason(call.layer, graph) is None
+            and prunable_kernel(call.layer)[0] == layer_type(call.layer)[1].kernel
+            and (narrow_side(call.layer) or 0) >= _GROUP_WIDTH * graph.nodes
+            and (selectors is None or matches(call.layer, selectors))}
+
+
+def _mask_times(model, graph, candidates, latency, table):
+    """Segment index -> the ms of its layer masked by `graph` as a compact kernel (timed into `table`)."""
+    masked = prune_regular_graph(model, graph=graph, layers=[layer.name for layer in candidates.values()],
+                                 assign_channels=False, verbose=0)
+    segments = [segment for segment in model_segments(masked) if is_rgp_wrapper(segment.calls[0].layer)]
+    table.measure(segments)
+    index = {name: number for number, name in enumerate(latency.names)}
+    return {index[segment.calls[0].layer.layer.name]: table.segment_ms(segment.key) for segment in segments}
 
 
 def _masks(model, graph, latency, layers, table, calibration):
-    """The `_Masks` of `graph` over the Dense / convolution layers whose channel groups are at least
-    `_GROUP_WIDTH` wide (their compact kernels run near their MAC share), or None when the model has none.
-    A layer's error: its least-squares refit's on the dense model's inputs, its channels in their order (the
-    channel assignment RGP then runs can only keep more)."""
-    selectors = None if layers is None else checked_selectors(model, layers)
-    candidates = {id(call.layer): call.layer for call, role in zip(latency.spaces.calls.calls, latency.spaces.roles)
-                  if role == "kernel" and skip_reason(call.layer, graph) is None
-                  and prunable_kernel(call.layer)[0] == layer_type(call.layer)[1].kernel
-                  and (narrow_side(call.layer) or 0) >= _GROUP_WIDTH * graph.nodes
-                  and (selectors is None or matches(call.layer, selectors))}
+    """The `_Masks` of `graph`, or None when no layer qualifies (`_mask_candidates`). A layer's error: its
+    least-squares refit's on the dense model's inputs, its channels in their order (the channel assignment RGP
+    then runs can only keep more)."""
+    candidates = _mask_candidates(model, graph, latency.spaces, layers)
     if not candidates:
         return None
     masks = {key: (layer, kernel_mask(graph, getattr(layer, attribute).shape, layout))
              for key, layer in candidates.items() for attribute, layout in [prunable_kernel(layer)]}
-    errors = mask_residuals(latency.spaces.calls, masks, calibration)
-    names = [layer.name for layer in candidates.values()]
-    masked = prune_regular_graph(model, graph=graph, layers=names, assign_channels=False, verbose=0)
-    segments = [segment for segment in model_segments(masked) if is_rgp_wrapper(segment.calls[0].layer)]
-    table.measure(segments)
-    index = {name: number for number, name in enumerate(latency.names)}
-    errors = {layer.name: errors[key] for key, layer in candidates.items()}
-    timed = {index[segment.calls[0].layer.layer.name]: table.segment_ms(segment.key) for segment in segments}
+    errors = {layer.name: error for key, error in mask_residuals(latency.spaces.calls, masks, calibration).items()
+              for layer in [candidates[key]]}
+    timed = _mask_times(model, graph, candidates, latency, table)
     return _Masks(graph, timed, {number: errors[latency.names[number]] for number in timed},
                   {number: latency.names[number] for number in timed})
+
+
+def time_plan_segments(model, *, threads=1, table=None, cache_dir=None, layers=None, verbose="auto"):
+    """Time into a latency table every segment `prune_for_latency` reads for `model` when it does not measure:
+    each segment dense and at the uniform widths, and the layers RGP may mask as compact kernels. `table`: a
+    path (a new file, or one to extend) or a `LatencyTable`; default this machine's, in `cache_dir`. `rgp
+    bench-layers` runs it on the target device, so that a plan made elsewhere with that table measures
+    nothing. Returns the table."""
+    check_model(model)
+    if table is not None and not isinstance(table, LatencyTable):
+        table = LatencyTable(table, threads)  # a new file, or one to extend
+    table = resolve_table(table, threads, cache_dir)
+    spaces = channel_spaces(model)
+    free, _ = prunable_spaces(spaces, model, layers)
+    latency = _LatencyModel(model, spaces, free, table, verbose)
+    for graph in _graphs():
+        candidates = _mask_candidates(model, graph, spaces, layers)
+        if candidates:
+            _mask_times(model, graph, candidates, latency, table)
+    predict_latency(model, threads=threads, table=table, verbose=0)
+    return table
 
 
 class _Search:
