@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import os
 import re
 import runpy
 import subprocess
@@ -50,8 +51,9 @@ def test_tfmot_workflow_pqat_int8_litert_matches_keras_on_real_mnist(tmp_path):
     assert "masked weights zero in int8 file: True" in out.stdout
 
 
-def run_example(*argv, cwd=None):
-    out = subprocess.run([sys.executable, *map(str, argv)], capture_output=True, text=True, timeout=600, cwd=cwd)
+def run_example(*argv, cwd=None, env=None):
+    out = subprocess.run([sys.executable, *map(str, argv)], capture_output=True, text=True, timeout=600, cwd=cwd,
+                         env=env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     return out.stdout
 
@@ -88,7 +90,7 @@ def test_the_readme_and_docs_hold_the_python_snippets_users_copy():
 def test_every_readme_and_docs_python_snippet_runs_as_written(code, tmp_path):
     script = tmp_path / "snippet.py"
     script.write_text(code)
-    run_example(script, cwd=tmp_path)
+    run_example(script, cwd=tmp_path, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})  # its own latency table
     for name in ("model.tflite", "pruned.keras", "pruned.h5", "distilled.tflite"):  # the files it says it writes
         assert f'"{name}"' not in code or (tmp_path / name).is_file(), name
 

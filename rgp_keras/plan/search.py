@@ -1,22 +1,25 @@
-"""`prune_for_latency`: the width of every channel space that brings a model's LiteRT file to a target latency
-at the least accuracy cost, measured on the calibration data.
+"""`prune_for_latency`: per channel space a width, and per wide layer RGP or not, that bring a model's LiteRT file
+to a target latency at the least accuracy cost, measured on the calibration data.
 
 Three measurements meet here:
 - latency: every segment of the model (`latency.model_segments`) is timed at
   a few uniform widths, and its time at any other width is interpolated in
   its kept MAC share (a kernel layer's input share times its output share,
-  any other segment's output share);
+  any other segment's output share); a layer an RGP graph may mask is also
+  timed as the compact kernel `export_tflite` writes;
 - sensitivity: for each space, the error the least-squares refit cannot
   recover after each channel removed, in the data-aware criterion's order
   (`channels.criteria.removal_curves`, Optimal Brain Surgeon over channel
-  blocks; relative to each consumer's output energy, summed over them);
-- search: from the dense widths, repeatedly the step (one space to a smaller
-  candidate width) that adds the least error per millisecond saved, until
-  the predicted latency meets the budget: a greedy knapsack over the table.
-  Coupled spaces (a residual sum's producers) are one space, so one width.
-The chosen widths are then predicted exactly (each new segment timed), the
-budget is corrected by what the interpolation missed, and the model is
-thinned and refit by `prune_channels`' engine.
+  blocks; relative to each consumer's output energy, summed over them); for
+  a masked layer, its refit's residual (`channels.criteria.mask_residuals`);
+- search: from the dense model, repeatedly the step (a space to a narrower
+  candidate width, or a layer masked) that adds the least error per
+  millisecond saved, until the predicted latency meets the budget: a greedy
+  knapsack over the table. Coupled spaces (a residual sum's producers) are
+  one space, so one width.
+The plan is then predicted exactly (each new segment timed), the budget is
+corrected by what the interpolation missed, and the model is thinned and
+refit by `prune_channels`' engine, then masked by `prune_regular_graph`'s.
 """
 
 from typing import NamedTuple
@@ -139,33 +142,39 @@ def prune_for_latency(model, target, *, calibration_data, threads=1, layers=None
     curves = removal_curves(spaces, free, fewest, calibration)
     costs = {root: np.concatenate([[0.0], errors]) for root, (_, errors) in curves.items()}
     order = {root: removed for root, (removed, _) in curves.items()}
-    data = dict(calibration_data=calibration_data, calibration_samples=calibration_samples,
-                calibration_batch_size=calibration_batch_size)
     options = [_Masks(None, {}, {}, {})] + [option for graph in _graphs()
                                             if (option := _masks(model, graph, latency, layers, table, calibration))]
-    # the graph (or none) whose plan costs least, searched on the interpolated latencies
-    searches = [_Search(spaces, free, costs, latency, option, budget) for option in options]
-    search = min(searches, key=lambda candidate: candidate.cost)
+    predicted, search = _planned(model, spaces, free, held, order, costs, latency, options, budget, table, verbose)
+    rows, notes = _plan_rows(spaces, search, held, predicted)
+    criterion = f"prune_for_latency: least squares (Optimal Brain Surgeon over channels), refit on {fit}"
+    data = dict(calibration_data=calibration_data, calibration_samples=calibration_samples,
+                calibration_batch_size=calibration_batch_size)
+    pruned = _applied(model, spaces, held, kept_channels(spaces, order, search.counts), search, criterion,
+                      calibration, notes, data, verbose)
+    return pruned, LatencyPlan(target, dense.total_ms, predicted.total_ms, threads, rows)
+
+
+def _planned(model, spaces, free, held, order, costs, latency, options, budget, table, verbose):
+    """(The plan's `LatencyPrediction`, its `_Search`): the option (a graph, or none) whose plan costs least on
+    the interpolated latencies, then searched again with the budget corrected by the exact prediction (on this
+    machine's table) until that is within _TOLERANCE of the budget; the plan predicted nearest it."""
+    search = min((_Search(spaces, free, costs, latency, option, budget) for option in options),
+                 key=lambda candidate: candidate.cost)
     tried, scale = [], 1.0
     for _ in range(_SEARCHES if table.is_local else 1):  # a target's table is read, never extended
         if scale != 1.0:
             search = _Search(spaces, free, costs, latency, search.option, scale * budget)
         if table.is_local:
             shapes = _applied(model, spaces, held, kept_channels(spaces, order, search.counts), search, "", None, {})
-            prediction = predict_latency(shapes, threads=threads, table=table, verbose=verbose)
+            prediction = predict_latency(shapes, threads=table.threads, table=table, verbose=verbose)
         else:
             prediction = LatencyPrediction(latency.call_ms + sum(search.times), list(zip(latency.names, search.times)))
         tried.append((prediction, search))
         if abs(prediction.total_ms / budget - 1) <= _TOLERANCE:
             break
         scale *= budget / prediction.total_ms
-    # the plan predicted nearest the budget (discrete widths can step over it from both sides)
-    predicted, search = min(tried, key=lambda plan: abs(plan[0].total_ms / budget - 1))
-    rows, notes = _plan_rows(spaces, search, held, predicted)
-    criterion = f"prune_for_latency: least squares (Optimal Brain Surgeon over channels), refit on {fit}"
-    pruned = _applied(model, spaces, held, kept_channels(spaces, order, search.counts), search, criterion,
-                      calibration, notes, data, verbose)
-    return pruned, LatencyPlan(target, dense.total_ms, predicted.total_ms, threads, rows)
+    # discrete widths can step over the budget from either side
+    return min(tried, key=lambda plan: abs(plan[0].total_ms / budget - 1))
 
 
 def _applied(model, spaces, held, kept, search, criterion, calibration, notes, data=None, verbose=0):
