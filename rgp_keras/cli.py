@@ -109,9 +109,18 @@ def _prune(args):
         raise InputValueError(f"-o/--output must end in .keras, got {args.output}")
     masks = any(value is not None for value in (args.sparsity, args.degree, args.graph))
     channels = args.channels is not None or args.channels_macs is not None
-    if not masks and not channels:
+    if args.latency is not None and (masks or channels):
+        raise InputValueError("--latency plans the widths and masks itself: pass it without --sparsity, --degree, "
+                              "--graph, --channels and --channels-macs")
+    if args.latency is None and not masks and not channels:
         raise InputValueError("pass --sparsity, --degree or --graph (RGP masks), --channels or --channels-macs "
-                              "(fewer channels), or both (channels first)")
+                              "(fewer channels), or both (channels first), or --latency TARGET (a plan of both)")
+    for option, value, default in (("--threads", args.threads, 1), ("--table", args.table, None)):
+        if value != default and args.latency is None:
+            raise InputValueError(f"{option} needs --latency")
+    if args.latency is not None and (not args.calibration or args.calibration_mixes != "auto"):
+        raise InputValueError("--latency needs --calibration (each width's accuracy cost is measured on it) and "
+                              "takes no --calibration-mixes")
     for option, value, default in (("--graph-candidates", args.graph_candidates, 1),
                                    ("--keep-channel-order", args.keep_channel_order, False)):
         if value != default and not masks:
@@ -130,6 +139,13 @@ def _prune(args):
     calibration = dict(calibration_data=samples, calibration_samples=args.calibration_samples,
                        calibration_mixes=args.calibration_mixes, calibration_batch_size=args.calibration_batch_size)
     pruned = model
+    if args.latency is not None:
+        from rgp_keras.plan.search import prune_for_latency
+
+        pruned, plan = prune_for_latency(model, args.latency, calibration_data=samples, threads=args.threads,
+                                         latency_table=args.table, calibration_samples=args.calibration_samples,
+                                         calibration_batch_size=args.calibration_batch_size)
+        print(plan)
     if channels:
         pruned = prune_channels(pruned, keep=args.channels, macs=args.channels_macs, **calibration)
     if masks:
@@ -319,7 +335,8 @@ def _parser():
     prune = _command(
         commands, "prune", "apply RGP masks to a .keras model, or thin its channels, or both",
         "Prune every prunable layer of a Keras 3 model with one regular graph (--sparsity, --degree, --graph), "
-        "keep fewer channels (--channels, --channels-macs), or both: channels first.",
+        "keep fewer channels (--channels, --channels-macs), or both: channels first; or plan both per layer for "
+        "a latency (--latency).",
         _prune, model="input .keras model",
     )
     how = prune.add_mutually_exclusive_group()
@@ -331,6 +348,11 @@ def _parser():
                        help="keep this fraction of each hidden channel space: a thinner model of ordinary layers")
     width.add_argument("--channels-macs", type=float, metavar="FRACTION",
                        help="keep as many channels as leave this fraction of the model's MACs")
+    prune.add_argument("--latency", type=float, metavar="TARGET",
+                       help="plan widths and RGP masks per layer so that the LiteRT file runs in TARGET x the dense "
+                       "file's time (needs --calibration; see --threads, --table)")
+    prune.add_argument("--threads", type=int, default=1, help="with --latency: LiteRT threads (default 1)")
+    prune.add_argument("--table", help="with --latency: a latency table measured on the target (rgp bench-layers)")
     prune.add_argument("--nodes", type=_auto_or_int, help="graph nodes n with --sparsity/--degree, or 'auto' (default: "
                        "the largest n giving the sparsity exactly with groups as wide as the layers allow; "
                        "64 with --degree)")
@@ -432,6 +454,7 @@ _OPTIONS = {"representative_data": "--calibration", "calibration_data": "--calib
             "calibration_samples": "--calibration-samples",
             "calibration_mixes": "--calibration-mixes", "calibration_batch_size": "--calibration-batch-size",
             "graph_candidates": "--graph-candidates", "keep": "--channels", "macs": "--channels-macs",
+            "target": "--latency", "latency_table": "--table", "table": "--table",
             "time_limit": "--time-limit", **{name: f"--{name}" for name in (
                 "nodes", "degree", "sparsity", "seed", "symmetry", "attempts", "jobs", "threads", "layout",
                 "quantize", "objective", "runs")}}

@@ -130,6 +130,11 @@ def test_prune_channels_then_masks(tmp_path, model_file, capsys):
     "argv, message",
     [
         (["prune", "MODEL", "-o", "OUT"], "pass --sparsity, --degree or --graph (RGP masks), --channels"),
+        (["prune", "MODEL", "--latency", "0.5", "--channels", "0.5", "-o", "OUT"], "--latency plans the widths"),
+        (["prune", "MODEL", "--latency", "0.5", "-o", "OUT"], "--latency needs --calibration"),
+        (["prune", "MODEL", "--degree", "4", "--table", "t.json", "-o", "OUT"], "--table needs --latency"),
+        (["prune", "MODEL", "--latency", "1.5", "--calibration", "GOODNPY", "-o", "OUT"],
+         "--latency must be in (0, 1)"),
         (["prune", "MODEL", "--channels", "1.5", "-o", "OUT"], "--channels must be in (0, 1]"),
         (["prune", "MODEL", "--channels-macs", "0.0001", "-o", "OUT"], "--channels-macs 0.0001 is below"),
         (["prune", "MODEL", "--channels", "0.5", "--keep-channel-order", "-o", "OUT"],

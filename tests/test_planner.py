@@ -93,12 +93,11 @@ def test_the_plan_meets_the_target_and_residual_producers_share_their_width(tmp_
 def test_free_channels_go_first_and_a_channel_that_costs_accuracy_only_when_needed():
     model = duplicated()
     x = images((10, 10, 3))
-    for target in (0.7, 0.6):
-        pruned, plan = prune_for_latency(model, target, calibration_data=x, latency_table=LatencyTable(), verbose=0)
-        # each copy costs ~0.001 (the damping of X^T X), the first original ~0.035
-        assert 8 <= pruned.layers[0].filters < 16 and plan.rows[0]["sensitivity"] < 0.01
-        dense, thin = model.predict(x, verbose=0), pruned.predict(x, verbose=0)
-        assert np.abs(thin - dense).max() <= 0.1 * np.abs(dense).max()
+    pruned, plan = prune_for_latency(model, 0.6, calibration_data=x, latency_table=LatencyTable(), verbose=0)
+    # each copy costs ~0.001 (the damping of X^T X), the first original ~0.035
+    assert 8 <= pruned.layers[0].filters < 16 and plan.rows[0]["sensitivity"] < 0.01
+    dense, thin = model.predict(x, verbose=0), pruned.predict(x, verbose=0)
+    assert np.abs(thin - dense).max() <= 0.1 * np.abs(dense).max()
 
 
 def test_a_layer_rgp_masks_for_free_is_masked_and_the_plan_says_so(tmp_path):
