@@ -77,8 +77,14 @@ def uniform_width(dense, predicted_ms, cache_dir):
 
 
 def widths(model):
-    return " ".join(str(getattr(layer, "filters", getattr(layer, "units", ""))) for layer in model.layers
-                    if hasattr(layer, "filters") or hasattr(layer, "units"))
+    """Each kernel layer's output channels, with ":n/k" where an RGP graph masks it."""
+    def width(layer):
+        inner = getattr(layer, "layer", layer)
+        channels = getattr(inner, "filters", getattr(inner, "units", None))
+        return None if channels is None else f"{channels}:{layer.graph.nodes}/{layer.graph.degree}" \
+            if inner is not layer else str(channels)
+
+    return " ".join(text for layer in model.layers if (text := width(layer)) is not None)
 
 
 def run(models, work):
@@ -151,8 +157,8 @@ def report():
              "to the dense file measured in alternating rounds (median of 7). *planner*: `prune_for_latency`; "
              "*uniform*: `prune_channels` data-aware at the one width predicted as fast. Accuracy: Fashion-MNIST "
              "test set, one-shot and after 1 epoch of fine-tuning; MobileNetV2 (weights=None) is timed only.", "",
-             "| model | target | method | widths (kernel layers) | predicted | measured | measured / target | "
-             "one-shot | + 1 epoch | planner s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | target | method | widths (kernel layers; :n/k RGP-masked) | predicted | measured | "
+             "measured / target | one-shot | + 1 epoch | planner s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         off = float(row["measured_ratio"]) / float(row["target"])
         percent = lambda value: f"{100 * float(value):.2f} %" if value else "-"
