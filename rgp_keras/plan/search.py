@@ -202,14 +202,14 @@ class _LatencyModel:
     kept MAC share between the uniform widths `_TIMED_WIDTHS`, all timed once into `table`."""
 
     def __init__(self, model, spaces, free, table, verbose):
-        self.spaces, self.call_ms = spaces, None
+        self.spaces = spaces
         roles = {call.outputs: role for call, role in zip(spaces.calls.calls, spaces.roles)}
         segments = model_segments(model)
         self.sides = [(segment.calls[0].inputs[0] if segment.calls[0].inputs[0] in spaces.layouts else None,
                        segment.calls[-1].outputs[0], roles.get(segment.calls[0].outputs) == "kernel")
                       for segment in segments]
         uniform = [counts_at(spaces, free, width) for width in _TIMED_WIDTHS]
-        timed = [model_segments(thinned_model(model, spaces, _first(spaces, counts), {}, "", None, 0))
+        timed = [model_segments(thinned_model(model, spaces, _first(counts), {}, "", None, 0))
                  for counts in uniform]
         everything = [segment for widths in timed for segment in widths]
         table.measure(everything, progress=progress_wanted(verbose, len(table.missing(everything))))
@@ -240,7 +240,7 @@ class _LatencyModel:
         return self.call_ms + sum(self.ms(index, counts) for index in range(len(self.sides)))
 
 
-def _first(spaces, counts):
+def _first(counts):
     """root -> its first `counts[root]` channels: a thinned model's shapes (which channels does not matter)."""
     return {root: np.arange(count) for root, count in counts.items()}
 
