@@ -34,6 +34,12 @@ from 87.26 % at 5e-4 to 85.60 % at 4e-3):
   channels data-aware + FT   the same, F epochs
   RGP wide              2x channels, masked from scratch at 1/4 of the density, so that its compact MACs
                         match (D + F epochs)
+  planned               rgp_keras.prune_for_latency(dense, target, calibration_data=the 512 images): widths
+                        and RGP graphs chosen per layer from LiteRT segment times measured here (table cached
+                        in --work), target = the latency ratio this seed's thin dense row measured at this
+                        sparsity (the median over seeds where that row is missing); no training
+  planned + FT          the same plan, F epochs from the rate probed for "channels data-aware + FT" (not
+                        probed on its own)
   RGP data-aware + FT, n=N   (full profile) the same as RGP data-aware + FT on an N-node graph, N in
                         OTHER_NODES but auto's, where every layer auto masks carries it at the same sparsity
                         (same MACs, narrower or wider channel groups): does a finer graph buy accuracy?
@@ -90,7 +96,7 @@ FIELDS = ["profile", "model", "method", "sparsity", "seed", "graph", "accuracy",
 SPARSITIES = (0.75, 0.875, 0.9375)
 METHODS = ("RGP plain + FT", "RGP data-aware", "RGP data-aware + FT", "RGP scratch", "TF-MOT magnitude",
            "thin dense", "channels L1", "channels L1 + FT", "channels data-aware", "channels data-aware + FT",
-           "RGP wide")
+           "RGP wide", "planned", "planned + FT")
 PROFILES = {
     # models in this order: with --jobs, the two longest start first
     # 1/8 of the training set: with every model and method, one process fits 30 min on this 2-core machine
@@ -340,6 +346,25 @@ def fine_tuned(method, name, dense, sparsity, seed, train, calibration, epochs, 
     return trained(model, train, epochs, rate)
 
 
+def planned(dense, target, calibration, table_dir):
+    """`prune_for_latency`'s model at `target` (its plan printed), the segment times kept in `table_dir`."""
+    model, plan = rgp_keras.prune_for_latency(dense, target, calibration_data=calibration, cache_dir=table_dir,
+                                              verbose=0)
+    print(plan, flush=True)
+    return model
+
+
+def thin_latencies(profile):
+    """(model, sparsity, seed) -> the latency ratio the thin dense row measured, and (model, sparsity, None) ->
+    the median over its seeds: the planned rows' targets."""
+    found = {}
+    for row in done_rows(CSV):
+        if row["profile"] == profile and row["method"] == "thin dense":
+            found[(row["model"], row["sparsity"], row["seed"])] = float(row["latency_ratio"])
+            found.setdefault((row["model"], row["sparsity"], None), []).append(float(row["latency_ratio"]))
+    return {key: statistics.median(value) if key[2] is None else value for key, value in found.items()}
+
+
 def probe_rates(work, models):
     """Every fine-tuned method at every rate of RATES: full data, seed 0, 87.5 %, test accuracy to RATES_CSV.
 
@@ -430,6 +455,7 @@ def run(profile, work, seeds=None, models=None, methods=None):
                        kept_macs=dense_macs)
             calibration = calibration_images(train, seed)
             first_with = {}  # RGP's kept MACs -> the first sparsity that gave them
+            plans = {}  # sparsity -> the "planned" row's model, for its "planned + FT" row
             for sparsity in settings["sparsities"]:
                 todo = [m for m in methods or METHODS if (profile, name, m, str(sparsity), str(seed)) not in done]
                 # always measured: a resumed run must still see that an earlier sparsity had these MACs
@@ -463,6 +489,27 @@ def run(profile, work, seeds=None, models=None, methods=None):
                     elif method in ("channels L1", "channels data-aware"):
                         model = channels(dense, width, calibration if method == "channels data-aware" else None)
                         epochs = 0
+                    elif method in ("planned", "planned + FT"):
+                        latencies = thin_latencies(profile)
+                        target = latencies.get((name, str(sparsity), str(seed)), latencies.get((name, str(sparsity),
+                                                                                                None)))
+                        if target is None:
+                            print(f"{name} seed {seed} {sparsity} {method}: no thin dense row to take the target "
+                                  "latency from; no row", flush=True)
+                            continue
+                        graph = f"target {target:.3f}"
+                        # "planned + FT" fine-tunes the plan "planned" just recorded (one plan per sparsity)
+                        model = plans.pop(sparsity, None)
+                        try:
+                            model = model or planned(dense, target, calibration, work / f"latency-table-{name}")
+                        except ValueError as error:  # a target below what the model can reach
+                            print(f"{name} seed {seed} {sparsity} {method}: {error}; no row", flush=True)
+                            continue
+                        if method == "planned":
+                            plans[sparsity] = model
+                            epochs = 0
+                        else:
+                            model = trained(model, train, epochs, rates[(name, "channels data-aware + FT")])
                     elif method == "RGP scratch":
                         model = rgp(build(keras, name), sparsity, seed, assign_channels=False)
                         rgp_keras.reinitialize(model, seed=seed)
@@ -586,7 +633,7 @@ def plot(groups, profile, path):
         return
     figure = new_figure(figsize=(5 * len(models), 4.5))
     methods = ("dense", *METHODS)
-    markers, colors = dict(zip(methods, "*osD^vxPh<>pd")), {m: f"C{i}" for i, m in enumerate(methods)}
+    markers, colors = dict(zip(methods, "*osD^vxPh<>pdXH")), {m: f"C{i}" for i, m in enumerate(methods)}
     for axes, name in zip(np.atleast_1d(figure.subplots(1, len(models))), models):
         points = []
         for key, members in groups.items():
