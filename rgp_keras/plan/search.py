@@ -22,6 +22,7 @@ corrected by what the interpolation missed, and the model is thinned and
 refit by `prune_channels`' engine, then masked by `prune_regular_graph`'s.
 """
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -56,7 +57,7 @@ RGP_GRAPHS = ((4, 2), (8, 2))
 _GROUP_WIDTH = 16
 _TIMED_WIDTHS = (1.0, 0.625, 0.375, 0.125)
 # Searches with a corrected budget until the exact prediction is this close to the target (or _SEARCHES ran).
-_TOLERANCE, _SEARCHES = 0.03, 4
+_TOLERANCE, _SEARCHES = 0.03, 6
 
 
 class LatencyPlan(NamedTuple):
@@ -157,10 +158,11 @@ def prune_for_latency(model, target, *, calibration_data, threads=1, layers=None
 def _planned(model, spaces, free, held, order, costs, latency, options, budget, table, verbose):
     """(The plan's `LatencyPrediction`, its `_Search`): the option (a graph, or none) whose plan costs least on
     the interpolated latencies, then searched again with the budget corrected by the exact prediction (on this
-    machine's table) until that is within _TOLERANCE of the budget; the plan predicted nearest it."""
+    machine's table) until that is within _TOLERANCE of the budget (a correction that would leave the scales
+    already found under and over it halves that bracket); the plan predicted nearest it."""
     search = min((_Search(spaces, free, costs, latency, option, budget) for option in options),
                  key=lambda candidate: candidate.cost)
-    tried, scale = [], 1.0
+    tried, scale, under, over = [], 1.0, 0.0, math.inf
     for _ in range(_SEARCHES if table.is_local else 1):  # a target's table is read, never extended
         if scale != 1.0:
             search = _Search(spaces, free, costs, latency, search.option, scale * budget)
@@ -170,9 +172,16 @@ def _planned(model, spaces, free, held, order, costs, latency, options, budget, 
         else:
             prediction = LatencyPrediction(latency.call_ms + sum(search.times), list(zip(latency.names, search.times)))
         tried.append((prediction, search))
-        if abs(prediction.total_ms / budget - 1) <= _TOLERANCE:
+        ratio = prediction.total_ms / budget
+        if abs(ratio - 1) <= _TOLERANCE:
             break
-        scale *= budget / prediction.total_ms
+        if ratio < 1:
+            under = max(under, scale)
+        else:
+            over = min(over, scale)
+        scale /= ratio
+        if not under < scale < over:  # widths are discrete: past a scale already tried, halve the bracket
+            scale = (under + over) / 2
     # discrete widths can step over the budget from either side
     return min(tried, key=lambda plan: abs(plan[0].total_ms / budget - 1))
 
