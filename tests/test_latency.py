@@ -141,6 +141,24 @@ def test_bad_inputs_name_what_is_wrong_and_what_is_accepted(tmp_path, capsys):
     assert "holds times at 2 thread(s), not at --threads=1" in capsys.readouterr().err
 
 
+def test_a_corrupt_cache_is_measured_again_with_a_warning_and_an_unwritable_one_is_named(measured, tmp_path,
+                                                                                          monkeypatch):
+    folder, first, converted = measured
+    (cached,) = folder.glob("*.json")
+    for broken in ("{not json", json.dumps({"threads": 1, "machine": {}, "entries": {"a": "fast"}})):
+        (tmp_path / cached.name).write_text(broken)
+        counted = _count_conversions(monkeypatch)
+        with pytest.warns(UserWarning, match="latency cache file is corrupt, so it is measured again"):
+            again = predict_latency(branchy(), cache_dir=tmp_path, verbose=0)
+        assert len(counted) == converted and len(again.segments) == len(first.segments)
+        assert len(json.loads((tmp_path / cached.name).read_text())["entries"]) == converted + 1
+    blocked = tmp_path / "a file"
+    blocked.write_text("not a folder")  # (a read-only folder would not stop root, who may run the tests)
+    with pytest.raises(ValueError, match=r"`cache_dir` .*a file/latency is not writable .*Pass a folder you can"):
+        predict_latency(branchy(), cache_dir=blocked / "latency", verbose=0)
+    assert blocked.read_text() == "not a folder"
+
+
 def test_inputs_of_every_shape_are_filled_when_timing(tmp_path):
     a, b = keras.Input((4,)), keras.Input((6,))
     model = keras.Model([a, b], layers.Concatenate()([layers.Dense(3)(a), layers.Dense(3)(b)]))

@@ -150,6 +150,9 @@ def test_calibration_data_is_required_and_other_bad_arguments_are_named(tmp_path
         prune_for_latency(residual(), 0.5, calibration_data=images((12, 12, 3)), threads=0)
     with pytest.raises(ValueError, match="no latency table at"):
         prune_for_latency(residual(), 0.5, calibration_data=images((12, 12, 3)), latency_table=tmp_path / "t.json")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="`cache_dir` .*file/x is not writable"):
+        prune_for_latency(residual(), 0.5, calibration_data=images((12, 12, 3)), cache_dir=tmp_path / "file" / "x")
     with pytest.raises(ValueError, match=r"Calibration data .* has shape \(128, 8, 8, 3\), but the model takes"):
         prune_for_latency(residual(), 0.5, calibration_data=images((8, 8, 3)), latency_table=LatencyTable())
-    assert not list(tmp_path.iterdir())
+    assert [path.name for path in tmp_path.iterdir()] == ["file"]

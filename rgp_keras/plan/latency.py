@@ -21,6 +21,7 @@ import os
 import platform
 import statistics
 import tempfile
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -68,7 +69,9 @@ class LatencyTable:
             try:
                 stored = json.loads(self.path.read_text())
                 threads, machine, entries = stored["threads"], stored["machine"], dict(stored["entries"])
-            except (ValueError, KeyError, TypeError) as error:
+                if not all(isinstance(ms, (int, float)) and ms >= 0 for ms in entries.values()):
+                    raise ValueError("its times are not all numbers >= 0")
+            except (ValueError, KeyError, TypeError, AttributeError) as error:
                 raise InputValueError(f"{self.path} is not a latency table (a JSON file written by rgp_keras: "
                                       f"{{'threads', 'machine', 'entries'}}): {error}") from None
             self.threads, self.machine, self.entries = threads, machine, entries
@@ -76,11 +79,31 @@ class LatencyTable:
     @classmethod
     def default(cls, threads=1, cache_dir=None):
         """This machine's table at `threads` in `cache_dir` (default: the user's cache folder), one file per
-        LiteRT version, CPU and thread count."""
+        LiteRT version, CPU and thread count. The folder must be writable (checked now, not after minutes of
+        timing); a cache file that cannot be read is measured again, with a warning."""
         folder = Path(cache_dir) if cache_dir is not None else _cache_folder()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as error:
+            raise InputValueError(
+                f"`cache_dir` {folder} is not writable ({error.strerror or error}): the measured latencies are kept "
+                "there. Pass a folder you can write to as `cache_dir`, or a measured table as the latency table."
+            ) from None
         machine = _this_machine()
         name = f"{machine['litert']}-{machine['cpu']}-{threads}threads".replace(" ", "_").replace("/", "_")
-        return cls(folder / f"{name}.json", threads)
+        try:
+            table = cls(folder / f"{name}.json", threads)
+        except InputValueError as error:
+            warnings.warn(f"rgp_keras: the latency cache file is corrupt, so it is measured again: {error}",
+                          stacklevel=3)
+            table = cls(None, threads)
+            table.path = folder / f"{name}.json"
+        if (table.threads, table.machine) != (threads, machine):
+            warnings.warn(f"rgp_keras: the latency cache file {table.path} holds times at {table.threads} thread(s) "
+                          f"on {table.machine}, not this machine's at {threads}; it is measured again.", stacklevel=3)
+            table.threads, table.machine, table.entries = threads, machine, {}
+        return table
 
     def missing(self, segments):
         return {segment.key: segment for segment in segments if segment.key not in self.entries}
