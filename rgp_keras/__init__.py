@@ -28,6 +28,7 @@ _EXPORTS = {
     "export_tflite": "rgp_keras.export",
     "run_tflite": "rgp_keras.litert",
     "benchmark_tflite": "rgp_keras.litert",
+    "compare_tflite": "rgp_keras.litert",
     "predict_latency": "rgp_keras.plan.latency",
     "LatencyTable": "rgp_keras.plan.latency",
     "prune_for_latency": "rgp_keras.plan.search",

@@ -13,9 +13,10 @@ _EXAMPLES = {
     "graph": "example: rgp graph --nodes 64 --sparsity 0.875 --seed 0 --time-limit 10 --out graph.npz",
     "prune": "examples: rgp prune model.keras --sparsity 0.875 --nodes 64 -o pruned.keras\n"
              "          rgp prune model.keras --channels 0.5 --calibration x.npy -o thin.keras",
+    "plan": "example: rgp plan model.keras --latency 0.35 --calibration x.npy -o fast.keras",
     "summary": "example: rgp summary pruned.keras",
     "export": "example: rgp export pruned.keras -o model.tflite --quantize int8 --calibration samples.npy",
-    "bench": "example: rgp bench model.tflite --threads 1",
+    "bench": "example: rgp bench dense.tflite pruned.tflite --rounds 9 --threads 1",
     "bench-layers": "example (on the target device): rgp bench-layers model.keras -o table.json --threads 4",
     "plot": "examples: rgp plot aspl graph.npz -o aspl.png; rgp plot layers pruned.keras -o layers.png",
 }
@@ -109,18 +110,9 @@ def _prune(args):
         raise InputValueError(f"-o/--output must end in .keras, got {args.output}")
     masks = any(value is not None for value in (args.sparsity, args.degree, args.graph))
     channels = args.channels is not None or args.channels_macs is not None
-    if args.latency is not None and (masks or channels):
-        raise InputValueError("--latency plans the widths and masks itself: pass it without --sparsity, --degree, "
-                              "--graph, --channels and --channels-macs")
-    if args.latency is None and not masks and not channels:
+    if not masks and not channels:
         raise InputValueError("pass --sparsity, --degree or --graph (RGP masks), --channels or --channels-macs "
-                              "(fewer channels), or both (channels first), or --latency TARGET (a plan of both)")
-    for option, value, default in (("--threads", args.threads, 1), ("--table", args.table, None)):
-        if value != default and args.latency is None:
-            raise InputValueError(f"{option} needs --latency")
-    if args.latency is not None and (not args.calibration or args.calibration_mixes != "auto"):
-        raise InputValueError("--latency needs --calibration (each width's accuracy cost is measured on it) and "
-                              "takes no --calibration-mixes")
+                              "(fewer channels), or both (channels first); for a latency, `rgp plan`")
     for option, value, default in (("--graph-candidates", args.graph_candidates, 1),
                                    ("--keep-channel-order", args.keep_channel_order, False)):
         if value != default and not masks:
@@ -139,13 +131,6 @@ def _prune(args):
     calibration = dict(calibration_data=samples, calibration_samples=args.calibration_samples,
                        calibration_mixes=args.calibration_mixes, calibration_batch_size=args.calibration_batch_size)
     pruned = model
-    if args.latency is not None:
-        from rgp_keras.plan.search import prune_for_latency
-
-        pruned, plan = prune_for_latency(model, args.latency, calibration_data=samples, threads=args.threads,
-                                         latency_table=args.table, calibration_samples=args.calibration_samples,
-                                         calibration_batch_size=args.calibration_batch_size)
-        print(plan)
     if channels:
         pruned = prune_channels(pruned, keep=args.channels, macs=args.channels_macs, **calibration)
     if masks:
@@ -158,6 +143,27 @@ def _prune(args):
     if not args.quiet:
         print(pruning_summary(pruned))
     print(f"-> {args.output}")
+
+
+def _plan(args):
+    from rgp_keras.plan.search import prune_for_latency
+
+    if args.output is not None and not args.output.endswith(".keras"):
+        raise InputValueError(f"-o/--output must end in .keras, got {args.output}")
+    model = _load_keras_model(args.model)
+    samples = _calibration(args.calibration, model.inputs[0].shape, args.calibration_samples)
+    pruned, plan = prune_for_latency(model, args.latency, calibration_data=samples, threads=args.threads,
+                                     latency_table=args.table, calibration_samples=args.calibration_samples,
+                                     calibration_batch_size=args.calibration_batch_size,
+                                     verbose=0 if args.json else "auto")
+    if args.output is not None:
+        pruned.save(args.output)
+    if args.json:
+        return _print_json(target=plan.target, dense_ms=plan.dense_ms, predicted_ms=plan.predicted_ms,
+                           threads=plan.threads, layers=plan.rows, output=args.output)
+    print(plan)
+    if args.output is not None:
+        print(f"-> {args.output}")
 
 
 def _summary(args):
@@ -225,17 +231,30 @@ def _calibration(path, input_shape, samples=None):
 
 
 def _bench(args):
-    from rgp_keras.litert import benchmark_tflite
+    from rgp_keras.litert import benchmark_tflite, compare_tflite
 
-    if not args.model.endswith(".tflite"):
-        raise InputValueError(f"{args.model} is not a .tflite file")
-    result = benchmark_tflite(args.model, threads=args.threads, runs=args.runs)
+    for path in args.model:
+        if not path.endswith(".tflite"):
+            raise InputValueError(f"{path} is not a .tflite file")
+    if len(args.model) == 1:
+        if args.rounds is not None:
+            raise InputValueError("--rounds alternates two or more files: name the files to compare")
+        result = benchmark_tflite(args.model[0], threads=args.threads, runs=args.runs)
+        if args.json:
+            return _print_json(model=args.model[0], **result)
+        return print(f"{args.model[0]}: median {result['median_ms']:.3f} ms, min {result['min_ms']:.3f} ms "
+                     f"({result['runs']} runs after warm-up, {result['threads']} thread(s), LiteRT + XNNPACK)")
+    results = compare_tflite(args.model, threads=args.threads, rounds=9 if args.rounds is None else args.rounds,
+                             runs=args.runs)
     if args.json:
-        return _print_json(model=args.model, **result)
-    print(
-        f"{args.model}: median {result['median_ms']:.3f} ms, min {result['min_ms']:.3f} ms "
-        f"({result['runs']} runs after warm-up, {result['threads']} thread(s), LiteRT + XNNPACK)"
-    )
+        return _print_json(files=results)
+    width = max(len(path) for path in args.model)
+    print(f"{'file':<{width}}  {'median ms':>9}  ratio to the first (lowest-highest round)")
+    for result in results:
+        print(f"{result['path']:<{width}}  {result['median_ms']:9.3f}  {result['ratio']:.3f} "
+              f"({result['ratio_low']:.3f}-{result['ratio_high']:.3f})")
+    print(f"{results[0]['rounds']} alternating rounds of {args.runs} runs per file, medians; {args.threads} thread(s), "
+          "LiteRT + XNNPACK")
 
 
 def _bench_layers(args):
@@ -335,8 +354,7 @@ def _parser():
     prune = _command(
         commands, "prune", "apply RGP masks to a .keras model, or thin its channels, or both",
         "Prune every prunable layer of a Keras 3 model with one regular graph (--sparsity, --degree, --graph), "
-        "keep fewer channels (--channels, --channels-macs), or both: channels first; or plan both per layer for "
-        "a latency (--latency).",
+        "keep fewer channels (--channels, --channels-macs), or both: channels first. For a latency: `rgp plan`.",
         _prune, model="input .keras model",
     )
     how = prune.add_mutually_exclusive_group()
@@ -348,11 +366,6 @@ def _parser():
                        help="keep this fraction of each hidden channel space: a thinner model of ordinary layers")
     width.add_argument("--channels-macs", type=float, metavar="FRACTION",
                        help="keep as many channels as leave this fraction of the model's MACs")
-    prune.add_argument("--latency", type=float, metavar="TARGET",
-                       help="plan widths and RGP masks per layer so that the LiteRT file runs in TARGET x the dense "
-                       "file's time (needs --calibration; see --threads, --table)")
-    prune.add_argument("--threads", type=int, default=1, help="with --latency: LiteRT threads (default 1)")
-    prune.add_argument("--table", help="with --latency: a latency table measured on the target (rgp bench-layers)")
     prune.add_argument("--nodes", type=_auto_or_int, help="graph nodes n with --sparsity/--degree, or 'auto' (default: "
                        "the largest n giving the sparsity exactly with groups as wide as the layers allow; "
                        "64 with --degree)")
@@ -373,6 +386,24 @@ def _parser():
     prune.add_argument("--keep-channel-order", action="store_true",
                        help="no channel assignment: the mask keeps the channels' own order (the paper's flow)")
     prune.add_argument("--quiet", action="store_true", help="do not print the summary table")
+
+    plan = _command(
+        commands, "plan", "prune a .keras model to a LiteRT latency: widths and RGP per layer",
+        "Plan each layer's width and RGP graph so that the model's float LiteRT file runs in TARGET x the dense "
+        "file's time, from layer latencies measured on this machine (cached) or on the target (--table); print the "
+        "plan and, with -o, write the pruned model (thinned and refit on the calibration samples).",
+        _plan, model="input .keras model", json="print the plan as one JSON object",
+    )
+    plan.add_argument("--latency", type=float, required=True, metavar="TARGET",
+                      help="the pruned file's latency as a fraction of the dense file's, in (0, 1)")
+    plan.add_argument("--calibration", required=True, help="unlabelled inputs the accuracy costs are measured on: a "
+                      ".npy array (N, *input) or a folder of images")
+    plan.add_argument("-o", "--output", help="pruned .keras model to write (default: print the plan only)")
+    plan.add_argument("--threads", type=int, default=1, help="LiteRT threads the file will run with (default 1)")
+    plan.add_argument("--table", help="a latency table measured on the target device (`rgp bench-layers`)")
+    plan.add_argument("--calibration-samples", type=int, help="use at most N calibration samples (default: all)")
+    plan.add_argument("--calibration-batch-size", type=int, help="calibration samples run together (default: as "
+                      "many as keep the largest activation of a batch within 128 MB)")
 
     _command(
         commands, "summary", "per-layer params and MACs of a (pruned) .keras model",
@@ -396,12 +427,15 @@ def _parser():
     export.add_argument("--calibration", help="int8 calibration inputs: a .npy array (N, *input) or a folder of images")
 
     bench = _command(
-        commands, "bench", "LiteRT latency of a .tflite file",
-        "Median single-sample latency with the LiteRT interpreter (XNNPACK) after warm-up.",
-        _bench, model=".tflite file", json="print the timings as one JSON object",
+        commands, "bench", "LiteRT latency of a .tflite file, or several side by side",
+        "Median single-sample latency with the LiteRT interpreter (XNNPACK) after warm-up; with several files, "
+        "each timed in turn in alternating rounds and its median ratio to the first file's time.",
+        _bench, json="print the timings as one JSON object",
     )
+    bench.add_argument("model", nargs="+", help=".tflite file(s); the first is the baseline of the ratios")
     bench.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
-    bench.add_argument("--runs", type=int, default=30, help="timed invocations (default 30)")
+    bench.add_argument("--runs", type=int, default=30, help="timed invocations (per file and round; default 30)")
+    bench.add_argument("--rounds", type=int, help="with several files: alternating rounds (default 9)")
 
     bench_layers = _command(
         commands, "bench-layers", "time a .keras model's layers on this machine's LiteRT into a latency table",
@@ -457,7 +491,7 @@ _OPTIONS = {"representative_data": "--calibration", "calibration_data": "--calib
             "target": "--latency", "latency_table": "--table", "table": "--table",
             "time_limit": "--time-limit", **{name: f"--{name}" for name in (
                 "nodes", "degree", "sparsity", "seed", "symmetry", "attempts", "jobs", "threads", "layout",
-                "quantize", "objective", "runs")}}
+                "quantize", "objective", "runs", "rounds")}}
 
 
 def _in_cli_words(message):

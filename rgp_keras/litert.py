@@ -100,13 +100,58 @@ def benchmark_tflite(path, *, threads=1, runs=30, warmup=5):
     Returns a dict with median_ms, min_ms, runs and threads. The inputs are
     random data of the model's input shapes (latency does not depend on values).
     """
+    _check_runs(runs, warmup)
+    times = _invocation_ms(_ready(path, threads), runs, warmup)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "runs": runs, "threads": threads}
+
+
+def compare_tflite(paths, *, threads=1, rounds=9, runs=30, warmup=5):
+    """Several .tflite files timed side by side: in each of `rounds` rounds every file's median of `runs`
+    invocations, the files in turn (the order reversed every other round, so that a slower spell of the
+    machine is shared out). Returns one dict per file, in order: path, median_ms (the median of its rounds),
+    ratio (the median over rounds of its time / the first file's in the same round), ratio_low / ratio_high
+    (the lowest and highest round's), rounds, runs and threads.
+
+    Example:
+    >>> compare_tflite(["dense.tflite", "pruned.tflite"])[1]["ratio"]  # doctest: +SKIP
+    0.31
+    """
+    paths = [str(path) for path in paths]
+    if len(paths) < 2:
+        raise InputValueError(f"`paths` must name two or more .tflite files to compare, got {len(paths)}.")
+    check_int("rounds", rounds, minimum=1)
+    _check_runs(runs, warmup)
+    interpreters = [_ready(path, threads) for path in paths]
+    times = [[0.0] * len(paths) for _ in range(rounds)]
+    for round_ in range(rounds):
+        order = range(len(paths)) if round_ % 2 == 0 else reversed(range(len(paths)))
+        for index in order:
+            times[round_][index] = statistics.median(_invocation_ms(interpreters[index], runs, warmup))
+    results = []
+    for index, path in enumerate(paths):
+        ratios = [row[index] / row[0] for row in times]
+        results.append({"path": path, "median_ms": statistics.median(row[index] for row in times),
+                        "ratio": statistics.median(ratios), "ratio_low": min(ratios), "ratio_high": max(ratios),
+                        "rounds": rounds, "runs": runs, "threads": threads})
+    return results
+
+
+def _check_runs(runs, warmup):
     if runs < 1 or warmup < 0:
         raise InputValueError(f"`runs` must be >= 1 and `warmup` >= 0, got runs={runs}, warmup={warmup}.")
+
+
+def _ready(path, threads):
+    """`path`'s interpreter with random inputs of its input shapes set (latency does not depend on values)."""
     interpreter = load_interpreter(path, threads)
     rng = np.random.default_rng(0)
     for source in interpreter.get_input_details():
         sample = rng.normal(size=[max(1, d) for d in source["shape"]])
         interpreter.set_tensor(source["index"], _quantize(sample, source))
+    return interpreter
+
+
+def _invocation_ms(interpreter, runs, warmup):
     for _ in range(warmup):
         interpreter.invoke()
     times = []
@@ -114,7 +159,7 @@ def benchmark_tflite(path, *, threads=1, runs=30, warmup=5):
         start = time.perf_counter()
         interpreter.invoke()
         times.append(1000 * (time.perf_counter() - start))
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "runs": runs, "threads": threads}
+    return times
 
 
 def _quantize(values, detail):
@@ -132,4 +177,4 @@ def _dequantize(values, detail):
     return values
 
 
-__all__ = ["load_interpreter", "run_tflite", "benchmark_tflite"]
+__all__ = ["load_interpreter", "run_tflite", "benchmark_tflite", "compare_tflite"]

@@ -129,12 +129,13 @@ def test_prune_channels_then_masks(tmp_path, model_file, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["prune", "MODEL", "-o", "OUT"], "pass --sparsity, --degree or --graph (RGP masks), --channels"),
-        (["prune", "MODEL", "--latency", "0.5", "--channels", "0.5", "-o", "OUT"], "--latency plans the widths"),
-        (["prune", "MODEL", "--latency", "0.5", "-o", "OUT"], "--latency needs --calibration"),
-        (["prune", "MODEL", "--degree", "4", "--table", "t.json", "-o", "OUT"], "--table needs --latency"),
-        (["prune", "MODEL", "--latency", "1.5", "--calibration", "GOODNPY", "-o", "OUT"],
-         "--latency must be in (0, 1)"),
+        (["prune", "MODEL", "-o", "OUT"], "(fewer channels), or both (channels first); for a latency, `rgp plan`"),
+        (["plan", "MODEL", "--latency", "1.5", "--calibration", "GOODNPY", "-o", "OUT"], "--latency must be in (0, 1)"),
+        (["plan", "MODEL", "--latency", "0.5", "--calibration", "GOODNPY", "--threads", "0"],
+         "--threads must be an integer >= 1"),
+        (["plan", "MODEL", "--latency", "0.5", "--calibration", "GOODNPY", "--table", "none.json"],
+         "--table: no latency table at none.json"),
+        (["plan", "MODEL", "--latency", "0.5", "--calibration", "GOODNPY", "-o", "x.h5"], "must end in .keras"),
         (["prune", "MODEL", "--channels", "1.5", "-o", "OUT"], "--channels must be in (0, 1]"),
         (["prune", "MODEL", "--channels-macs", "0.0001", "-o", "OUT"], "--channels-macs 0.0001 is below"),
         (["prune", "MODEL", "--channels", "0.5", "--keep-channel-order", "-o", "OUT"],
@@ -229,6 +230,10 @@ def test_export_and_bench_commands(tmp_path, pruned_file, capsys):
     assert re.search(r"compacted\s+0 layers", printed) and "with 4 thread(s)" in printed
     assert main(["bench", str(out), "--runs", "5"]) == 0
     assert "median" in capsys.readouterr().out
+    assert main(["bench", str(out), str(scattered), str(out), "--runs", "3", "--rounds", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()  # the first file is the baseline; the same file again is ~1
+    assert lines[1].split()[-2:] == ["1.000", "(1.000-1.000)"] and lines[2].startswith(str(scattered))
+    assert 0.5 < float(lines[3].split()[-2]) < 2 and lines[-1].startswith("3 alternating rounds of 3 runs")
 
 
 @pytest.mark.parametrize(
@@ -244,6 +249,9 @@ def test_export_and_bench_commands(tmp_path, pruned_file, capsys):
         (["export", "MODEL", "-o", "model.onnx"], "must end with .tflite"),
         (["bench", "MODEL"], "not a .tflite file"),
         (["bench", "missing.tflite"], "No .tflite file"),
+        (["bench", "OUT", "MODEL"], "not a .tflite file"),
+        (["bench", "x.tflite", "--rounds", "3"], "--rounds alternates two or more files"),
+        (["bench", "a.tflite", "b.tflite", "--rounds", "0"], "--rounds must be an integer >= 1, got 0"),
     ],
 )
 def test_export_and_bench_bad_input(tmp_path, pruned_file, capsys, argv, message):
@@ -272,6 +280,9 @@ def test_json_output_and_plots(tmp_path, pruned_file, capsys):
     assert report["size_bytes"] == tflite.stat().st_size and report["compacted"]
     assert main(["bench", str(tflite), "--runs", "3", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["median_ms"] > 0
+    assert main(["bench", str(tflite), str(tflite), "--runs", "2", "--rounds", "2", "--json"]) == 0
+    files = json.loads(capsys.readouterr().out)["files"]
+    assert [f["rounds"] for f in files] == [2, 2] and files[0]["ratio"] == 1.0 and files[1]["median_ms"] > 0
     for kind, source in (("aspl", graph_file), ("adjacency", graph_file), ("layers", pruned_file)):
         png = tmp_path / f"{kind}.png"
         assert main(["plot", kind, str(source), "-o", str(png)]) == 0

@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import json
 import os
 import re
 import runpy
@@ -114,8 +115,14 @@ def test_every_readme_and_docs_cli_line_runs_as_written(tmp_path, monkeypatch, c
     for argv in commands:
         assert main(argv[1:]) == 0, (argv, capsys.readouterr())
     for name in ("graph.npz", "plain.npz", "aspl.png", "pruned.keras", "model.tflite", "adjacency.png", "layers.png",
-                 "table.json"):
+                 "table.json", "fast.keras", "fast.tflite"):
         assert (tmp_path / name).stat().st_size > 0
+    capsys.readouterr()
+    assert main(["plan", "model.keras", "--latency", "0.5", "--calibration", "samples.npy", "--table", "table.json",
+                 "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["output"] is None and [row["layer"] for row in plan["layers"]][-1] == "dense"
+    assert plan["predicted_ms"] < plan["dense_ms"]
 
 
 def test_quickstart_example(tmp_path):
