@@ -17,7 +17,7 @@ from rgp_keras.errors import InputTypeError, InputValueError
 from rgp_keras.graph import RegularGraph, degree_for_sparsity, optimize, warn_if_sparsity_differs
 from rgp_keras.masking.layer_types import layer_type
 from rgp_keras.masking.selection import auto_nodes, select, skip_reason, wanted
-from rgp_keras.masking.summary import warn_if_short
+from rgp_keras.masking.summary import warn_if_no_faster, warn_if_short
 from rgp_keras.masking.wrapper import RegularGraphPruning
 from rgp_keras.model_walk import (
     clone_layer,
@@ -220,6 +220,7 @@ def _prune_model(framework, model, graph, *, self_loops, skip_first, skip_last, 
         reference = with_weights(model, plan.weights, framework)
     data_aware.finish(plan, reference, pruned, pairs)
     warn_if_short(pruned)
+    warn_if_no_faster(pruned)
     return pruned
 
 

@@ -41,11 +41,35 @@ def test_auto_nodes_gives_the_density_exactly_with_the_widest_groups():
 def test_default_nodes_auto_delivers_the_requested_sparsity_without_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", "Sparsity .* is estimated to run at")  # speed, not sparsity: see below
         pruned = rgp_keras.prune_regular_graph(narrow_cnn(), sparsity=0.875, seed=0)
     summary = rgp_keras.pruning_summary(pruned)
     assert summary.graph.nodes == 16 and summary.kernel_sparsity == 0.875
     assert summary.totals["mac_reduction"] > 0.85
     assert "graph 16/2: 87.5% of each masked kernel pruned; model: 85.7% of parameters, 86.9% of MACs" in str(summary)
+
+
+def test_the_summary_estimates_the_latency_and_a_sparsity_no_faster_than_a_lower_one_warns():
+    model = keras.Sequential([
+        keras.Input((16, 16, 3)), L.Conv2D(64, 3), L.Conv2D(128, 3), L.Conv2D(128, 3), L.GlobalAveragePooling2D(),
+        L.Dense(10),
+    ])
+    dense = rgp_keras.pruning_summary(model)
+    assert dense.estimated_latency == 1.0 and "estimated LiteRT latency" not in str(dense)
+    estimates = {}
+    for sparsity in (0.75, 0.875):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # 8/2 and 16/2 leave groups of 8 and 4 channels: each faster than before
+            summary = rgp_keras.pruning_summary(rgp_keras.prune_regular_graph(model, sparsity=sparsity, seed=0))
+        estimates[sparsity] = summary.estimated_latency
+        assert f"estimated LiteRT latency {summary.estimated_latency:.2f}x the dense file's" in str(summary)
+    assert 0.2 < estimates[0.875] < estimates[0.75] < 1 - 0.75 + 0.1
+    with pytest.warns(UserWarning, match=r"Sparsity 0.9375 \(graph 32/2\) is estimated to run at 0.2\dx the dense "
+                                         r"file's latency, no faster than 0.875 would \(graph 16/2: 0.23x\): channel "
+                                         r"groups of 2 channel\(s\) are too narrow.*prune_for_latency"):
+        rgp_keras.prune_regular_graph(model, sparsity=0.9375, seed=0)
+    thin = rgp_keras.pruning_summary(rgp_keras.prune_channels(model, keep=0.5))  # plain layers: their MACs
+    assert thin.estimated_latency == pytest.approx(thin.totals["computed_macs"] / thin.totals["macs"])
 
 
 def test_narrow_layers_left_dense_warn_with_the_numbers_and_the_nodes_that_fit():

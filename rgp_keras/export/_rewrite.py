@@ -76,6 +76,16 @@ def compact_model(model, layout="auto", *, int8=False, threads=1):
     return clone, compacted, not_compacted
 
 
+def estimated_compact_ratio(layer, blocks, threads=1, positions=None):
+    """A masked layer's estimated latency / its dense latency as `compact_model` (layout "auto") writes it: its
+    best layout's, or 1.0 where it leaves the layer dense (a layout it cannot write, or none estimated below
+    MAX_LATENCY_RATIO)."""
+    if _why_not_compact(layer):
+        return 1.0
+    best = min(estimated_latency_ratios(layer, blocks, threads, positions).values())
+    return best if best < MAX_LATENCY_RATIO else 1.0
+
+
 def masked_kernel_of(layer):
     """The channel-pair kernel RGP masks in `layer` (a numpy array), or None for a layer without one."""
     # a keras.ops operation in a functional model (`x + 3.0`) holds no weights and has no count_params

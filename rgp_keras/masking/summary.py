@@ -3,10 +3,10 @@
 import math
 import warnings
 
-from rgp_keras.graph import exact_nodes
-from rgp_keras.masking.masks import channel_blocks, kept_pairs, prunable_kernel
+from rgp_keras.graph import RegularGraph, exact_nodes
+from rgp_keras.masking.masks import channel_blocks, group_mask, kept_pairs, prunable_kernel
 from rgp_keras.masking.selection import layer_macs, narrow_side, skip_reason
-from rgp_keras.model_walk import is_rgp_wrapper, leaves, to_numpy
+from rgp_keras.model_walk import is_rgp_wrapper, is_tf_keras, leaves, to_numpy
 
 
 class PruningSummary(list):
@@ -29,7 +29,8 @@ class PruningSummary(list):
     width (a layer thinned by `prune_channels`: its channels before -> after,
     "in 64 -> 32, out 128 -> 64", or ""; its params and macs are then the
     original layer's), computed_params and computed_macs (the layer as it is
-    now, before any mask). `criteria` names how `prune_channels` chose channels; a layer
+    now, before any mask), estimated_macs (what its kernel costs in the exported file, in MACs at the dense
+    layer's rate: see `estimated_latency`). `criteria` names how `prune_channels` chose channels; a layer
     `prune_for_latency` planned has its planned ms and sensitivity in data_aware["plan"].
     """
 
@@ -57,6 +58,17 @@ class PruningSummary(list):
             "computed_params": sum(row["computed_params"] for row in self),
             "computed_macs": sum(row["computed_macs"] for row in known),
         }
+
+    @property
+    def estimated_latency(self):
+        """The LiteRT latency of `export_tflite`'s float file / the dense model's file, estimated from each
+        layer's MACs and, for a masked layer, the layout the export picks (its x86 XNNPACK fit, one thread);
+        None for a tf_keras model or unknown MACs. Elementwise ops and pooling are not counted:
+        `predict_latency` measures instead."""
+        known = [row for row in self if row["macs"] is not None]
+        if not known or any(row["estimated_macs"] is None for row in known):
+            return None
+        return sum(row["estimated_macs"] for row in known) / max(sum(row["macs"] for row in known), 1)
 
     @property
     def criteria(self):
@@ -101,6 +113,10 @@ class PruningSummary(list):
                 f"pruned; model: {100 * totals['sparsity']:.1f}% of parameters, "
                 f"{100 * totals['mac_reduction']:.1f}% of MACs"
             )
+        latency = self.estimated_latency
+        if latency is not None and totals["mac_reduction"] > 0:
+            table.append(f"estimated LiteRT latency {latency:.2f}x the dense file's (1 thread, from MACs and the "
+                         "compact layouts export_tflite picks; predict_latency measures it)")
         return "\n".join(table)
 
 
@@ -123,6 +139,10 @@ def pruning_summary(model):
     rows = PruningSummary()
     rows.graph = graph
     rows.self_loops = bool(wrappers and wrappers[0].self_loops)
+    tf_keras = is_tf_keras(model)
+    if not tf_keras:
+        from rgp_keras.export._latency import output_positions
+        from rgp_keras.export._rewrite import estimated_compact_ratio
     for layer in counted:
         inner = layer.layer if is_rgp_wrapper(layer) else layer
         params = inner.count_params()
@@ -141,6 +161,11 @@ def pruning_summary(model):
             skipped = _why_dense(layer, graph, prunable)
         kept = params - kernel_size + int(round(density * kernel_size))
         kept_macs = None if macs is None else macs - int(round((kernel_macs or 0) * (1 - density)))
+        estimated_macs = None if macs is None or tf_keras else macs
+        if estimated_macs is not None and row_graph:  # the kernel as export_tflite writes it
+            blocks = group_mask(layer.graph, layer.self_loops) if is_rgp_wrapper(layer) else stripped[0]
+            ratio = estimated_compact_ratio(inner, blocks, positions=output_positions(layer))
+            estimated_macs = macs - kernel_macs * (1 - ratio)
         report = dict(getattr(layer, "data_aware", None) or {})
         thinned = getattr(inner, "pruned_channels", None) or {}
         if thinned:  # made by prune_channels: counted against the layer it was made from
@@ -164,6 +189,7 @@ def pruning_summary(model):
                 "data_aware": report,
                 "computed_params": params,
                 "computed_macs": macs,
+                "estimated_macs": estimated_macs,
             }
         )
     return rows
@@ -202,6 +228,54 @@ def warn_if_short(model, share=0.1):
         "widths.",
         stacklevel=3,
     )
+
+
+def warn_if_no_faster(model):
+    """Warn when `model`'s masks are estimated (`PruningSummary.estimated_latency`) to run no faster than those
+    of a lower sparsity with wider channel groups: the same degree on half the nodes, or twice the degree."""
+    summary = pruning_summary(model)
+    graph, latency = summary.graph, summary.estimated_latency
+    if graph is None or latency is None:
+        return
+    wrappers = [layer for layer in leaves(model) if is_rgp_wrapper(layer)]
+    lower = [(nodes, degree) for nodes, degree in ((graph.nodes // 2, graph.degree), (graph.nodes, 2 * graph.degree))
+             if degree + summary.self_loops < nodes and nodes * degree % 2 == 0 and nodes >= 3]
+    options = [(_estimated_with(summary, wrappers, RegularGraph.ring_lattice(*shape) if shape[1] % 2 == 0 else
+                                RegularGraph.random(*shape, seed=0)), shape) for shape in lower]
+    # (where neither gains speed, the summary's estimate says so: too small a model to warn about)
+    if not options or min(options)[0] > latency + 0.005 or min(options)[0] > 0.95:
+        return
+    other, (nodes, degree) = min(options)
+    narrowest = min(row["channels"] for row in summary if row["graph"] and row["channels"])
+    sparsity = lambda n, k: 1 - (k + summary.self_loops) / n
+    warnings.warn(
+        f"Sparsity {sparsity(graph.nodes, graph.degree):.4g} (graph {graph.nodes}/{graph.degree}) is estimated to run "
+        f"at {latency:.2f}x the dense file's latency, no faster than {sparsity(nodes, degree):.4g} would (graph "
+        f"{nodes}/{degree}: {other:.2f}x): channel groups of {narrowest // graph.nodes} channel(s) are too narrow for "
+        "XNNPACK's grouped kernels, which run near their MAC share from 16 channels. Fewer channels go further "
+        "(prune_channels); prune_for_latency plans widths and masks per layer from measured latencies.",
+        stacklevel=4,
+    )
+
+
+def _estimated_with(summary, wrappers, graph):
+    """`summary.estimated_latency` were its masked layers masked by `graph` instead."""
+    from rgp_keras.export._latency import output_positions
+    from rgp_keras.export._rewrite import estimated_compact_ratio
+
+    by_name = {layer.layer.name: layer for layer in wrappers}
+    known = [row for row in summary if row["macs"] is not None]
+    total = 0.0
+    for row in known:
+        layer = by_name.get(row["name"])
+        if layer is None:
+            total += row["estimated_macs"]
+            continue
+        macs, kernel_macs = layer_macs(layer, layer.layer)
+        blocks = group_mask(graph, layer.self_loops)
+        total += macs - kernel_macs * (1 - estimated_compact_ratio(layer.layer, blocks,
+                                                                   positions=output_positions(layer)))
+    return total / max(sum(row["macs"] for row in known), 1)
 
 
 def _stripped_blocks(layer):
