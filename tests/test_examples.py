@@ -39,17 +39,13 @@ def test_demo_runs_end_to_end_and_litert_agrees_with_keras(tmp_path):
 
 
 def test_tfmot_workflow_pqat_int8_litert_matches_keras_on_real_mnist(tmp_path):
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "tfmot_workflow.py"), "--train-samples", "4000", "--epochs", "1",
-         "--test-samples", "2000", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    value = lambda label: float(re.search(rf"{label}\s+([\d.]+)", out.stdout).group(1))
+    stdout = run_here(ROOT / "examples" / "tfmot_workflow.py", "--train-samples", "4000", "--epochs", "1",
+                      "--test-samples", "2000", "--out", tmp_path)
+    value = lambda label: float(re.search(rf"{label}\s+([\d.]+)", stdout).group(1))
     assert abs(value(r"int8 accuracy \(LiteRT\)") - value(r"PQAT accuracy \(Keras\)")) <= 0.01
     assert value("LiteRT/Keras agreement") >= 0.99
     assert value(r"PQAT accuracy \(Keras\)") > 0.8
-    assert "masked weights zero in int8 file: True" in out.stdout
+    assert "masked weights zero in int8 file: True" in stdout
 
 
 def run_example(*argv, cwd=None, env=None):
@@ -121,7 +117,7 @@ def test_every_readme_and_docs_cli_line_runs_as_written(tmp_path, monkeypatch, c
     assert main(["plan", "model.keras", "--latency", "0.5", "--calibration", "samples.npy", "--table", "table.json",
                  "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["output"] is None and [row["layer"] for row in plan["layers"]][-1] == "dense"
+    assert plan["output"] is None and plan["layers"][-1]["layer"].startswith("dense")
     assert plan["predicted_ms"] < plan["dense_ms"]
 
 
