@@ -140,9 +140,6 @@ def pruning_summary(model):
     rows.graph = graph
     rows.self_loops = bool(wrappers and wrappers[0].self_loops)
     tf_keras = is_tf_keras(model)
-    if not tf_keras:
-        from rgp_keras.export._latency import output_positions
-        from rgp_keras.export._rewrite import estimated_compact_ratio
     for layer in counted:
         inner = layer.layer if is_rgp_wrapper(layer) else layer
         params = inner.count_params()
@@ -162,10 +159,9 @@ def pruning_summary(model):
         kept = params - kernel_size + int(round(density * kernel_size))
         kept_macs = None if macs is None else macs - int(round((kernel_macs or 0) * (1 - density)))
         estimated_macs = None if macs is None or tf_keras else macs
-        if estimated_macs is not None and row_graph:  # the kernel as export_tflite writes it
+        if estimated_macs is not None and row_graph:
             blocks = group_mask(layer.graph, layer.self_loops) if is_rgp_wrapper(layer) else stripped[0]
-            ratio = estimated_compact_ratio(inner, blocks, positions=output_positions(layer))
-            estimated_macs = macs - kernel_macs * (1 - ratio)
+            estimated_macs = _exported_macs(layer, inner, blocks)
         report = dict(getattr(layer, "data_aware", None) or {})
         thinned = getattr(inner, "pruned_channels", None) or {}
         if thinned:  # made by prune_channels: counted against the layer it was made from
@@ -260,22 +256,24 @@ def warn_if_no_faster(model):
 
 def _estimated_with(summary, wrappers, graph):
     """`summary.estimated_latency` were its masked layers masked by `graph` instead."""
-    from rgp_keras.export._latency import output_positions
-    from rgp_keras.export._rewrite import estimated_compact_ratio
-
     by_name = {layer.layer.name: layer for layer in wrappers}
     known = [row for row in summary if row["macs"] is not None]
     total = 0.0
     for row in known:
         layer = by_name.get(row["name"])
-        if layer is None:
-            total += row["estimated_macs"]
-            continue
-        macs, kernel_macs = layer_macs(layer, layer.layer)
-        blocks = group_mask(graph, layer.self_loops)
-        total += macs - kernel_macs * (1 - estimated_compact_ratio(layer.layer, blocks,
-                                                                   positions=output_positions(layer)))
+        total += row["estimated_macs"] if layer is None else _exported_macs(layer, layer.layer,
+                                                                            group_mask(graph, layer.self_loops))
     return total / max(sum(row["macs"] for row in known), 1)
+
+
+def _exported_macs(outer, inner, blocks):
+    """A masked layer's MACs per sample as `export_tflite` writes it with channel-group `blocks`: its kernel's
+    at the estimated latency ratio of the layout the export picks (1 where it stays dense)."""
+    from rgp_keras.export._latency import output_positions
+    from rgp_keras.export._rewrite import estimated_compact_ratio
+
+    macs, kernel_macs = layer_macs(outer, inner)
+    return macs - kernel_macs * (1 - estimated_compact_ratio(inner, blocks, positions=output_positions(outer)))
 
 
 def _stripped_blocks(layer):
