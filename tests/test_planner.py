@@ -109,7 +109,9 @@ def test_a_layer_rgp_masks_for_free_is_masked_and_the_plan_says_so(tmp_path):
     assert predict_latency(pruned, cache_dir=tmp_path, verbose=0).total_ms == pytest.approx(plan.predicted_ms)
     dense, thin = model.predict(x, verbose=0), pruned.predict(x, verbose=0)
     assert np.abs(thin - dense).max() <= 1e-4 * np.abs(dense).max()
-    assert "4/2" in str(plan) and "planned" in str(pruning_summary(pruned))
+    summary = pruning_summary(pruned)  # thinned and masked, refit in one pass
+    assert summary[-1]["data_aware"]["error_after"] <= 1e-6 and "reconstruction fit on 128 samples" in str(summary)
+    assert "4/2" in str(plan) and "planned" in str(summary)
 
 
 def test_a_table_from_the_target_device_is_read_and_never_extended(tmp_path):

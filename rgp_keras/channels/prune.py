@@ -101,7 +101,7 @@ def thinned_model(model, spaces, kept, held, criterion, calibration, verbose, no
     report = {}
     if calibration is not None:
         report = reconstruct(model, thin, calibration, progress=progress_wanted(verbose, len(thin.layers)),
-                             channels=_channel_map(spaces, kept, thin), nested=True)
+                             channels=channel_map(spaces, kept, thin), nested=True)
     _annotate(model, thin, spaces, kept, held, criterion, report, notes or {})
     return thin
 
@@ -279,7 +279,7 @@ def _thinned(model, spaces, kept):
     return thin
 
 
-def _channel_map(spaces, kept, thin):
+def channel_map(spaces, kept, thin):
     """Tensor id of `thin` -> the channels of the dense model's tensor it holds, where it holds fewer."""
     channels = {}
     for call, new_call in zip(spaces.calls.calls, layer_calls(thin, nested=True).calls):

@@ -18,11 +18,14 @@ Three measurements meet here:
   knapsack over the table. Coupled spaces (a residual sum's producers) are
   one space, so one width.
 The plan is then predicted exactly (each new segment timed), the budget is
-corrected by what the interpolation missed, and the model is thinned and
-refit by `prune_channels`' engine, then masked by `prune_regular_graph`'s.
+corrected by what the interpolation missed, and the model is thinned
+(`prune_channels`' engine) and masked (`prune_regular_graph`'s, channels in
+their order as the sensitivities assumed), then refit in one pass over the
+calibration data against the dense model (`data_aware.reconstruct`).
 """
 
 import math
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -31,6 +34,7 @@ from rgp_keras._checks import check_int
 from rgp_keras.channels.criteria import mask_residuals, removal_curves
 from rgp_keras.channels.prune import (
     channel_calibration,
+    channel_map,
     check_model,
     counts_at,
     kept_channels,
@@ -39,13 +43,14 @@ from rgp_keras.channels.prune import (
     thinned_model,
 )
 from rgp_keras.channels.spaces import channel_spaces
+from rgp_keras.data_aware.reconstruct import reconstruct
 from rgp_keras.data_aware.steps import progress_wanted
 from rgp_keras.errors import InputTypeError, InputValueError
 from rgp_keras.graph import RegularGraph
 from rgp_keras.masking.layer_types import layer_type
 from rgp_keras.masking.masks import kernel_mask, prunable_kernel
 from rgp_keras.masking.selection import checked_selectors, matches, narrow_side, skip_reason
-from rgp_keras.model_walk import is_rgp_wrapper
+from rgp_keras.model_walk import is_rgp_wrapper, leaves
 from rgp_keras.plan.latency import LatencyPrediction, LatencyTable, model_segments, predict_latency, resolve_table
 from rgp_keras.prune import prune_regular_graph
 
@@ -148,10 +153,8 @@ def prune_for_latency(model, target, *, calibration_data, threads=1, layers=None
     predicted, search = _planned(model, spaces, free, held, order, costs, latency, options, budget, table, verbose)
     rows, notes = _plan_rows(spaces, search, held, predicted)
     criterion = f"prune_for_latency: least squares (Optimal Brain Surgeon over channels), refit on {fit}"
-    data = dict(calibration_data=calibration_data, calibration_samples=calibration_samples,
-                calibration_batch_size=calibration_batch_size)
     pruned = _applied(model, spaces, held, kept_channels(spaces, order, search.counts), search, criterion,
-                      calibration, notes, data, verbose)
+                      calibration, notes, fit, verbose)
     return pruned, LatencyPlan(target, dense.total_ms, predicted.total_ms, threads, rows)
 
 
@@ -186,14 +189,28 @@ def _planned(model, spaces, free, held, order, costs, latency, options, budget, 
     return min(tried, key=lambda plan: abs(plan[0].total_ms / budget - 1))
 
 
-def _applied(model, spaces, held, kept, search, criterion, calibration, notes, data=None, verbose=0):
-    """`model` thinned to `kept` (refit with `calibration`), then its layers `search` chose RGP-masked with its
-    graph (refit on `data`, the calibration arguments)."""
-    thin = thinned_model(model, spaces, kept, held, criterion, calibration, verbose, notes)
+def _applied(model, spaces, held, kept, search, criterion, calibration, notes, fit=None, verbose=0):
+    """`model` thinned to `kept` and its layers `search` chose masked by its graph (channels in their order, as
+    the sensitivities assumed), then with `calibration` every changed layer refit in one pass against `model`:
+    thinned readers, masked layers and those after them; BatchNormalization re-measured. `fit` says on what."""
     if not search.masked:
-        return thin
-    return prune_regular_graph(thin, graph=search.option.graph, layers=search.masked_names, verbose=verbose,
-                               **(data or {}))
+        return thinned_model(model, spaces, kept, held, criterion, calibration, verbose, notes)
+    thin = thinned_model(model, spaces, kept, held, criterion, None, 0, notes)
+    with warnings.catch_warnings():  # the plan measured what the masks buy; the estimate's warning would not help
+        warnings.filterwarnings("ignore", "Sparsity .* is estimated to run at")
+        masked = prune_regular_graph(thin, graph=search.option.graph, layers=search.masked_names,
+                                     assign_channels=False, verbose=0)
+    if calibration is None:
+        return masked
+    report = reconstruct(model, masked, calibration, progress=progress_wanted(verbose, len(masked.layers)),
+                         channels=channel_map(spaces, kept, masked), nested=True)
+    for layer in leaves(masked):  # where pruning_summary reads the refit's errors
+        found = report.get(id(layer))
+        if found is not None and is_rgp_wrapper(layer):
+            layer.data_aware = {**found, **({"calibration": fit} if "error_after" in found else {})}
+        elif found is not None and hasattr(layer, "pruned_channels"):
+            layer.pruned_channels.update(found)
+    return masked
 
 
 def _check_target(target):
