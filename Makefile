@@ -28,7 +28,7 @@ demo: $(INSTALLED) data
 	$(BIN)/python examples/demo.py
 
 # one pytest worker per core (pytest-xdist); a worker that runs out of tests takes some of the other's
-PYTEST := $(BIN)/python -m pytest -n auto --dist load --durations=25
+PYTEST := $(BIN)/python -m pytest -n auto --dist worksteal --durations=25
 
 lint: $(DEV_INSTALLED)
 	$(BIN)/ruff check .

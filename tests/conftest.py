@@ -7,13 +7,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest
 
 
-def pytest_collection_modifyitems(items):
-    """The tests marked slow (up to a minute and a half each) first, the rest after them in their order: the
-    workers (`make test`: one per core, `--dist load`) share out the long ones, and the suite ends on short ones,
-    so both cores finish together."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 @pytest.fixture
 def vgg_model():
     """A VGG-style CNN with BatchNorm (first conv has 3 input channels, classifier 10)."""
