@@ -17,7 +17,7 @@ from rgp_keras.errors import InputTypeError, InputValueError
 from rgp_keras.graph import RegularGraph, degree_for_sparsity, optimize, warn_if_sparsity_differs
 from rgp_keras.masking.layer_types import layer_type
 from rgp_keras.masking.selection import auto_nodes, select, skip_reason, wanted
-from rgp_keras.masking.summary import warn_if_no_faster, warn_if_short
+from rgp_keras.masking.summary import pruning_summary, warn_if_no_faster, warn_if_short
 from rgp_keras.masking.wrapper import RegularGraphPruning
 from rgp_keras.model_walk import (
     clone_layer,
@@ -219,8 +219,9 @@ def _prune_model(framework, model, graph, *, self_loops, skip_first, skip_last, 
     if plan.calibration_data is not None and plan.weights:
         reference = with_weights(model, plan.weights, framework)
     data_aware.finish(plan, reference, pruned, pairs)
-    warn_if_short(pruned)
-    warn_if_no_faster(pruned)
+    summary = pruning_summary(pruned)
+    warn_if_short(summary)
+    warn_if_no_faster(pruned, summary)
     return pruned
 
 

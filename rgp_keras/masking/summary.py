@@ -191,13 +191,13 @@ def pruning_summary(model):
     return rows
 
 
-def warn_if_short(model, share=0.1):
-    """Warn when layers too narrow for the graph stay dense and hold >= `share` of the model's MACs.
+def warn_if_short(summary, share=0.1):
+    """Warn when layers too narrow for the graph stay dense and hold >= `share` of the MACs of the model
+    `summary` (its `pruning_summary`) describes.
 
     The warning gives the sparsity asked for and delivered, names those layers
     and the `nodes` that would prune them at the same density.
     """
-    summary = pruning_summary(model)
     graph = summary.graph
     if graph is None:
         return
@@ -226,10 +226,10 @@ def warn_if_short(model, share=0.1):
     )
 
 
-def warn_if_no_faster(model):
-    """Warn when `model`'s masks are estimated (`PruningSummary.estimated_latency`) to run no faster than those
-    of a lower sparsity with wider channel groups: the same degree on half the nodes, or twice the degree."""
-    summary = pruning_summary(model)
+def warn_if_no_faster(model, summary):
+    """Warn when `model`'s masks are estimated (`summary.estimated_latency`, its `pruning_summary`) to run no
+    faster than those of a lower sparsity with wider channel groups: the same degree on half the nodes, or
+    twice the degree."""
     graph, latency = summary.graph, summary.estimated_latency
     if graph is None or latency is None:
         return
