@@ -146,6 +146,7 @@ def _prune(args):
 
 
 def _plan(args):
+    _on_tensorflow()
     from rgp_keras.plan.search import prune_for_latency
 
     if args.output is not None and not args.output.endswith(".keras"):
@@ -181,10 +182,15 @@ def _print_json(**fields):
     print(json.dumps(fields, default=lambda value: value.item() if hasattr(value, "item") else str(value)))
 
 
-def _export(args):
-    # LiteRT export converts through TensorFlow; a .keras file saved under any backend loads there
+def _on_tensorflow():
+    """LiteRT conversion (export, timing segments) runs through TensorFlow; a .keras file saved under any backend
+    loads there. Sets the backend unless Keras is imported already."""
     if "keras" not in sys.modules:
         os.environ["KERAS_BACKEND"] = "tensorflow"
+
+
+def _export(args):
+    _on_tensorflow()
     from rgp_keras.export import export_tflite
 
     model = _load_keras_model(args.model)
@@ -258,8 +264,7 @@ def _bench(args):
 
 
 def _bench_layers(args):
-    if "keras" not in sys.modules:  # segments convert through TensorFlow, as export does
-        os.environ["KERAS_BACKEND"] = "tensorflow"
+    _on_tensorflow()
     from rgp_keras.plan.latency import LatencyTable, predict_latency
     from rgp_keras.plan.search import time_plan_segments
 
