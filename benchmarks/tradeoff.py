@@ -656,8 +656,14 @@ def plot(groups, profile, path):
                 front.append((latency, acc))
                 best = acc
         axes.plot(*zip(*front), color="gray", linestyle="--", linewidth=1, label="Pareto front")
+        # one-shot rows far below (L1 without data: ~10 %) would squeeze every other point into a line
+        low = best - 6.0
+        below = sorted({key[3] for key, members in groups.items() if key[:2] == (profile, name)
+                        and 100 * statistics.mean(float(r["accuracy"]) for r in members) < low})
+        axes.set_ylim(low, best + 0.5)
         axes.set_title(f"{name} ({profile} profile; labels: sparsity)")
-        axes.set_xlabel("LiteRT latency / dense (1 thread)")
+        axes.set_xlabel("LiteRT latency / dense (1 thread)" +
+                        (f"\n(below {low:.1f} %, not shown: {', '.join(below)})" if below else ""), fontsize=8)
         axes.set_ylabel("test accuracy (%)")
         axes.legend(fontsize=7)
     figure.tight_layout()
