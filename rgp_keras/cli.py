@@ -396,7 +396,7 @@ def _parser():
         commands, "plan", "prune a .keras model to a LiteRT latency: widths and RGP per layer",
         "Plan each layer's width and RGP graph so that the model's float LiteRT file runs in TARGET x the dense "
         "file's time, from layer latencies measured on this machine (cached) or on the target (--table); print the "
-        "plan and, with -o, write the pruned model (thinned and refit on the calibration samples).",
+        "plan and, with -o, write the pruned model (thinned, masked where planned, refit on the calibration samples).",
         _plan, model="input .keras model", json="print the plan as one JSON object",
     )
     plan.add_argument("--latency", type=float, required=True, metavar="TARGET",
