@@ -92,17 +92,16 @@ class LatencyTable:
             ) from None
         machine = _this_machine()
         name = f"{machine['litert']}-{machine['cpu']}-{threads}threads".replace(" ", "_").replace("/", "_")
+        path = folder / f"{name}.json"
         try:
-            table = cls(folder / f"{name}.json", threads)
+            table = cls(path, threads)
+            if (table.threads, table.machine) != (threads, machine):  # the file's name says what it must hold
+                raise InputValueError(f"{path} holds times at {table.threads} thread(s) on {table.machine}")
         except InputValueError as error:
             warnings.warn(f"rgp_keras: the latency cache file is corrupt, so it is measured again: {error}",
                           stacklevel=3)
             table = cls(None, threads)
-            table.path = folder / f"{name}.json"
-        if (table.threads, table.machine) != (threads, machine):
-            warnings.warn(f"rgp_keras: the latency cache file {table.path} holds times at {table.threads} thread(s) "
-                          f"on {table.machine}, not this machine's at {threads}; it is measured again.", stacklevel=3)
-            table.threads, table.machine, table.entries = threads, machine, {}
+            table.path = path
         return table
 
     def missing(self, segments):
