@@ -252,3 +252,30 @@ def test_a_stream_is_read_once_and_spilled_to_disk_beyond_the_memory_budget(monk
 
     gc.collect()
     assert not os.path.exists(folder)
+
+
+def test_the_store_reads_arrays_back_aligned_and_tensorflow_shares_them():
+    """Spilled arrays come back equal, C-contiguous and 64-byte aligned, so that a TensorFlow pass takes a float
+    array without copying it; other arrays (unaligned, integer) are converted."""
+    import tensorflow as tf
+
+    from rgp_keras.data_aware import stream
+
+    store = stream.Store(memory_bytes=0)
+    arrays = {"f": np.random.default_rng(0).normal(size=(5, 3, 7)).astype("float32"),
+              "i": np.arange(12, dtype="int64").reshape(3, 4), "t": tf.ones((2, 3))}
+    for key, value in arrays.items():
+        store.put(key, value)
+    for key, value in arrays.items():
+        back = store.get(key)
+        np.testing.assert_array_equal(back, np.asarray(value))
+        assert back.flags.c_contiguous and back.ctypes.data % 64 == 0
+    shared = store.get("f")
+    tensor = stream._tensorflow_value(shared)
+    shared[0, 0, 0] = 42.0  # the tensor views the same memory
+    assert float(tensor[0, 0, 0]) == 42.0
+    unaligned = np.frombuffer(bytes(4 * 13), "float32")[1:]  # 4 bytes past an aligned start at best
+    assert unaligned.ctypes.data % 64 != 0
+    np.testing.assert_array_equal(stream._tensorflow_value(unaligned).numpy(), unaligned)
+    assert stream._tensorflow_value(store.get("i")).dtype == tf.int64
+    store.close()

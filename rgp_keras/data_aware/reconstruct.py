@@ -38,6 +38,8 @@ _GROUP_SHARE, _GROUP_SHARE_WIDE, _WIDE_FEATURES, _WIDE_RUN = 1 / 4, 1 / 2, 1024,
 # Ridge strengths tried, as fractions of the mean diagonal of X^T X (SparseGPT's fixed choice is 0.01).
 _RIDGE = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 HOLD_OUT = 5  # every 5th calibration row judges the ridge strength
+# Elements (rows x features) from which a run of fitted samples is summed as a view, not gathered.
+_VIEWED_FROM = 1 << 16
 
 
 def unsupported_reason(layer):
@@ -478,12 +480,19 @@ class _Refit(Observer):
         if _on_cpu(x_pruned):  # numpy views: slices and reshapes copy nothing
             x_pruned, x_dense = to_numpy(x_pruned), to_numpy(x_dense)
             y_dense = None if y_dense is None else to_numpy(y_dense)
-        part = lambda x, rows: x[rows] if isinstance(x, np.ndarray) else ops.take(x, rows, 0)
+        part = lambda x, rows: x[rows] if isinstance(x, np.ndarray) or isinstance(rows, slice) else ops.take(
+            x, rows, 0)
         held = np.arange(start, start + used) % HOLD_OUT == HOLD_OUT - 1
-        # the fitted rows and the held-out ones, each gathered once (cheap beside their products)
-        for sums, rows in [(sums, index[first : first + chunk])
-                           for sums, index in ((self.fit, np.flatnonzero(~held)), (self.held_out, np.flatnonzero(held)))
-                           for first in range(0, len(index), chunk)]:
+        # the fitted samples as runs of consecutive ones (views) where a run gives enough elements for its
+        # products, else gathered once, as the held-out ones are (cheap beside their products)
+        viewed = per_sample * (HOLD_OUT - 1) >= _VIEWED_FROM
+        pieces = lambda index, runs: (
+            [slice(first, min(first + chunk, run.stop)) for run in _runs(index)
+             for first in range(run.start, run.stop, chunk)]
+            if runs else [index[first : first + chunk] for first in range(0, len(index), chunk)])
+        for sums, rows in [(sums, rows) for sums, index, runs in ((self.fit, np.flatnonzero(~held), viewed),
+                                                                  (self.held_out, np.flatnonzero(held), False))
+                           for rows in pieces(index, runs)]:
             if y_dense is None:
                 target = self._pre_activation(part(x_dense, rows))
             else:
