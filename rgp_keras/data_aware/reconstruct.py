@@ -39,7 +39,7 @@ _GROUP_SHARE, _GROUP_SHARE_WIDE, _WIDE_FEATURES, _WIDE_RUN = 1 / 4, 1 / 2, 1024,
 _RIDGE = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 HOLD_OUT = 5  # every 5th calibration row judges the ridge strength
 # Elements (rows x features) from which a run of fitted samples is summed as a view, not gathered.
-_VIEWED_FROM = 1 << 16
+_VIEWED_FROM = 1 << 18
 
 
 def unsupported_reason(layer):
@@ -271,12 +271,16 @@ def kernel_rows(layer, x):
     """Rows of inputs the layer's kernel multiplies: (positions, kernel window x input channels), float32; a
     numpy view of a numpy `x` where no patches are needed, else a tensor of the Keras backend (so the products
     that follow run on its device)."""
-    if layer_type(layer)[1].layout == "dense" or (
-        all(k == 1 for k in layer.kernel_size) and all(s == 1 for s in layer.strides)
-    ):
+    if _pointwise(layer):
         return _matrix(x, x.shape[-1])  # a 1x1 convolution is a Dense layer over positions
     x = ops.convert_to_tensor(x, "float32")
     return _patches(x, layer.kernel_size, layer.strides, layer.dilation_rate, str(layer.padding))
+
+
+def _pointwise(layer):
+    """Whether `layer`'s kernel multiplies each input position alone (Dense, a 1x1 convolution of stride 1)."""
+    return layer_type(layer)[1].layout == "dense" or (
+        all(k == 1 for k in layer.kernel_size) and all(s == 1 for s in layer.strides))
 
 
 def _matrix(x, columns):
@@ -483,9 +487,10 @@ class _Refit(Observer):
         part = lambda x, rows: x[rows] if isinstance(x, np.ndarray) or isinstance(rows, slice) else ops.take(
             x, rows, 0)
         held = np.arange(start, start + used) % HOLD_OUT == HOLD_OUT - 1
-        # the fitted samples as runs of consecutive ones (views) where a run gives enough elements for its
-        # products, else gathered once, as the held-out ones are (cheap beside their products)
-        viewed = per_sample * (HOLD_OUT - 1) >= _VIEWED_FROM
+        # the fitted samples as runs of consecutive ones (views) where the products read the inputs as they are
+        # and a run gives enough elements for them, else gathered once, as the held-out ones are (patches and
+        # the products cost more than the gather; the products' calls cost more than it on small runs)
+        viewed = _pointwise(self.inner) and per_sample * (HOLD_OUT - 1) >= _VIEWED_FROM
         pieces = lambda index, runs: (
             [slice(first, min(first + chunk, run.stop)) for run in _runs(index)
              for first in range(run.start, run.stop, chunk)]

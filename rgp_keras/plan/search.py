@@ -86,7 +86,7 @@ class LatencyPlan(NamedTuple):
             render(header), render(["-" * width for width in widths]), *map(render, lines),
             f"other segments and the file call: {others:.3f} ms",
             f"predicted {self.predicted_ms:.3f} ms = {self.predicted_ms / self.dense_ms:.3f} x the dense file's "
-            f"{self.dense_ms:.3f} ms (target {self.target}), LiteRT {self.threads} thread(s)",
+            f"{self.dense_ms:.3f} ms (target {self.target:.3g}), LiteRT {self.threads} thread(s)",
         ])
 
 
