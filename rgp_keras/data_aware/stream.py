@@ -66,7 +66,7 @@ class Store:
             self.writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rgp_keras-store")
             self._cleanup = weakref.finalize(self, _remove, self.folder, self.writer)
         self.files += 1
-        path = os.path.join(self.folder, f"{self.files}.npy")
+        path = os.path.join(self.folder, f"{self.files}.bin")
         while len(self.pending) >= _PENDING_WRITES:
             self.pending.popleft().result()
         array = np.ascontiguousarray(to_numpy(array))
@@ -79,8 +79,13 @@ class Store:
         path, written, shape, dtype = self.on_disk[key]
         written.result()
         array = _aligned_empty(shape, dtype)
+        view, done = memoryview(array.reshape(-1).view(np.uint8)), 0
         with open(path, "rb", buffering=0) as file:
-            file.readinto(memoryview(array.reshape(-1).view(np.uint8)))
+            while done < len(view):  # one read returns at most ~2 GB on Linux
+                read = file.readinto(view[done:])
+                if not read:
+                    raise OSError(f"{path} ends after {done} of its {len(view)} bytes: the temporary file was cut")
+                done += read
         return array
 
     def drop(self, key):
