@@ -118,9 +118,9 @@ def _aligned_empty(shape, dtype):
 
 
 def _tensorflow_value(value):
-    """`value` as a TensorFlow tensor: an aligned, C-contiguous float array read back from disk is shared through
-    DLPack (`tf.convert_to_tensor` copies every array: 4x the time of reading it back, measured), anything else
-    converted."""
+    """`value` as a TensorFlow tensor: a 64-byte-aligned, C-contiguous float array (as `Store.get` reads them back)
+    is shared through DLPack (`tf.convert_to_tensor` copies every array: 4x the time of reading it back, measured),
+    anything else converted."""
     import tensorflow as tf
 
     if (isinstance(value, np.ndarray) and value.dtype in (np.float32, np.float64) and value.flags.c_contiguous
