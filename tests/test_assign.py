@@ -146,3 +146,41 @@ def test_a_backend_op_with_a_per_channel_constant_keeps_channel_order():
     permuted, _, report = assigned(model, RegularGraph.random(16, 2, seed=0))
     assert_same_function(model, permuted, (8, 8, 3))
     assert any("Add" in r["kept_order"] for r in report.values())
+
+
+@pytest.mark.parametrize("channels, groups", [(10, 4), (37, 5), (256, 8), (96, 16)])
+def test_best_groups_reaches_the_linear_assignment_optimum(channels, groups):
+    """The transportation solver fills each group to its size and keeps as much score as the c x c linear
+    assignment (each group's column repeated per slot) does, with and without ties."""
+    from scipy.optimize import linear_sum_assignment
+
+    from rgp_keras.data_aware._transport import best_groups
+    from rgp_keras.masking.masks import channel_groups
+
+    rng = np.random.default_rng(channels)
+    base = channel_groups(channels, groups)
+    sizes = np.bincount(base, minlength=groups)
+    for score in (rng.random((channels, groups)) ** 3 * rng.random((channels, 1)),
+                  np.round(rng.random((channels, groups)), 1)):
+        group = best_groups(score, sizes)
+        np.testing.assert_array_equal(np.bincount(group, minlength=groups), sizes)
+        rows, columns = linear_sum_assignment(score[:, base], maximize=True)
+        best = score[rows, base[columns]].sum()
+        assert score[np.arange(channels), group].sum() == pytest.approx(best, rel=1e-12)
+
+
+def test_a_failed_transportation_solve_falls_back_to_linear_assignment(monkeypatch):
+    import rgp_keras.data_aware.assign as assign
+    from rgp_keras.masking.masks import channel_groups
+
+    score = np.random.default_rng(0).random((24, 4))
+    base = channel_groups(24, 4)
+    solved = assign._groups(score, base, 4)
+
+    def fails(score, sizes):
+        raise RuntimeError("best_groups: a cycle in the shortest-path tree")
+
+    monkeypatch.setattr(assign, "best_groups", fails)
+    fallback = assign._groups(score, base, 4)
+    np.testing.assert_array_equal(np.bincount(fallback), np.bincount(base))
+    assert score[np.arange(24), fallback].sum() == pytest.approx(score[np.arange(24), solved].sum())

@@ -7,8 +7,8 @@ depthwise convolutions, activations, pooling, residual Adds, ...) and reads it
 (kernel input axis) leaves the dense model's function unchanged, but changes
 which trained weights fall inside the kept blocks. For each such tensor
 ("channel space") we choose the permutation that maximises the importance the
-masks keep, by linear assignment of channels to group slots
-(`scipy.optimize.linear_sum_assignment`), alternating over spaces until the
+masks keep, by assigning channels to groups of fixed sizes (a transportation problem,
+solved exactly by `_transport.best_groups`), alternating over spaces until the
 kept importance stops improving (Pool & Yu, NeurIPS 2021, do the same for 2:4
 sparsity). A weight's importance is w^2 (summed over the kernel window), times
 its input channel's mean square activation on calibration data when given.
@@ -24,6 +24,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from rgp_keras.channels.spaces import ChannelSpaces
+from rgp_keras.data_aware._transport import best_groups
 from rgp_keras.masking.layer_types import layer_type
 from rgp_keras.masking.masks import channel_groups, group_mask
 from rgp_keras.model_walk import layer_calls, to_numpy
@@ -119,9 +120,11 @@ def assign_channels(model, graph, wrapped, *, self_loops=False, input_energy=Non
             for call in producers:
                 in_groups = np.eye(nodes)[groups_of(call.inputs[0])]
                 score += importance[id(call.layer)].T @ in_groups @ blocks
-            cost = score[:, channel_groups(channels, nodes)]
-            rows, columns = linear_sum_assignment(cost, maximize=True)
-            slots[root] = columns[np.argsort(rows)]
+            base = channel_groups(channels, nodes)
+            group = _groups(score, base, nodes)
+            # each group's slots to its channels, in their order
+            slots[root] = np.empty(channels, np.int64)
+            slots[root][np.argsort(group, kind="stable")] = np.argsort(base, kind="stable")
         after = kept()
         previous, total = total, sum(after.values())
         if total <= previous * (1 + 1e-6):
@@ -145,6 +148,15 @@ def assign_channels(model, graph, wrapped, *, self_loops=False, input_energy=Non
         }
     orders = {root: np.argsort(slot) for root, slot in slots.items()}  # order[s]: the channel moving to s
     return (spaces.taken_weights(orders) if improved else {}), report
+
+
+def _groups(score, base, nodes):
+    """The group of each channel (rows of `score`) maximising the summed score, as many in each as in `base`."""
+    try:
+        return best_groups(np.ascontiguousarray(score, np.float64), np.bincount(base, minlength=nodes))
+    except RuntimeError:  # rounding left a negative cycle: the c x c linear assignment, slower, never fails
+        rows, columns = linear_sum_assignment(score[:, base], maximize=True)
+        return base[columns[np.argsort(rows)]]
 
 
 def _why_kept(spaces, kept_order, key):
