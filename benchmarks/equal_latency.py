@@ -33,7 +33,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 from _results import append, done_rows
-from tradeoff import MODELS, accuracy, calibration_images, chosen_rates, fashion_mnist, planned, probed, trained
+from tradeoff import (MODELS, accuracy, calibration_images, chosen_rates, dense_keras_file, fashion_mnist, planned,
+                      probed, row_file, trained)
 
 import rgp_keras
 
@@ -44,10 +45,6 @@ FIELDS = ["model", "seed", "sparsity", "method", "target", "accuracy", "latency_
 CHANNELS, PLANNED, AT_CHANNELS = "channels data-aware + FT", "planned + FT", "planned + FT @ channels"
 PEER = "RGP data-aware + FT"
 EQUAL = 0.05  # within this of each other, two files are at equal latency (issue 30's goal)
-
-
-def tflite(work, model, seed, sparsity, method):
-    return work / f"full-{model}-{seed}-{sparsity}-{method.replace(' ', '_').replace('@', 'at')}.tflite"
 
 
 def measure(work, rounds, models):
@@ -61,8 +58,8 @@ def measure(work, rounds, models):
     for model, seed, sparsity in cases:
         if (model, seed, sparsity) in done:
             continue
-        dense_file = work / f"full-60000-{model}-{seed}-dense.tflite"
-        files = [dense_file] + [tflite(work, model, seed, sparsity, method) for method in (CHANNELS, PLANNED)]
+        dense_file = dense_keras_file(work, "full", 60000, model, seed).with_suffix(".tflite")
+        files = [dense_file] + [row_file(work, "full", model, seed, sparsity, method) for method in (CHANNELS, PLANNED)]
         if not all(path.exists() for path in files) or not all((model, seed, sparsity, m) in known
                                                                for m in (CHANNELS, PLANNED)):
             print(f"{model} seed {seed} {sparsity}: files or rows missing, skipped", flush=True)
@@ -80,7 +77,7 @@ def measure(work, rounds, models):
         plan = planned(dense, target, calibration_images(train, int(seed)), work / f"latency-table-{model}")
         plan = trained(plan, train, MODELS[model]["epochs"], rates[(model, CHANNELS)])
         known[(model, seed, sparsity, AT_CHANNELS)] = round(accuracy(plan, test), 4)
-        files.append(tflite(work, model, seed, sparsity, AT_CHANNELS))
+        files.append(row_file(work, "full", model, seed, sparsity, AT_CHANNELS))
         rgp_keras.export_tflite(plan, files[-1])
         seconds = time.perf_counter() - started
         timed = rgp_keras.compare_tflite(files, rounds=rounds)

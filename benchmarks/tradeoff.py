@@ -313,9 +313,19 @@ def fashion_mnist(images):
     return (prepare(x_train[:images]), y_train[:images].astype("int64")), (prepare(x_test), y_test.astype("int64"))
 
 
+def row_file(work, profile, name, seed, sparsity, method):
+    """A row's own .tflite in `work` (equal_latency.py times them again)."""
+    return work / f"{profile}-{name}-{seed}-{sparsity}-{method.replace(' ', '_').replace('@', 'at')}.tflite"
+
+
+def dense_keras_file(work, profile, images, name, seed):
+    """The trained dense model's .keras in `work`, keyed by the training images it saw (its .tflite beside it)."""
+    return work / f"{profile}-{images}-{name}-{seed}-dense.keras"
+
+
 def dense_files(profile, name, seed, work, train):
     """The trained dense model's .keras and .tflite paths in `work`, training and exporting it the first time."""
-    dense_keras = work / f"{profile}-{len(train[0])}-{name}-{seed}-dense.keras"  # keyed by the images it saw
+    dense_keras = dense_keras_file(work, profile, len(train[0]), name, seed)
     if not dense_keras.exists():
         budget = {**MODELS[name], **PROFILES[profile].get("budget", {})}
         keras.utils.set_random_seed(seed)
@@ -433,16 +443,13 @@ def run(profile, work, seeds=None, models=None, methods=None):
                 print(f"{name} seed {seed} {sparsity} {method:22s} acc {row['accuracy']:.4f}  MACs {row['macs_ratio']}"
                       f"  latency {row['latency_ratio']}  size {row['size_ratio']}", flush=True)
 
-            def tflite(method, sparsity):
-                return work / f"{profile}-{name}-{seed}-{sparsity}-{method.replace(' ', '_')}.tflite"
-
             def record_model(method, sparsity, model, epochs, started, graph=""):
                 """Test accuracy, export to the row's own .tflite and `record`; RGP rows' `graph` is read back."""
                 summary = rgp_keras.pruning_summary(model)
                 if summary.graph is not None:
                     graph = f"{summary.graph.nodes}/{summary.graph.degree}"
                 result = accuracy(model, test)
-                path = tflite(method, sparsity)
+                path = row_file(work, profile, name, seed, sparsity, method)
                 rgp_keras.export_tflite(model, path)
                 record(method, sparsity, result, path, graph, epochs, time.perf_counter() - started,
                        summary.totals["kept_macs"])
@@ -471,7 +478,7 @@ def run(profile, work, seeds=None, models=None, methods=None):
                     started = time.perf_counter()
                     epochs, graph, width = budget["epochs"], "", None
                     if method == "TF-MOT magnitude":
-                        path = tflite(method, sparsity)
+                        path = row_file(work, profile, name, seed, sparsity, method)
                         result = tfmot_magnitude(name, dense, sparsity, seed, train, test, epochs,
                                                  rates[(name, method)], path)
                         # unstructured: LiteRT computes every MAC (no MACs ratio)
