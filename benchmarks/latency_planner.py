@@ -5,6 +5,9 @@ For each model and target (the pruned file's latency over the dense file's: 0.5,
 - "uniform": `prune_channels(dense, keep=w, calibration_data=the same)`, w the largest whose predicted latency
   is at most the planner's (bisection on `predict_latency`): the same engine, one width for every space
   (CNN and IRN only).
+The `plan` column lists the whole plans the planner judged (predicted ratio, output error on held-out
+calibration samples; * the one returned). The CNN rows "planner, least summed error only" and "uniform, at its
+latency" were measured before the planner judged whole plans (it returned the least summed error's).
 Each is exported (float LiteRT) and timed against the dense file (ROUNDS alternating rounds, medians, 1 thread),
 its test accuracy measured one-shot and after FT_EPOCHS epoch(s) of fine-tuning (Adam, cosine decay, the rate
 the tradeoff benchmark's probe chose for "channels data-aware + FT").
@@ -47,7 +50,7 @@ from rgp_keras.plan.latency import LatencyTable, predict_latency
 RESULTS = Path(__file__).parent / "results"
 CSV = RESULTS / "latency_planner.csv"
 FIELDS = ("model", "target", "method", "widths", "predicted_ratio", "measured_ratio", "accuracy", "accuracy_ft",
-          "seconds", "table_seconds")
+          "seconds", "table_seconds", "plan")
 TARGETS = (0.5, 0.35, 0.25)
 ROUNDS = 7
 FT_EPOCHS = 1
@@ -124,13 +127,20 @@ def run(models, work):
                                                      / plan.dense_ms, 4),
                                measured_ratio=round(measured_ratio(model, dense_path, folder), 4),
                                accuracy="", accuracy_ft="", seconds=round(seconds, 1) if method == "planner" else "",
-                               table_seconds=round(table_seconds, 1) if method == "planner" else "")
+                               table_seconds=round(table_seconds, 1) if method == "planner" else "",
+                               plan=judged(plan) if method == "planner" else "")
                     if test is not None:
                         row["accuracy"] = round(accuracy(model, test), 4)
                         keras.utils.set_random_seed(0)
                         row["accuracy_ft"] = round(accuracy(trained(model, train, FT_EPOCHS, rate), test), 4)
                     append(CSV, FIELDS, row)
                     print(row, flush=True)
+
+
+def judged(plan):
+    """The whole plans `prune_for_latency` judged: "name x-ratio error", the chosen one starred."""
+    return "; ".join(f"{'*' if row['chosen'] else ''}{row['plan']} {row['predicted']:.3f}x {row['output_error']:.4g}"
+                     for row in plan.candidates)
 
 
 timing = []  # seconds spent converting and timing segments, per LatencyTable.measure call

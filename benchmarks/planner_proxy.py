@@ -48,7 +48,7 @@ PROXIES = ("planner", "output_error", "kl", "oneshot_heldout", "oneshot_test")
 def plan_with_scaled_errors(dense, target, calibration, seed, table_dir):
     """`prune_for_latency`'s model with each space's removal errors scaled by a random factor (seed 0: none),
     and its summed unscaled error."""
-    real_curves, real_planned, seen = search.removal_curves, search._planned, {}
+    real_curves, real_candidates, real_plans, seen = search.removal_curves, search._candidates, search.PLANS, {}
 
     def curves(*args):
         found = real_curves(*args)
@@ -57,16 +57,18 @@ def plan_with_scaled_errors(dense, target, calibration, seed, table_dir):
         return {root: (removed, errors * (rng.lognormal(0.0, SIGMA) if seed else 1.0))
                 for root, (removed, errors) in found.items()}
 
-    def planned(*args):
-        seen["plan"] = real_planned(*args)
-        return seen["plan"]
+    def candidates(*args):
+        found = real_candidates(*args)
+        seen["plan"] = found[0][1]
+        return found
 
-    search.removal_curves, search._planned = curves, planned
+    # the greedy plan on the scaled errors only: the plans this study ranks
+    search.removal_curves, search._candidates, search.PLANS = curves, candidates, ("least summed error",)
     try:
         model, plan = rgp_keras.prune_for_latency(dense, target, calibration_data=calibration, cache_dir=table_dir,
                                                   verbose=0)
     finally:
-        search.removal_curves, search._planned = real_curves, real_planned
+        search.removal_curves, search._candidates, search.PLANS = real_curves, real_candidates, real_plans
     found = seen["plan"][1]
     spent = sum(float(seen["costs"][root][found.spaces.width(root) - count]) for root, count in found.counts.items())
     return model, plan, spent

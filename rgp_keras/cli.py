@@ -161,7 +161,7 @@ def _plan(args):
         pruned.save(args.output)
     if args.json:
         return _print_json(target=plan.target, dense_ms=plan.dense_ms, predicted_ms=plan.predicted_ms,
-                           threads=plan.threads, layers=plan.rows, output=args.output)
+                           threads=plan.threads, layers=plan.rows, plans=list(plan.candidates), output=args.output)
     print(plan)
     if args.output is not None:
         print(f"-> {args.output}")

@@ -12,7 +12,8 @@ import pytest
 from rgp_keras import LatencyPlan, prune_for_latency, prune_regular_graph, pruning_summary, strip_pruning
 from rgp_keras.masking.selection import layer_macs
 from rgp_keras.plan.latency import LatencyTable, predict_latency
-from rgp_keras.plan.search import _graphs, time_plan_segments
+from rgp_keras.data_aware.reconstruct import HOLD_OUT
+from rgp_keras.plan.search import PLANS, _graphs, time_plan_segments
 
 layers = keras.layers
 
@@ -88,6 +89,21 @@ def test_the_plan_meets_the_target_and_residual_producers_share_their_width(tmp_
     assert "sensitivity" in text and f"target {target}" in text and f"{plan.predicted_ms:.3f} ms" in text
     summary = str(pruning_summary(pruned))
     assert "planned" in summary and "channels chosen by prune_for_latency" in summary
+
+
+def test_whole_plans_are_judged_by_the_output_error_on_held_out_samples_and_the_nearest_is_returned(tmp_path):
+    model, x = residual(), images((12, 12, 3))
+    pruned, plan = prune_for_latency(model, 0.4, calibration_data=x, cache_dir=tmp_path, verbose=0)
+    assert [row["plan"] for row in plan.candidates] == list(PLANS)  # three different plans on this model
+    for row in plan.candidates:  # each corrected to the budget
+        assert abs(row["predicted"] - 0.4) <= 0.05 * 0.4 and row["output_error"] > 0
+    (chosen,) = [row for row in plan.candidates if row["chosen"]]
+    assert chosen["output_error"] == min(row["output_error"] for row in plan.candidates)
+    assert plan.predicted_ms / plan.dense_ms == pytest.approx(chosen["predicted"])
+    held = x[HOLD_OUT - 1 :: HOLD_OUT]  # the samples the refits hold out
+    dense, thin = model.predict(held, verbose=0), pruned.predict(held, verbose=0)
+    assert np.sum((thin - dense) ** 2) / np.sum(dense**2) == pytest.approx(chosen["output_error"], rel=1e-3)
+    assert f"* {chosen['plan']}: {chosen['predicted']:.3f} x dense" in str(plan)
 
 
 def test_free_channels_go_first_and_a_channel_that_costs_accuracy_only_when_needed():
