@@ -33,8 +33,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras
 from _results import append, done_rows
-from tradeoff import (MODELS, accuracy, calibration_images, chosen_rates, dense_keras_file, fashion_mnist, planned,
-                      probed, row_file, trained)
+from tradeoff import (
+    MODELS,
+    accuracy,
+    calibration_images,
+    chosen_rates,
+    dense_keras_file,
+    fashion_mnist,
+    planned,
+    probed,
+    row_file,
+    trained,
+)
 
 import rgp_keras
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from rgp_keras import LatencyPlan, prune_for_latency, prune_regular_graph, pruning_summary, strip_pruning
+from rgp_keras.data_aware.reconstruct import HOLD_OUT
 from rgp_keras.masking.selection import layer_macs
 from rgp_keras.plan.latency import LatencyTable, predict_latency
-from rgp_keras.data_aware.reconstruct import HOLD_OUT
 from rgp_keras.plan.search import PLANS, _graphs, time_plan_segments
 
 layers = keras.layers
