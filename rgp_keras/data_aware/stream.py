@@ -14,7 +14,9 @@ whose inputs equal the reference's (upstream of every change) is not run twice,
 and the reference runs one call ahead, so that an observer sees the dense
 layer's outputs (a refit's targets) without computing them again. A pass over
 several batches is traced once (`tf.function`, `jax.jit`) and returns what its
-observers and the next cut need.
+observers and the next cut need; a pass is also cut where what it returns for
+its observers would pass `OBSERVED_BYTES` a batch (the observed tensors of a
+traced call are all alive when it returns).
 """
 
 import collections
@@ -34,6 +36,9 @@ from rgp_keras.model_walk import is_rgp_wrapper, is_tf_keras, run_call, to_numpy
 _TRACED_FROM = 3
 # Bytes of arrays a Store keeps in memory before it writes the rest to disk.
 MEMORY_BYTES = 1 << 29
+# Bytes of the observed tensors one batch of a pass returns at once (every input of every observed layer, when
+# nothing changes on the way: 1.5 GB for ResNet50 at its default batch); beyond, the pass is cut.
+OBSERVED_BYTES = 1 << 29
 
 
 class Store:
@@ -178,21 +183,34 @@ def walk(calls, reference, calibration, visit, *, rows=None, progress=None):
     """
     paired = reference.calls if reference is not None else [None] * len(calls.calls)
     same = _same_as_reference(calls, reference)
-    pending, cut = [], _Frontier(calls, reference, same)
+    pending, cut, observed = [], _Frontier(calls, reference, same), 0
     batches = _Batches(calibration, rows)
     for index, (call, reference_call) in enumerate(zip(calls.calls, paired)):
         changed = reference is not None and not all(key in same for key in call.inputs)
         observer = visit(call, reference_call, changed)
         if observer is not None:
+            size = calibration.batch_size * _observed_bytes(calls, call, reference, reference_call)
+            if pending and observed + size > OBSERVED_BYTES:  # the tensors a batch's call returns, bounded
+                cut = _run_pass(calls, reference, batches, cut, pending[-1][0], pending, progress)
+                pending, observed = [], 0
             pending.append((index, observer))
+            observed += size
             if observer.changes:
                 cut = _run_pass(calls, reference, batches, cut, index, pending, progress)
-                pending = []
+                pending, observed = [], 0
     if pending:
         cut = _run_pass(calls, reference, batches, cut, pending[-1][0], pending, progress)
     cut.close()
     if progress is not None:
         progress.update(len(calls.calls), finalize=True)
+
+
+def _observed_bytes(calls, call, reference, reference_call):
+    """Bytes per sample an observer of `call` is given (its inputs, and the reference call's inputs and outputs)."""
+    keys = [(calls, key) for key in call.inputs]
+    if reference_call is not None:
+        keys += [(reference, key) for key in (*reference_call.inputs, *reference_call.outputs)]
+    return sum(4 * math.prod(d or 1 for d in owner.shapes[key][1:]) for owner, key in keys)
 
 
 def _same_as_reference(calls, reference):
