@@ -174,7 +174,7 @@ def prune_for_latency(model, target, *, calibration_data, threads=1, layers=None
         pruned = _applied(model, spaces, held, kept_channels(spaces, order, search.counts), search, criterion,
                           calibration, notes, fit, verbose)
         judged.append((output_error(model, pruned, calibration), name, predicted, rows, pruned))
-    # a plan predicted over the budget would win by being slower; the least summed error's is always judged
+    # a plan predicted over the budget would win by being slower (none within it: the least summed error's)
     fair = [plan for plan in judged if plan[2].total_ms <= budget * (1 + _TOLERANCE)] or judged[:1]
     error, name, predicted, rows, pruned = min(fair, key=lambda plan: plan[0])
     candidates = [{"plan": other, "predicted": float(ms.total_ms / dense.total_ms), "output_error": float(value),
