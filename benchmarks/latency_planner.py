@@ -175,6 +175,9 @@ def report():
         lines.append(f"| {row['model']} | {row['target']} | {row['method']} | {row['widths']} | "
                      f"{row['predicted_ratio']} | {row['measured_ratio']} | {off:.3f} | {percent(row['accuracy'])} | "
                      f"{percent(row['accuracy_ft'])} | {row['seconds'] or ''} |")
+    lines += ["", "The whole plans each planner row judged (predicted x dense, output error on held-out calibration "
+              "samples; * returned):"]
+    lines += [f"- {row['model']} {row['target']}: {row['plan']}" for row in rows if row.get("plan")]
     lines += ["", "Seconds in the planner's LiteRT timing (table s) of its whole call (planner s); the first "
               "MobileNetV2 row starts from an empty table (the dense model and 4 uniform widths, then the plans):"]
     lines += [f"- {row['model']} {row['target']}: {float(row['table_seconds']):.0f} of {float(row['seconds']):.0f} s"
