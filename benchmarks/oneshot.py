@@ -278,7 +278,7 @@ def cost():
         "streamed in batches of `calibration_batch_size`, default) on Keras applications at 224x224x3 "
         "(`weights=None`), x uniform in [-1, 1]; each row a process of its own on an otherwise idle 2-core "
         "machine, CPU only. Peak memory is the process's peak resident set (ru_maxrss); 'before' is the same "
-        "after building the model and x (x alone is 0.6 GB per 1000 images). Beyond 512 MB, the tensors kept "
+        "after building the model and x (x alone is 0.6 GB per 1000 images). Beyond 256 MB, the tensors kept "
         "between passes are written to a temporary folder.", "",
         "| model | images | batch | masked layers | layers refit | seconds | goal | peak GB | goal | GB before "
         "| met |", "|---|---|---|---|---|---|---|---|---|---|---|",

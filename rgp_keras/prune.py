@@ -115,7 +115,7 @@ def prune_regular_graph(
             usually not) and every input is floating-point; 0: none.
         calibration_batch_size: samples that run through the model together.
             Every statistic is summed batch by batch and datasets and
-            generators are read once and kept on disk beyond 512 MB, so memory
+            generators are read once and kept on disk beyond 256 MB, so memory
             is bounded by a batch, not by the number of samples. Default:
             as many as keep a batch of the model's largest activation within
             128 MB (27 images for MobileNetV2 at 224x224).

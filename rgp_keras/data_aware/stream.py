@@ -35,7 +35,7 @@ from rgp_keras.model_walk import is_rgp_wrapper, is_tf_keras, run_call, to_numpy
 # Batches from which a pass is traced (tf.function, jax.jit): on fewer, tracing costs more than it saves.
 _TRACED_FROM = 3
 # Bytes of arrays a Store keeps in memory before it writes the rest to disk.
-MEMORY_BYTES = 1 << 29
+MEMORY_BYTES = 1 << 28
 # Bytes of the observed tensors one batch of a pass returns at once (every input of every observed layer, when
 # nothing changes on the way: 1.5 GB for ResNet50 at its default batch); beyond, the pass is cut.
 OBSERVED_BYTES = 1 << 29
