@@ -113,9 +113,11 @@ def prune_for_latency(model, target, *, calibration_data, threads=1, layers=None
     Latencies come from `predict_latency`'s table (this machine's, measured
     once and kept in `cache_dir`, or `latency_table` measured on the target
     with `rgp bench-layers`); the accuracy cost of each width from the
-    calibration data (see the module). The model is then thinned as
-    `prune_channels` does, RGP-masked where planned, and refit in one pass
-    over the calibration data; it is ready for `fit` and `export_tflite`.
+    calibration data (see the module). Three whole plans (the search's, one
+    width for all, halfway between) are each thinned as `prune_channels`
+    does, RGP-masked where planned and refit in one pass over the calibration
+    data; the one whose outputs stay nearest the dense model's on the held-out
+    calibration samples is returned, ready for `fit` and `export_tflite`.
 
     Args:
         model: a built Keras 3 functional or Sequential model (not modified).
