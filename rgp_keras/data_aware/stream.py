@@ -206,7 +206,8 @@ def walk(calls, reference, calibration, visit, *, rows=None, progress=None):
 
 
 def _observed_bytes(calls, call, reference, reference_call):
-    """Bytes per sample an observer of `call` is given (its inputs, and the reference call's inputs and outputs)."""
+    """Bytes per sample (float32) an observer of `call` is given: its inputs, and the reference call's inputs and
+    outputs."""
     keys = [(calls, key) for key in call.inputs]
     if reference_call is not None:
         keys += [(reference, key) for key in (*reference_call.inputs, *reference_call.outputs)]
