@@ -309,3 +309,55 @@ def test_verbose_shows_a_progress_bar_or_nothing(verbose, shown, capsys):
 def test_bad_verbose_says_what_is_accepted():
     with pytest.raises(ValueError, match=r'`verbose` must be "auto" .*, 0 or 1, got 2'):
         prune_regular_graph(teacher(), degree=4, nodes=16, verbose=2)
+
+
+@pytest.mark.parametrize("first", range(6))
+def test_the_ridge_walk_ends_where_trying_every_ridge_does(first, monkeypatch):
+    from rgp_keras.data_aware import reconstruct
+
+    rng = np.random.default_rng(first)
+    features, outputs = 40, 3
+    weights = rng.normal(size=(features + 1, outputs))
+    fit, held_out = reconstruct._Normal(features, outputs), reconstruct._Normal(features, outputs)
+    for sums, rows in ((fit, 60), (held_out, 200)):  # few rows per feature: the held-out error has a valley
+        x = rng.normal(size=(rows, features))
+        y = np.concatenate([x, np.ones((rows, 1))], axis=1) @ weights + rng.normal(size=(rows, outputs))
+        sums.add(x.astype("float32"), y.astype("float32"))
+    inputs, columns, start = np.arange(features + 1), np.arange(outputs), np.zeros((features + 1, outputs))
+    error = held_out.errors(inputs, columns)
+    every = [error(reconstruct._ridge_solve(fit, inputs, columns, ridge, start)) for ridge in reconstruct._RIDGE]
+    assert 0 < np.argmin(every) < len(every) - 1  # a valley inside the range
+    solves = []
+    counted = lambda *arguments: solves.append(1) or solve(*arguments)
+    solve = reconstruct._solve
+    monkeypatch.setattr(reconstruct, "_solve", counted)
+    best_error, best = reconstruct._best_ridge(fit, inputs, columns, start, error, first)
+    assert best == np.argmin(every) and best_error == pytest.approx(min(every))
+    assert len(solves) <= abs(first - best) + 3  # the start, down the valley, one step past it on each side
+
+
+def test_the_engine_runs_numpy_and_scipy_blas_on_one_thread():
+    from threadpoolctl import threadpool_info
+
+    from rgp_keras.data_aware import stream
+    from rgp_keras.data_aware.calibration import Calibration
+    from rgp_keras.model_walk import layer_calls
+
+    seen = []
+
+    class Threads(stream.Observer):
+        changes = False
+
+        def add(self, start, inputs, reference_inputs, reference_outputs):
+            seen.extend(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
+
+        def finish(self):
+            pass
+
+    model = teacher()
+    x = np.random.default_rng(0).normal(size=(8, 8, 8, 4)).astype("float32")
+    before = [pool["num_threads"] for pool in threadpool_info()]
+    stream.walk(layer_calls(model), None, Calibration(x, [(None, 8, 8, 4)], ["x"], batch_size=4),
+                lambda call, reference_call, changed: Threads() if call.layer is model.layers[-1] else None)
+    assert seen and set(seen) == {1}
+    assert [pool["num_threads"] for pool in threadpool_info()] == before  # the user's settings come back
