@@ -19,8 +19,8 @@ import itertools
 import math
 import warnings
 
-import numpy as np
 import keras
+import numpy as np
 import scipy.linalg
 from keras import ops
 
