@@ -23,7 +23,7 @@ import numpy as np
 import scipy.linalg
 
 from rgp_keras.data_aware.reconstruct import add_gram, column_sums, kernel_rows, unsupported_reason
-from rgp_keras.data_aware.stream import Observer, one_blas_thread, walk
+from rgp_keras.data_aware.stream import Observer, blas_threads, walk
 from rgp_keras.masking.layer_types import layer_type
 from rgp_keras.model_walk import to_numpy
 
@@ -55,7 +55,7 @@ def least_squares_order(spaces, roots, keep, calibration):
     return {root: order for root, (order, _) in removal_curves(spaces, roots, keep, calibration).items()}
 
 
-@one_blas_thread  # the greedy's solves too
+@blas_threads(1)  # the greedy's solves too, as in `walk`
 def removal_curves(spaces, roots, keep, calibration):
     """root -> (its channels in the order the data-aware criterion removes them, down to `keep[root]` kept;
     the error the refit cannot recover after each removal, summed over the space's consumers, each relative

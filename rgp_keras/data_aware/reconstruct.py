@@ -25,7 +25,7 @@ import scipy.linalg
 from keras import ops
 
 from rgp_keras.data_aware.calibration import MIX_BELOW
-from rgp_keras.data_aware.stream import Observer, walk
+from rgp_keras.data_aware.stream import BLAS_THREADED_FROM, Observer, blas_threads, walk
 from rgp_keras.masking.layer_types import REGISTRY, layer_type
 from rgp_keras.model_walk import is_rgp_wrapper, layer_calls, leaves, to_numpy
 
@@ -259,7 +259,8 @@ def transposed_product(a, b=None):
     b = a if b is None else b
     if _on_cpu(a):
         a = to_numpy(a)
-        return (a.T @ (a if b is a else to_numpy(b))).astype(np.float64)
+        with blas_threads(None if math.prod(a.shape) * b.shape[1] >= BLAS_THREADED_FROM else 1):
+            return (a.T @ (a if b is a else to_numpy(b))).astype(np.float64)
     return _numpy64(ops.matmul(ops.transpose(a), b))
 
 

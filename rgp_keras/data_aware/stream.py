@@ -29,7 +29,6 @@ import tempfile
 import weakref
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from rgp_keras.model_walk import is_rgp_wrapper, is_tf_keras, run_call, to_numpy
 
@@ -165,14 +164,36 @@ class Observer:
         raise NotImplementedError
 
 
-# numpy's and scipy's BLAS (two OpenBLAS pools) on the calling thread alone, while the engine runs: idle pool
-# workers spin after each call, and the engine alternates both pools with the backend's own threads and with
-# single-threaded numpy copies. On 2 cores two BLAS threads made the demo's data-aware step 1.6x slower (its
-# Cholesky factorisations 2.7x, its copies 2x) and MobileNetV2 / EfficientNetB0 at 512 images 1.12x.
-one_blas_thread = threadpool_limits.wrap(limits=1, user_api="blas")
+_BLAS = []  # threadpoolctl's controller of numpy's and scipy's BLAS and their threads when it was made
 
 
-@one_blas_thread
+@contextlib.contextmanager
+def blas_threads(threads=None):
+    """A context (or decorator) in which numpy's and scipy's BLAS (two OpenBLAS pools) run on `threads`
+    threads (None: as many as they had when rgp_keras first set them).
+
+    The engine runs with one (`walk`): idle pool workers spin after each
+    call, and the engine alternates both pools with the backend's own threads
+    and with single-threaded numpy copies. On 2 cores two BLAS threads made
+    the demo's data-aware step 1.6x slower (its Cholesky factorisations 2.7x,
+    its copies 2x) and MobileNetV2 / EfficientNetB0 at 512 images 1.12x; only
+    the largest X^T X products (`BLAS_THREADED_FROM`) take every thread."""
+    if not _BLAS:
+        from threadpoolctl import ThreadpoolController
+
+        controller = ThreadpoolController().select(user_api="blas")
+        _BLAS[:] = controller, max((pool.num_threads for pool in controller.lib_controllers), default=1)
+    controller, default = _BLAS
+    with controller.limit(limits=threads or default):
+        yield
+
+
+# Multiply-adds of a product from which its BLAS call takes every thread (the README's 576- and 1152-feature X^T X
+# over 200k and 50k rows: 1.1x faster for the whole call, a one-off probe).
+BLAS_THREADED_FROM = 5e8
+
+
+@blas_threads(1)
 def walk(calls, reference, calibration, visit, *, rows=None, progress=None):
     """Stream `calibration` through a model's `calls` (`LayerCalls`) and, call by call beside them, `reference`'s.
 
