@@ -597,9 +597,9 @@ def _best_ridge(sums, inputs, columns, start, error, first):
     """(error, index into `_RIDGE`) of the ridge solution (`_solve`; lambda = ridge x mean diagonal of X^T X)
     with the least `error` (on held-out rows), walking down the error from `_RIDGE[first]` to a minimum.
 
-    A Cholesky factorisation per ridge tried: three where the walk starts at the minimum, where trying all six
-    cost twice that (2.0 s of the demo's 7.8 s data-aware step, profiled); the held-out error over the ridge is a valley
-    in all but 1 of the 146 groups of the README's and the demo's models (a one-off probe)."""
+    A Cholesky factorisation per ridge tried: three where the walk starts at the minimum (trying all six took
+    2.0 s of the demo's 7.8 s data-aware step, profiled). The held-out error over the ridge is a valley in all
+    but 1 of the 146 groups of the README's and the demo's models (a one-off probe)."""
     block, cross = sums.gram[np.ix_(inputs, inputs)], sums.cross[np.ix_(inputs, columns)]
     errors = {}
 
