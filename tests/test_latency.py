@@ -70,7 +70,7 @@ def test_prediction_sums_the_segments_and_a_second_call_measures_nothing(measure
     assert not counted and again.total_ms == first.total_ms
     (table,) = folder.glob("*.json")
     assert "1threads" in table.name and "ai-edge-litert" in table.name
-    assert len(json.loads(table.read_text())["entries"]) == 7 + 1
+    assert len(json.loads(table.read_text())["entries"]) == 7 + 1 + 1  # + the whole file: faster than 1 ms
     assert "total" in str(first) and first.segments[0][0] in str(first)
 
 
@@ -89,7 +89,28 @@ def test_a_thinner_model_is_predicted_faster(tmp_path):
     pruned = prune_regular_graph(model, sparsity=0.5, nodes=4, seed=0)
     masked = predict_latency(pruned, cache_dir=tmp_path, verbose=0)
     assert [name for name, _ in masked.segments] == [name.replace("wide", "rgp_wide") for name, _ in dense.segments]
-    assert len(LatencyTable.default(cache_dir=tmp_path).entries) == 2 * len(dense.segments) + 1 + 1  # + compact
+    segments = [key for key in LatencyTable.default(cache_dir=tmp_path).entries if "whole file" not in key]
+    assert len(segments) == 2 * len(dense.segments) + 1 + 1  # + compact
+
+
+def test_a_file_faster_than_1_ms_is_timed_whole_once(tmp_path, monkeypatch):
+    model = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(8, 3), layers.GlobalAveragePooling2D(),
+                              layers.Dense(4)])
+    timed = []
+
+    def time(self, models, bar):  # each segment 0.1 ms, a file's call 0.01 ms, the whole file 0.5 ms
+        timed.extend(models)
+        return [0.5 if model in whole else 0.01 if len(model.layers) == 1 else 0.1 for model in models]
+
+    whole = [model]
+    monkeypatch.setattr(LatencyTable, "_time", time)
+    prediction = predict_latency(model, cache_dir=tmp_path, verbose=0)
+    assert model in timed and prediction.total_ms == pytest.approx(0.5)  # not 0.01 + 3 x 0.09
+    assert sum(ms for _, ms in prediction.segments) == pytest.approx(0.49)  # the segments' shares of it
+    timed.clear()
+    renamed = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(8, 3), layers.GlobalAveragePooling2D(),
+                                layers.Dense(4)])
+    assert predict_latency(renamed, cache_dir=tmp_path, verbose=0).total_ms == pytest.approx(0.5) and not timed
 
 
 def test_a_table_from_another_machine_is_used_and_never_extended(measured, tmp_path, counted, capsys, monkeypatch):
