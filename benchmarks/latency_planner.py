@@ -7,7 +7,8 @@ For each model and target (the pruned file's latency over the dense file's: 0.5,
   (CNN and IRN only).
 The `plan` column lists the whole plans the planner judged (predicted ratio, output error on held-out
 calibration samples; * the one returned). The CNN rows "planner, least summed error only" and "uniform, at its
-latency" were measured before the planner judged whole plans (it returned the least summed error's).
+latency" were measured before the planner judged whole plans (it returned the least summed error's); the rows
+"..., segment sums" before files predicted under 1 ms were timed whole (their prediction summed segments).
 Each is exported (float LiteRT) and timed against the dense file (ROUNDS alternating rounds, medians, 1 thread),
 its test accuracy measured one-shot and after FT_EPOCHS epoch(s) of fine-tuning (Adam, cosine decay, the rate
 the tradeoff benchmark's probe chose for "channels data-aware + FT").
@@ -21,9 +22,9 @@ skipped. Writes results/latency_planner.csv and .md.
 """
 
 import argparse
+import math
 import os
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -57,13 +58,12 @@ FT_EPOCHS = 1
 
 
 def measured_ratio(model, dense_path, folder):
+    """The pruned file's time over the dense file's: ROUNDS alternating rounds, each of >= 30 runs and >= 10 ms
+    of the dense file."""
     path = os.path.join(folder, "pruned.tflite")
     rgp_keras.export_tflite(model, path)
-    ratios = []
-    for _ in range(ROUNDS):
-        base = rgp_keras.benchmark_tflite(dense_path, threads=1)["median_ms"]
-        ratios.append(rgp_keras.benchmark_tflite(path, threads=1)["median_ms"] / base)
-    return statistics.median(ratios)
+    runs = max(30, math.ceil(10 / rgp_keras.benchmark_tflite(dense_path, threads=1)["median_ms"]))
+    return rgp_keras.compare_tflite([dense_path, path], threads=1, rounds=ROUNDS, runs=runs)[1]["ratio"]
 
 
 def uniform_width(dense, predicted_ms, cache_dir):
