@@ -8,7 +8,8 @@ For each model and target (the pruned file's latency over the dense file's: 0.5,
 The `plan` column lists the whole plans the planner judged (predicted ratio, output error on held-out
 calibration samples; * the one returned). The CNN rows "planner, least summed error only" and "uniform, at its
 latency" were measured before the planner judged whole plans (it returned the least summed error's); the rows
-"..., segment sums" before files predicted under 1 ms were timed whole (their prediction summed segments).
+"..., segment sums" before files predicted under 1 ms were timed whole (their prediction summed segments),
+"..., whole files in 3 rounds" while such files were timed in 3 rounds (now 9, each its own interpreter).
 Each is exported (float LiteRT) and timed against the dense file (ROUNDS alternating rounds, medians, 1 thread),
 its test accuracy measured one-shot and after FT_EPOCHS epoch(s) of fine-tuning (Adam, cosine decay, the rate
 the tradeoff benchmark's probe chose for "channels data-aware + FT").

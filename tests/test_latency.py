@@ -98,7 +98,7 @@ def test_a_file_faster_than_1_ms_is_timed_whole_once(tmp_path, monkeypatch):
                               layers.Dense(4)])
     timed = []
 
-    def time(self, models, bar):  # each segment 0.1 ms, a file's call 0.01 ms, the whole file 0.5 ms
+    def time(self, models, bar, rounds=3):  # each segment 0.1 ms, a file's call 0.01 ms, the whole file 0.5 ms
         timed.extend(models)
         return [0.5 if model in whole else 0.01 if len(model.layers) == 1 else 0.1 for model in models]
 
@@ -118,7 +118,7 @@ def test_a_table_from_another_machine_is_used_and_never_extended(measured, tmp_p
     path = tmp_path / "board.json"
     shutil.copy(next(measured[0].glob("*.json")), path)  # as if `rgp bench-layers` had run on the board
     # what bench-layers adds (widths, RGP kernels) is converted but not timed here: the docs' CLI lines time it
-    monkeypatch.setattr(LatencyTable, "_time", lambda self, models, bar: [1.0] * len(models))
+    monkeypatch.setattr(LatencyTable, "_time", lambda self, models, bar, rounds=3: [1.0] * len(models))
     assert main(["bench-layers", "--json", str(_saved(model, tmp_path)), "-o", str(path)]) == 0
     assert json.loads(capsys.readouterr().out)["total_ms"] == pytest.approx(measured[1].total_ms)
     counted.clear()  # (bench-layers also timed the widths and RGP kernels prune_for_latency plans with)
@@ -168,7 +168,8 @@ def test_a_corrupt_cache_is_measured_again_with_a_warning_and_an_unwritable_one_
                                                                                           monkeypatch):
     folder, first, converted = measured
     (cached,) = folder.glob("*.json")
-    monkeypatch.setattr(LatencyTable, "_time", lambda self, models, bar: [1.0] * len(models))  # (not timed again)
+    # (not timed again)
+    monkeypatch.setattr(LatencyTable, "_time", lambda self, models, bar, rounds=3: [1.0] * len(models))
     for broken in ("{not json", json.dumps({"threads": 1, "machine": {}, "entries": {"a": "fast"}})):
         (tmp_path / cached.name).write_text(broken)
         counted = _count_conversions(monkeypatch)

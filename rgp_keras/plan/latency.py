@@ -36,6 +36,9 @@ _FUSED = ("BatchNormalization", "ReLU", "Activation", "Dropout", "SpatialDropout
           "GaussianNoise", "GaussianDropout", "AlphaDropout")
 _RUNS, _WARMUP, _ROUNDS = 20, 3, 3
 _ROUND_MS = 10  # a file's round of runs lasts at least this long (more runs for files faster than 0.5 ms)
+# Rounds of a whole file's timing, each with an interpreter of its own: one tiny file's medians varied by +-7 %
+# between interpreters (0.31-0.35 ms for the dense CNN; a one-off probe), and a plan is the ratio of two of them.
+_WHOLE_ROUNDS = 9
 # Files whose segments sum to less are timed whole: on the benchmark CNN (0.06-0.35 ms files: dense, and thinned
 # uniformly to 0.3-0.8 of its width) the sums were 0.80-1.07x the whole files' times, so the thinned files' ratios
 # to the dense one were off by up to 26 %; segments timed 20x longer summed to 0.88-1.10x (a one-off probe): what
@@ -146,12 +149,12 @@ class LatencyTable:
         if key not in self.entries:
             if not self.is_local:
                 return None
-            self.entries[key] = self._time([model], None)[0]
+            self.entries[key] = self._time([model], None, rounds=_WHOLE_ROUNDS)[0]
             self.save()
         return self.entries[key]
 
-    def _time(self, models, bar):
-        """Each model's LiteRT latency (ms): converted once, then every file timed in each of _ROUNDS rounds in
+    def _time(self, models, bar, rounds=_ROUNDS):
+        """Each model's LiteRT latency (ms): converted once, then every file timed in each of `rounds` rounds in
         turn (a slower spell of the machine is shared out), the median of its rounds."""
         with tempfile.TemporaryDirectory() as folder:
             paths = []
@@ -160,7 +163,7 @@ class LatencyTable:
                 _export(model, paths[-1], self.threads)
                 if bar is not None:
                     bar.update(number + 1)
-            times = [[_time_file(path, self.threads) for path in paths] for _ in range(_ROUNDS)]
+            times = [[_time_file(path, self.threads) for path in paths] for _ in range(rounds)]
         return [statistics.median(column) for column in zip(*times)]
 
     @property
