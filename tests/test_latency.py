@@ -122,12 +122,15 @@ def test_a_table_from_another_machine_is_used_and_never_extended(measured, tmp_p
     assert main(["bench-layers", "--json", str(_saved(model, tmp_path)), "-o", str(path)]) == 0
     assert json.loads(capsys.readouterr().out)["total_ms"] == pytest.approx(measured[1].total_ms)
     counted.clear()  # (bench-layers also timed the widths and RGP kernels prune_for_latency plans with)
-    here = measured[1].total_ms
     stored = json.loads(path.read_text())
     stored["machine"] = {"litert": "ai-edge-litert 2.3.0", "cpu": "Cortex-A76"}
+    path.write_text(json.dumps(stored))
+    call = stored["entries"]["invoke"]  # segment sums, though the board timed the whole file: so are its plans
+    summed = call + sum(stored["entries"][segment.key] - call for segment in model_segments(model))
+    assert predict_latency(model, table=path, verbose=0).total_ms == pytest.approx(summed)
     stored["entries"] = {key: 2 * ms for key, ms in stored["entries"].items()}  # a slower board
     path.write_text(json.dumps(stored))
-    assert predict_latency(model, table=path, verbose=0).total_ms == pytest.approx(2 * here)
+    assert predict_latency(model, table=path, verbose=0).total_ms == pytest.approx(2 * summed)
     assert not counted  # nothing measured here
     wider = keras.Sequential([keras.Input((16, 16, 3)), layers.Conv2D(48, 3)])
     with pytest.raises(ValueError, match=r"measured on .*Cortex-A76.*lacks 1 segment.*rgp bench-layers"):

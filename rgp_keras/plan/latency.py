@@ -141,14 +141,14 @@ class LatencyTable:
         return len(missing)
 
     def whole_ms(self, model, segments):
-        """The time of `model`'s whole file (its `segments`), timed once and kept; None where it is not in the
-        table and cannot be timed here (a table from another machine)."""
+        """The time of `model`'s whole file (its `segments`), timed once and kept; None with a table from
+        another machine (the plans made with it cannot be timed whole: its sums of segments serve throughout)."""
+        if not self.is_local:
+            return None
         made = {key: index for index, segment in enumerate(segments) for key in segment.calls[-1].outputs}
         wiring = [[made.get(key, -1) for key in segment.calls[0].inputs] for segment in segments]
         key = json.dumps(["whole file", [segment.key for segment in segments], wiring])
         if key not in self.entries:
-            if not self.is_local:
-                return None
             self.entries[key] = self._time([model], None, rounds=_WHOLE_ROUNDS)[0]
             self.save()
         return self.entries[key]
