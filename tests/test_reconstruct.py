@@ -327,10 +327,8 @@ def test_the_ridge_walk_ends_where_trying_every_ridge_does(first, monkeypatch):
     error = held_out.errors(inputs, columns)
     every = [error(reconstruct._ridge_solve(fit, inputs, columns, ridge, start)) for ridge in reconstruct._RIDGE]
     assert 0 < np.argmin(every) < len(every) - 1  # a valley inside the range
-    solves = []
-    counted = lambda *arguments: solves.append(1) or solve(*arguments)
-    solve = reconstruct._solve
-    monkeypatch.setattr(reconstruct, "_solve", counted)
+    solves, solve = [], reconstruct._solve
+    monkeypatch.setattr(reconstruct, "_solve", lambda *arguments: solves.append(1) or solve(*arguments))
     best_error, best = reconstruct._best_ridge(fit, inputs, columns, start, error, first)
     assert best == np.argmin(every) and best_error == pytest.approx(min(every))
     assert len(solves) <= abs(first - best) + 3  # the start, down the valley, one step past it on each side
