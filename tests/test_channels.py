@@ -1,5 +1,7 @@
 """The width axis: channel spaces (rgp_keras/channels/spaces.py), criteria and prune_channels."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -168,6 +170,29 @@ def test_a_macs_target_is_met_and_the_unreachable_one_names_the_smallest():
     assert 0.25 <= kept <= 0.3
     with pytest.raises(InputValueError, match=r"`macs` 0.001 is below what this model can reach.*macs >= 0\.0"):
         prune_channels(model, macs=0.001)
+
+
+def test_a_macs_target_with_data_spends_it_where_channels_matter_and_names_the_plan_chosen():
+    # the first hidden space holds 16 copies (least squares loses nothing without them), the second does not:
+    # per-space widths keep more of the second than one width for all, at the same MACs
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16,))
+    hidden = layers.Dense(32)
+    outputs = layers.Dense(4)(layers.Dense(32, activation="relu")(hidden(inputs)))
+    model = keras.Model(inputs, outputs)
+    kernel = np.random.default_rng(0).normal(size=(16, 32)).astype("float32")
+    kernel[:, 16:] = 3.0 * kernel[:, :16]
+    hidden.set_weights([kernel, np.zeros(32, "float32")])
+    x, held_out = images(512, (16,)), images(128, (16,), seed=1)
+    thin = prune_channels(model, macs=0.4, calibration_data=x, calibration_mixes=0, verbose=0)
+    uniform = prune_channels(model, keep=17 / 32, calibration_data=x, calibration_mixes=0, verbose=0)
+    assert [layer.units for layer in uniform.layers[1:3]] == [17, 17]  # one width for all at macs=0.4
+    summary = pruning_summary(thin)
+    assert summary.totals["kept_macs"] <= 0.4 * pruning_summary(model).totals["macs"]
+    assert thin.layers[2].units > 17
+    assert relative_error(model, thin, held_out) < 0.75 * relative_error(model, uniform, held_out)
+    assert re.search(r"widths per space for macs=0\.4: (least summed error|halfway) \(the least relative output "
+                     r"error .*one width for all [0-9.]+", summary.criteria[0])
 
 
 def test_the_thin_model_saves_reloads_without_custom_objects_and_exports(tmp_path):

@@ -6,8 +6,19 @@ import keras
 import numpy as np
 
 from rgp_keras._keras_src import is_rebuildable
-from rgp_keras.channels.criteria import l1_norms, least_squares_order
+from rgp_keras.channels.criteria import l1_norms, least_squares_order, removal_curves
 from rgp_keras.channels.spaces import channel_spaces
+from rgp_keras.channels.widths import (
+    CANDIDATE_WIDTHS,
+    NO_MASKS,
+    PLANS,
+    MacCosts,
+    counts_at,
+    kept_share,
+    output_error,
+    plan_makers,
+    uniform_counts_for_macs,
+)
 from rgp_keras.data_aware.reconstruct import reconstruct
 from rgp_keras.data_aware.steps import calibration_set, fewest_rows_per_weight, progress_wanted
 from rgp_keras.errors import InputTypeError, InputValueError
@@ -65,16 +76,50 @@ def prune_channels(model, *, keep=None, macs=None, calibration_data=None, calibr
     progress_wanted(verbose, 0)  # a bad `verbose` fails before any work
     spaces = channel_spaces(model)
     free, held = prunable_spaces(spaces, model, layers)
-    counts = counts_at(spaces, free, keep) if keep is not None else _counts_for_macs(model, spaces, free, macs)
+    counts = counts_at(spaces, free, keep) if keep is not None else uniform_counts_for_macs(model, spaces, free, macs)
     calibration, fit = channel_calibration(model, spaces, free, counts, calibration_data, calibration_samples,
                                            calibration_mixes, calibration_batch_size)
     if calibration is None:
         criterion = "L1 filter norms (no calibration data)"
         kept = {root: np.sort(np.argsort(-l1_norms(spaces, root), kind="stable")[: counts[root]]) for root in free}
-    else:
-        criterion = f"least squares (Optimal Brain Surgeon over channels), refit on {fit}"
+        return thinned_model(model, spaces, kept, held, criterion, None, verbose)
+    criterion = f"least squares (Optimal Brain Surgeon over channels), refit on {fit}"
+    if macs is None:
         kept = kept_channels(spaces, least_squares_order(spaces, free, counts, calibration), counts)
-    return thinned_model(model, spaces, kept, held, criterion, calibration, verbose)
+        return thinned_model(model, spaces, kept, held, criterion, calibration, verbose)
+    return _thinned_for_macs(model, spaces, free, held, counts, macs, calibration, criterion, verbose)
+
+
+def _thinned_for_macs(model, spaces, free, held, uniform, target, calibration, criterion, verbose):
+    """Of the whole plans of per-space widths for `target` of the MACs (`widths.PLANS`; `uniform`: one width for
+    all), the thinned and refit model whose outputs stay nearest the dense model's on held-out calibration
+    samples; its summary's criterion names the plan."""
+    fewest = counts_at(spaces, free, CANDIDATE_WIDTHS[-1])
+    curves = removal_curves(spaces, free, {root: min(count, fewest[root]) for root, count in uniform.items()},
+                            calibration)
+    order = {root: removed for root, (removed, _) in curves.items()}
+    errors = {root: np.concatenate([[0.0], removed]) for root, (_, removed) in curves.items()}
+    costs = MacCosts(model, spaces, free)
+    budget = target * costs.dense
+    plans = {name: make(budget).counts
+             for name, make in plan_makers(spaces, free, errors, costs, [NO_MASKS], budget).items()}
+    plans[PLANS[1]] = uniform  # one width for all: exactly the widths `keep` would give
+    judged, seen = [], []
+    for name in PLANS:
+        if costs.total(plans[name]) > budget or plans[name] in seen:  # the search cannot go below CANDIDATE_WIDTHS
+            continue
+        seen.append(plans[name])
+        thin = thinned_model(model, spaces, kept_channels(spaces, order, plans[name]), held, criterion, calibration,
+                             verbose)
+        judged.append((output_error(model, thin, calibration), name, thin))
+    error, name, thin = min(judged, key=lambda plan: plan[0])
+    others = ", ".join(f"{other} {value:.4g}" for value, other, _ in judged)
+    chosen = (f"{criterion}; widths per space for macs={target:g}: {name} (the least relative output error on "
+              f"held-out calibration samples of: {others})")
+    for layer in leaves(thin):
+        if getattr(layer, "pruned_channels", None):
+            layer.pruned_channels["channels"] = chosen
+    return thin
 
 
 def channel_calibration(model, spaces, free, counts, calibration_data, calibration_samples, calibration_mixes,
@@ -186,63 +231,6 @@ def prunable_spaces(spaces, model, layers):
             "output directly can be thinned."
         )
     return free, held
-
-
-def counts_at(spaces, free, fraction):
-    """root -> the channels kept when each free space keeps `fraction` of them (at least one)."""
-    return {root: max(1, int(round(fraction * spaces.width(root)))) for root in free}
-
-
-def _counts_for_macs(model, spaces, free, target):
-    """Channels kept per space: one fraction for all, the largest whose model keeps at most `target` of its MACs."""
-    costs = _mac_terms(model, spaces)
-    dense = sum(macs for macs, _, _ in costs)
-    total = lambda counts: sum(macs * kept_share(spaces, key, counts) * kept_share(spaces, other, counts)
-                               for macs, key, other in costs)
-    fewest = total({root: 1 for root in free}) / max(dense, 1)
-    if target < fewest:
-        raise InputValueError(
-            f"`macs` {target} is below what this model can reach: with one channel left in every prunable space, "
-            f"the layers that keep their width still hold {fewest:.4f} of the MACs; pass macs >= {fewest:.4f}."
-        )
-    low, high = 0.0, 1.0
-    for _ in range(40):
-        middle = (low + high) / 2
-        if total(counts_at(spaces, free, middle)) <= target * dense:
-            low = middle
-        else:
-            high = middle
-    return counts_at(spaces, free, low if total(counts_at(spaces, free, high)) > target * dense else high)
-
-
-def _mac_terms(model, spaces):
-    """[(MACs per sample, tensor id whose width scales them, another or None)] of every layer with multiply-adds:
-    a kernel's scale with its input and output widths, a depthwise kernel's with its input's."""
-    terms, counted = [], set()
-    for call, role in zip(spaces.calls.calls, spaces.roles):
-        macs, kernel_macs = layer_macs(call.layer, call.layer) if role not in (None, "alias") else (None, None)
-        counted.add(id(call.layer))
-        if not macs:
-            continue
-        if role == "kernel":  # a separable convolution's depthwise part scales with its input only
-            terms += [(kernel_macs, call.inputs[0], call.outputs[0]), (macs - kernel_macs, call.inputs[0], None)]
-        elif role == "channelwise":
-            terms.append((macs, call.inputs[0], None))
-        else:
-            terms.append((macs, None, None))
-    for layer in leaves(model):  # inside nested models: their widths do not change
-        if id(layer) not in counted:
-            terms.append((layer_macs(layer, layer)[0] or 0, None, None))
-    return terms
-
-
-def kept_share(spaces, key, counts):
-    """The share of tensor `key`'s channels kept when each space keeps `counts[root]` (others all)."""
-    if key is None:
-        return 1.0
-    layout = spaces.layouts[key]
-    whole = sum(segment.width for segment in layout)
-    return sum(counts.get(spaces.find(segment.space), segment.width) for segment in layout) / max(whole, 1)
 
 
 def _readers(spaces, free, counts):

@@ -35,7 +35,6 @@ import math
 import warnings
 from typing import NamedTuple
 
-import keras
 import numpy as np
 
 from rgp_keras._checks import check_int
@@ -44,14 +43,22 @@ from rgp_keras.channels.prune import (
     channel_calibration,
     channel_map,
     check_model,
-    counts_at,
     kept_channels,
-    kept_share,
     prunable_spaces,
     thinned_model,
 )
 from rgp_keras.channels.spaces import channel_spaces
-from rgp_keras.data_aware.reconstruct import HOLD_OUT, reconstruct
+from rgp_keras.channels.widths import (
+    CANDIDATE_WIDTHS,
+    NO_MASKS,
+    PLANS,
+    MaskOption,
+    counts_at,
+    kept_share,
+    output_error,
+    plan_makers,
+)
+from rgp_keras.data_aware.reconstruct import reconstruct
 from rgp_keras.data_aware.steps import progress_wanted
 from rgp_keras.errors import InputTypeError, InputValueError
 from rgp_keras.graph import RegularGraph
@@ -62,15 +69,12 @@ from rgp_keras.model_walk import is_rgp_wrapper, leaves
 from rgp_keras.plan.latency import LatencyPrediction, LatencyTable, model_segments, predict_latency, resolve_table
 from rgp_keras.prune import prune_regular_graph
 
-# Widths a space may keep (fractions of its channels), and the uniform widths timed to interpolate between.
-CANDIDATE_WIDTHS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.1875, 0.125)
 # The RGP graphs (nodes, degree) a plan may mask layers with (densities 1/2 and 1/4), on layers whose channel groups
 # are at least _GROUP_WIDTH wide: below that XNNPACK's grouped kernels stop running at their MAC share.
 RGP_GRAPHS = ((4, 2), (8, 2))
 _GROUP_WIDTH = 16
+# The uniform widths timed to interpolate between.
 _TIMED_WIDTHS = (1.0, 0.625, 0.375, 0.125)
-# The whole plans prune_for_latency makes and judges by the model's output error (`_candidates`).
-PLANS = ("least summed error", "one width for all", "halfway")
 # Searches with a corrected budget until the exact prediction is this close to the target (or _SEARCHES ran).
 _TOLERANCE, _SEARCHES = 0.03, 6
 
@@ -164,13 +168,13 @@ def prune_for_latency(model, target, *, calibration_data, threads=1, layers=None
     calibration, fit = channel_calibration(model, spaces, free, fewest, calibration_data, calibration_samples, "auto",
                                            calibration_batch_size)
     curves = removal_curves(spaces, free, fewest, calibration)
-    costs = {root: np.concatenate([[0.0], errors]) for root, (_, errors) in curves.items()}
+    errors = {root: np.concatenate([[0.0], removed]) for root, (_, removed) in curves.items()}
     order = {root: removed for root, (removed, _) in curves.items()}
-    options = [_Masks(None, {}, {}, {})] + [option for graph in _graphs()
-                                            if (option := _masks(model, graph, latency, layers, table, calibration))]
+    options = [NO_MASKS] + [option for graph in _graphs()
+                            if (option := _masks(model, graph, latency, layers, table, calibration))]
     criterion = f"prune_for_latency: least squares (Optimal Brain Surgeon over channels), refit on {fit}"
     judged = []
-    for name, (predicted, search) in _candidates(model, spaces, free, held, order, costs, latency, options, budget,
+    for name, (predicted, search) in _candidates(model, spaces, free, held, order, errors, latency, options, budget,
                                                  table, verbose):
         rows, notes = _plan_rows(spaces, search, held, predicted)
         pruned = _applied(model, spaces, held, kept_channels(spaces, order, search.counts), search, criterion,
@@ -184,21 +188,10 @@ def prune_for_latency(model, target, *, calibration_data, threads=1, layers=None
     return pruned, LatencyPlan(target, dense.total_ms, predicted.total_ms, threads, rows, candidates)
 
 
-def _candidates(model, spaces, free, held, order, costs, latency, options, budget, table, verbose):
-    """[(name, (its `LatencyPrediction`, its `_Search`))] of the whole plans to judge, each corrected to the
-    budget (`_corrected`), duplicates left out: the option (a graph, or none) whose greedy plan costs least on
-    the interpolated latencies; one width for all; halfway between the two."""
-    greedy = min((_Search(spaces, free, costs, latency, option, budget) for option in options),
-                 key=lambda candidate: candidate.cost)
-    widths = {root: spaces.width(root) for root in free}
-    makers = {
-        "least summed error": lambda scaled: _Search(spaces, free, costs, latency, greedy.option, scaled),
-        "one width for all": lambda scaled: _Search(spaces, free, costs, latency, options[0], scaled,
-                                                    shape=dict.fromkeys(free, 1.0)),
-        "halfway": lambda scaled: _Search(spaces, free, costs, latency, greedy.option, scaled,
-                                          shape={root: math.sqrt(greedy.counts[root] / widths[root]) for root in free},
-                                          masked=greedy.masked),
-    }
+def _candidates(model, spaces, free, held, order, errors, latency, options, budget, table, verbose):
+    """[(name, (its `LatencyPrediction`, its `WidthSearch`))] of the whole plans to judge (`plan_makers` on the
+    interpolated latencies), each corrected to the budget (`_corrected`), duplicates left out."""
+    makers = plan_makers(spaces, free, errors, latency, options, budget)
     found, seen = [], set()
     for name in PLANS:
         predicted, search = _corrected(makers[name], model, spaces, held, order, latency, budget, table, verbose)
@@ -209,27 +202,8 @@ def _candidates(model, spaces, free, held, order, costs, latency, options, budge
     return found
 
 
-def output_error(reference, pruned, calibration):
-    """The relative squared error of `pruned`'s outputs against `reference`'s, sum ||f_pruned(x) - f_ref(x)||^2 /
-    sum ||f_ref(x)||^2 over the calibration samples the refits hold out (every `HOLD_OUT`-th; all when there
-    are fewer), averaged over the model's outputs."""
-    squared, energy = 0.0, 0.0  # per output, once the first batch has set their number
-    for start, arrays in calibration.batches(calibration.samples):
-        rows = np.arange(start, start + len(arrays[0]))
-        take = rows % HOLD_OUT == HOLD_OUT - 1 if calibration.samples >= HOLD_OUT else rows >= 0
-        if not take.any():
-            continue
-        inputs = [array[take] for array in arrays]
-        inputs = inputs[0] if len(inputs) == 1 else inputs
-        want, got = ([keras.ops.convert_to_numpy(tensor).astype(np.float64)
-                      for tensor in keras.tree.flatten(model(inputs, training=False))] for model in (reference, pruned))
-        squared = squared + np.array([np.sum((b - a) ** 2) for a, b in zip(want, got)])
-        energy = energy + np.array([np.sum(a**2) for a in want])
-    return float(np.mean(squared / np.maximum(energy, 1e-30)))
-
-
 def _corrected(make, model, spaces, held, order, latency, budget, table, verbose):
-    """(The plan's `LatencyPrediction`, its `_Search`): `make(budget)`'s plan, made again with the budget
+    """(The plan's `LatencyPrediction`, its `WidthSearch`): `make(budget)`'s plan, made again with the budget
     corrected by the exact prediction (on this machine's table) until that is within _TOLERANCE of the budget
     (a correction that would leave the scales already found under and over it halves that bracket); the plan
     predicted nearest it."""
@@ -240,7 +214,8 @@ def _corrected(make, model, spaces, held, order, latency, budget, table, verbose
             shapes = _applied(model, spaces, held, kept_channels(spaces, order, search.counts), search, "", None, {})
             prediction = predict_latency(shapes, threads=table.threads, table=table, verbose=verbose)
         else:
-            prediction = LatencyPrediction(latency.call_ms + sum(search.times), list(zip(latency.names, search.times)))
+            prediction = LatencyPrediction(latency.fixed + sum(search.term_costs),
+                                           list(zip(latency.names, search.term_costs)))
         tried.append((prediction, search))
         ratio = prediction.total_ms / budget
         if abs(ratio - 1) <= _TOLERANCE:
@@ -292,7 +267,8 @@ def _check_target(target):
 
 class _LatencyModel:
     """Each segment's predicted time (ms) as a function of the spaces' kept channel counts, interpolated in its
-    kept MAC share between the uniform widths `_TIMED_WIDTHS`, all timed once into `table`."""
+    kept MAC share between the uniform widths `_TIMED_WIDTHS`, all timed once into `table`: the cost model of
+    the search (`channels.widths.WidthSearch`); `fixed`, the cost of calling a file."""
 
     def __init__(self, model, spaces, free, table, verbose):
         self.spaces = spaces
@@ -306,7 +282,7 @@ class _LatencyModel:
                  for counts in uniform]
         everything = [segment for widths in timed for segment in widths]
         table.measure(everything, progress=progress_wanted(verbose, len(table.missing(everything))))
-        self.call_ms = table.call_ms
+        self.fixed = table.call_ms
         self.curves = []
         for index in range(len(segments)):
             shares = np.array([self.share(index, counts) for counts in uniform])
@@ -325,27 +301,17 @@ class _LatencyModel:
         share = kept_share(self.spaces, outputs, counts)
         return share * kept_share(self.spaces, inputs, counts) if kernel else share
 
-    def ms(self, index, counts):
+    def cost(self, index, counts):
         shares, times = self.curves[index]
         return float(np.interp(self.share(index, counts), shares, times))
 
     def total(self, counts):
-        return self.call_ms + sum(self.ms(index, counts) for index in range(len(self.sides)))
+        return self.fixed + sum(self.cost(index, counts) for index in range(len(self.sides)))
 
 
 def _first(counts):
     """root -> its first `counts[root]` channels: a thinned model's shapes (which channels does not matter)."""
     return {root: np.arange(count) for root, count in counts.items()}
-
-
-class _Masks(NamedTuple):
-    """RGP as an option of the search: `graph` (None: no RGP), and per segment index of a layer it may mask, the
-    masked segment's ms, the masked layer's relative output error after the refit, and the layer's name."""
-
-    graph: object
-    ms: dict
-    errors: dict
-    names: dict
 
 
 def _graphs():
@@ -376,7 +342,7 @@ def _mask_times(model, graph, candidates, latency, table):
 
 
 def _masks(model, graph, latency, layers, table, calibration):
-    """The `_Masks` of `graph`, or None when no layer qualifies (`_mask_candidates`). A layer's error: its
+    """The `MaskOption` of `graph`, or None when no layer qualifies (`_mask_candidates`). A layer's error: its
     least-squares refit's on the dense model's inputs, its channels in their order (the channel assignment RGP
     then runs can only keep more)."""
     candidates = _mask_candidates(model, graph, latency.spaces, layers)
@@ -387,7 +353,7 @@ def _masks(model, graph, latency, layers, table, calibration):
     errors = {layer.name: error for key, error in mask_residuals(latency.spaces.calls, masks, calibration).items()
               for layer in [candidates[key]]}
     timed = _mask_times(model, graph, candidates, latency, table)
-    return _Masks(graph, timed, {number: errors[latency.names[number]] for number in timed},
+    return MaskOption(graph, timed, {number: errors[latency.names[number]] for number in timed},
                   {number: latency.names[number] for number in timed})
 
 
@@ -412,103 +378,6 @@ def time_plan_segments(model, *, threads=1, table=None, cache_dir=None, layers=N
     return table
 
 
-class _Search:
-    """root -> channels kept (`counts`) and the segments to mask (`masked`): from the dense widths, the step (a
-    space to a narrower candidate, or a layer masked by `option`'s graph while its spaces keep their width) of
-    least added error per ms saved, until the interpolated latency meets `budget` (or no step saves any); then,
-    while the budget allows, the width steps back that remove the most error per ms added (a last large step
-    may have saved more than needed). `cost`: the plan's summed error.
-
-    With a `shape` (root -> a fraction) instead: the segments `masked` masked, the spaces they touch at their
-    width and every other space at one scale times its fraction of its width, the largest scale that meets
-    `budget` (counts within what `costs` covers)."""
-
-    def __init__(self, spaces, free, costs, latency, option, budget, shape=None, masked=()):
-        self.spaces, self.free, self.costs, self.latency, self.option = spaces, free, costs, latency, option
-        self.counts = {root: spaces.width(root) for root in free}
-        self.masked = set(masked)
-        self.candidates = {root: sorted({max(1, int(round(width * spaces.width(root)))) for width in CANDIDATE_WIDTHS})
-                           for root in free}
-        if shape is None:
-            self._greedy(budget)
-        else:
-            self._scaled(shape, budget)
-        self.cost = sum(float(costs[root][spaces.width(root) - count]) for root, count in self.counts.items())
-        self.cost += sum(option.errors[index] for index in self.masked)
-
-    def _greedy(self, budget):
-        latency = self.latency
-        self.times = [latency.ms(index, self.counts) for index in range(len(latency.sides))]
-        while latency.call_ms + sum(self.times) > budget:
-            steps = [(error / -added, move) for move, added, error in self._steps(narrower=True) if added < -1e-12]
-            if not steps:
-                break
-            self._take(min(steps, key=lambda step: step[0])[1])
-        while True:
-            slack = budget - latency.call_ms - sum(self.times)
-            steps = [(error / added, move) for move, added, error in self._steps(narrower=False)
-                     if 1e-12 < added <= slack and error < 0]
-            if not steps:
-                break
-            self._take(min(steps, key=lambda step: step[0])[1])
-
-    def _scaled(self, shape, budget):
-        held = {root for index in self.masked for root in self.latency.roots[index]}
-
-        def counts(scale):
-            found = dict(self.counts)
-            for root in self.free:
-                if root not in held:
-                    width = self.spaces.width(root)
-                    fewest = width - (len(self.costs[root]) - 1)
-                    found[root] = min(width, max(fewest, int(round(scale * shape[root] * width))))
-            return found
-
-        def times(found):
-            return [self.option.ms[index] if index in self.masked else self.latency.ms(index, found)
-                    for index in range(len(self.latency.sides))]
-
-        low, high = 0.0, 1.0 / min(shape.values(), default=1.0)
-        for _ in range(30):  # bisection: the latency grows with the scale
-            middle = (low + high) / 2
-            low, high = (middle, high) if self.latency.call_ms + sum(times(counts(middle))) <= budget else (low, middle)
-        self.counts = counts(low)
-        self.times = times(self.counts)
-
-    @property
-    def masked_names(self):
-        return [self.option.names[index] for index in sorted(self.masked)]
-
-    def _steps(self, narrower):
-        """(move, ms it adds, error it adds) of every width step (narrower or wider) and, narrowing, every mask."""
-        for root in self.free:
-            if any(root in self.latency.roots[index] for index in self.masked):
-                continue
-            for count in self.candidates[root]:
-                if (count < self.counts[root]) if narrower else (count > self.counts[root]):
-                    yield (root, count), *self._width_step(root, count)
-        if narrower:
-            for index, ms in self.option.ms.items():
-                if index not in self.masked and all(self.counts.get(root, 0) == self.spaces.width(root)
-                                                    for root in self.latency.roots[index] if root in self.counts):
-                    yield ("mask", index), ms - self.times[index], self.option.errors[index]
-
-    def _width_step(self, root, count):
-        trial, width = {**self.counts, root: count}, self.spaces.width(root)
-        added = sum(self.latency.ms(index, trial) - self.times[index] for index in self.latency.affected[root])
-        return added, self.costs[root][width - count] - self.costs[root][width - self.counts[root]]
-
-    def _take(self, move):
-        if move[0] == "mask":
-            self.masked.add(move[1])
-            self.times[move[1]] = self.option.ms[move[1]]
-            return
-        root, count = move
-        self.counts[root] = count
-        for index in self.latency.affected[root]:
-            self.times[index] = self.latency.ms(index, self.counts)
-
-
 def _plan_rows(spaces, search, held, predicted):
     """The plan's rows (one per kernel layer, in model order) and, per layer id, its `pruning_summary` note."""
     ms = dict(predicted.segments)
@@ -525,7 +394,7 @@ def _plan_rows(spaces, search, held, predicted):
         row = {"layer": name, "width": f"{width} -> {kept}" if kept != width else str(width),
                "graph": f"{graph.nodes}/{graph.degree}" if name in masked else "dense",
                "ms": ms.get(name, ms.get(f"rgp_{name}", 0.0)),
-               "sensitivity": float(search.costs[root][width - kept]) if root in search.costs else 0.0,
+               "sensitivity": float(search.curves[root][width - kept]) if root in search.curves else 0.0,
                "kept_width": "" if root in search.counts else held.get(root, "not prunable")}
         if name in masked:
             row["sensitivity"] = next(search.option.errors[index] for index, masked_name in search.option.names.items()

@@ -1,0 +1,258 @@
+"""How many channels each space keeps: one fraction for all, or per space the widths that cost the least accuracy
+under a budget (the model's MACs for `prune_channels(macs=...)`, its LiteRT latency for `prune_for_latency`).
+
+A search (`WidthSearch`) walks from the dense widths, each step narrowing the
+space (or, in the planner, masking the layer) that adds the least error per
+unit of budget saved, the error being the least-squares removal curve of each
+space (`criteria.removal_curves`). That summed error ranks whole plans poorly
+(benchmarks/planner_proxy.py: it overstates thinning the middle layers, whose
+loss later refits recover), so it only proposes: three whole plans are made
+(`PLANS`: the search's, one width for all, halfway between the two), each is
+applied and refit, and the one whose outputs stay nearest the dense model's on
+held-out calibration samples (`output_error`) is kept.
+"""
+
+import math
+from typing import NamedTuple
+
+import keras
+import numpy as np
+
+from rgp_keras.data_aware.reconstruct import HOLD_OUT
+from rgp_keras.errors import InputValueError
+from rgp_keras.masking.selection import layer_macs
+from rgp_keras.model_walk import leaves
+
+# Widths a space may keep in a search (fractions of its channels).
+CANDIDATE_WIDTHS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.1875, 0.125)
+# The whole plans made and judged by the model's output error (`plan_makers`).
+PLANS = ("least summed error", "one width for all", "halfway")
+
+
+def counts_at(spaces, free, fraction):
+    """root -> the channels kept when each free space keeps `fraction` of them (at least one)."""
+    return {root: max(1, int(round(fraction * spaces.width(root)))) for root in free}
+
+
+def uniform_counts_for_macs(model, spaces, free, target):
+    """Channels kept per space: one fraction for all, the largest whose model keeps at most `target` of its MACs."""
+    costs = MacCosts(model, spaces, free)
+    fewest = costs.total({root: 1 for root in free}) / max(costs.dense, 1)
+    if target < fewest:
+        raise InputValueError(
+            f"`macs` {target} is below what this model can reach: with one channel left in every prunable space, "
+            f"the layers that keep their width still hold {fewest:.4f} of the MACs; pass macs >= {fewest:.4f}."
+        )
+    low, high = 0.0, 1.0
+    for _ in range(40):
+        middle = (low + high) / 2
+        if costs.total(counts_at(spaces, free, middle)) <= target * costs.dense:
+            low = middle
+        else:
+            high = middle
+    return counts_at(spaces, free, low if costs.total(counts_at(spaces, free, high)) > target * costs.dense else high)
+
+
+def mac_terms(model, spaces):
+    """[(MACs per sample, tensor id whose width scales them, another or None)] of every layer with multiply-adds:
+    a kernel's scale with its input and output widths, a depthwise kernel's with its input's."""
+    terms, counted = [], set()
+    for call, role in zip(spaces.calls.calls, spaces.roles):
+        macs, kernel_macs = layer_macs(call.layer, call.layer) if role not in (None, "alias") else (None, None)
+        counted.add(id(call.layer))
+        if not macs:
+            continue
+        if role == "kernel":  # a separable convolution's depthwise part scales with its input only
+            terms += [(kernel_macs, call.inputs[0], call.outputs[0]), (macs - kernel_macs, call.inputs[0], None)]
+        elif role == "channelwise":
+            terms.append((macs, call.inputs[0], None))
+        else:
+            terms.append((macs, None, None))
+    for layer in leaves(model):  # inside nested models: their widths do not change
+        if id(layer) not in counted:
+            terms.append((layer_macs(layer, layer)[0] or 0, None, None))
+    return terms
+
+
+def kept_share(spaces, key, counts):
+    """The share of tensor `key`'s channels kept when each space keeps `counts[root]` (others all)."""
+    if key is None:
+        return 1.0
+    layout = spaces.layouts[key]
+    whole = sum(segment.width for segment in layout)
+    return sum(counts.get(spaces.find(segment.space), segment.width) for segment in layout) / max(whole, 1)
+
+
+class MacCosts:
+    """The cost model of a search in MACs per sample: one term per layer with multiply-adds (`mac_terms`), each
+    scaled by the kept shares of the tensors it reads and writes. A cost model gives `fixed` (a cost no width
+    changes), per term `cost(index, counts)`, its `names`, the spaces it touches (`roots`) and, per space, the
+    terms it touches (`affected`)."""
+
+    fixed = 0.0
+
+    def __init__(self, model, spaces, free):
+        self.spaces, self.terms = spaces, mac_terms(model, spaces)
+        self.names = [str(index) for index in range(len(self.terms))]
+        touched = lambda key: set() if key is None else {spaces.find(segment.space) for segment in spaces.layouts[key]}
+        self.roots = [touched(key) | touched(other) for _, key, other in self.terms]
+        self.affected = {root: [index for index, roots in enumerate(self.roots) if root in roots] for root in free}
+        self.dense = sum(macs for macs, _, _ in self.terms)
+
+    def cost(self, index, counts):
+        macs, key, other = self.terms[index]
+        return macs * kept_share(self.spaces, key, counts) * kept_share(self.spaces, other, counts)
+
+    def total(self, counts):
+        return self.fixed + sum(self.cost(index, counts) for index in range(len(self.terms)))
+
+
+class MaskOption(NamedTuple):
+    """RGP as an option of a search: `graph` (None: no RGP), and per term index of a layer it may mask, the
+    masked term's cost, the masked layer's relative output error after the refit, and the layer's name."""
+
+    graph: object
+    costs: dict
+    errors: dict
+    names: dict
+
+
+NO_MASKS = MaskOption(None, {}, {}, {})
+
+
+class WidthSearch:
+    """root -> channels kept (`counts`) and the terms to mask (`masked`): from the dense widths, the step (a space
+    to a narrower candidate, or a layer masked by `option`'s graph while its spaces keep their width) of least
+    added error per unit of cost saved, until the `model`'s cost (a cost model: `MacCosts`, the planner's
+    latencies) meets `budget` (or no step saves any); then, while the budget allows, the width steps back that
+    remove the most error per cost added (a last large step may have saved more than needed). `error`: the
+    plan's summed error; `term_costs`: its cost per term.
+
+    With a `shape` (root -> a fraction) instead: the terms `masked` masked, the spaces they touch at their
+    width and every other space at one scale times its fraction of its width, the largest scale that meets
+    `budget` (counts within what `curves` covers).
+
+    `curves`: root -> the error after each channel removed (0 first, `criteria.removal_curves`)."""
+
+    def __init__(self, spaces, free, curves, model, option, budget, shape=None, masked=()):
+        self.spaces, self.free, self.curves, self.model, self.option = spaces, free, curves, model, option
+        self.counts = {root: spaces.width(root) for root in free}
+        self.masked = set(masked)
+        self.candidates = {root: sorted({max(1, int(round(width * spaces.width(root)))) for width in CANDIDATE_WIDTHS})
+                           for root in free}
+        if shape is None:
+            self._greedy(budget)
+        else:
+            self._scaled(shape, budget)
+        self.error = sum(float(curves[root][spaces.width(root) - count]) for root, count in self.counts.items())
+        self.error += sum(option.errors[index] for index in self.masked)
+
+    def _greedy(self, budget):
+        model = self.model
+        self.term_costs = [model.cost(index, self.counts) for index in range(len(model.roots))]
+        while model.fixed + sum(self.term_costs) > budget:
+            steps = [(error / -added, move) for move, added, error in self._steps(narrower=True) if added < -1e-12]
+            if not steps:
+                break
+            self._take(min(steps, key=lambda step: step[0])[1])
+        while True:
+            slack = budget - model.fixed - sum(self.term_costs)
+            steps = [(error / added, move) for move, added, error in self._steps(narrower=False)
+                     if 1e-12 < added <= slack and error < 0]
+            if not steps:
+                break
+            self._take(min(steps, key=lambda step: step[0])[1])
+
+    def _scaled(self, shape, budget):
+        held = {root for index in self.masked for root in self.model.roots[index]}
+
+        def counts(scale):
+            found = dict(self.counts)
+            for root in self.free:
+                if root not in held:
+                    width = self.spaces.width(root)
+                    fewest = width - (len(self.curves[root]) - 1)
+                    found[root] = min(width, max(fewest, int(round(scale * shape[root] * width))))
+            return found
+
+        def term_costs(found):
+            return [self.option.costs[index] if index in self.masked else self.model.cost(index, found)
+                    for index in range(len(self.model.roots))]
+
+        low, high = 0.0, 1.0 / min(shape.values(), default=1.0)
+        for _ in range(30):  # bisection: the cost grows with the scale
+            middle = (low + high) / 2
+            fits = self.model.fixed + sum(term_costs(counts(middle))) <= budget
+            low, high = (middle, high) if fits else (low, middle)
+        self.counts = counts(low)
+        self.term_costs = term_costs(self.counts)
+
+    @property
+    def masked_names(self):
+        return [self.option.names[index] for index in sorted(self.masked)]
+
+    def _steps(self, narrower):
+        """(move, cost it adds, error it adds) of every width step (narrower or wider) and, narrowing, every
+        mask."""
+        for root in self.free:
+            if any(root in self.model.roots[index] for index in self.masked):
+                continue
+            for count in self.candidates[root]:
+                if (count < self.counts[root]) if narrower else (count > self.counts[root]):
+                    yield (root, count), *self._width_step(root, count)
+        if narrower:
+            for index, cost in self.option.costs.items():
+                if index not in self.masked and all(self.counts.get(root, 0) == self.spaces.width(root)
+                                                    for root in self.model.roots[index] if root in self.counts):
+                    yield ("mask", index), cost - self.term_costs[index], self.option.errors[index]
+
+    def _width_step(self, root, count):
+        trial, width = {**self.counts, root: count}, self.spaces.width(root)
+        added = sum(self.model.cost(index, trial) - self.term_costs[index] for index in self.model.affected[root])
+        return added, self.curves[root][width - count] - self.curves[root][width - self.counts[root]]
+
+    def _take(self, move):
+        if move[0] == "mask":
+            self.masked.add(move[1])
+            self.term_costs[move[1]] = self.option.costs[move[1]]
+            return
+        root, count = move
+        self.counts[root] = count
+        for index in self.model.affected[root]:
+            self.term_costs[index] = self.model.cost(index, self.counts)
+
+
+def plan_makers(spaces, free, curves, model, options, budget):
+    """Plan name (`PLANS`) -> a function of a budget making that whole plan (a `WidthSearch`): the search's with
+    the option (`options[0]`: no masks; the planner's RGP graphs) whose plan has the least summed error at
+    `budget`; one width for all (no masks); halfway between the two (each space's fraction the geometric mean
+    of theirs, scaled to the budget)."""
+    greedy = min((WidthSearch(spaces, free, curves, model, option, budget) for option in options),
+                 key=lambda search: search.error)
+    halfway = {root: math.sqrt(greedy.counts[root] / spaces.width(root)) for root in free}
+    return {
+        "least summed error": lambda given: WidthSearch(spaces, free, curves, model, greedy.option, given),
+        "one width for all": lambda given: WidthSearch(spaces, free, curves, model, options[0], given,
+                                                       shape=dict.fromkeys(free, 1.0)),
+        "halfway": lambda given: WidthSearch(spaces, free, curves, model, greedy.option, given, shape=halfway,
+                                             masked=greedy.masked),
+    }
+
+
+def output_error(reference, pruned, calibration):
+    """The relative squared error of `pruned`'s outputs against `reference`'s, sum ||f_pruned(x) - f_ref(x)||^2 /
+    sum ||f_ref(x)||^2 over the calibration samples the refits hold out (every `HOLD_OUT`-th; all when there
+    are fewer), averaged over the model's outputs."""
+    squared, energy = 0.0, 0.0  # per output, once the first batch has set their number
+    for start, arrays in calibration.batches(calibration.samples):
+        rows = np.arange(start, start + len(arrays[0]))
+        take = rows % HOLD_OUT == HOLD_OUT - 1 if calibration.samples >= HOLD_OUT else rows >= 0
+        if not take.any():
+            continue
+        inputs = [array[take] for array in arrays]
+        inputs = inputs[0] if len(inputs) == 1 else inputs
+        want, got = ([keras.ops.convert_to_numpy(tensor).astype(np.float64)
+                      for tensor in keras.tree.flatten(model(inputs, training=False))] for model in (reference, pruned))
+        squared = squared + np.array([np.sum((b - a) ** 2) for a, b in zip(want, got)])
+        energy = energy + np.array([np.sum(a**2) for a in want])
+    return float(np.mean(squared / np.maximum(energy, 1e-30)))
