@@ -32,11 +32,6 @@ from 87.26 % at 5e-4 to 85.60 % at 4e-3):
                         least squares (Optimal Brain Surgeon over channel blocks), every reader refit,
                         BatchNorm re-measured; no training
   channels data-aware + FT   the same, F epochs
-  channels per space    prune_channels(dense, macs=RGP's kept MACs / dense's, calibration_data=the 512 images):
-                        the same criterion and refit, each channel space at its own width (three whole plans,
-                        the one whose outputs stay nearest the dense model's on held-out calibration images);
-                        no training
-  channels per space + FT   the same, F epochs from the rate probed for "channels data-aware + FT"
   RGP wide              2x channels, masked from scratch at 1/4 of the density, so that its compact MACs
                         match (D + F epochs)
   planned               rgp_keras.prune_for_latency(dense, target, calibration_data=the 512 images): widths
@@ -101,7 +96,7 @@ FIELDS = ["profile", "model", "method", "sparsity", "seed", "graph", "accuracy",
 SPARSITIES = (0.75, 0.875, 0.9375)
 METHODS = ("RGP plain + FT", "RGP data-aware", "RGP data-aware + FT", "RGP scratch", "TF-MOT magnitude",
            "thin dense", "channels L1", "channels L1 + FT", "channels data-aware", "channels data-aware + FT",
-           "RGP wide", "planned", "planned + FT", "channels per space", "channels per space + FT")
+           "RGP wide", "planned", "planned + FT")
 PROFILES = {
     # models in this order: with --jobs, the two longest start first
     # 1/8 of the training set: with every model and method, one process fits 30 min on this 2-core machine
@@ -260,14 +255,12 @@ def wide_rgp(name, target_macs, seed):
     return None  # the layers left dense alone exceed the target
 
 
-def channels(dense, width, calibration=None, macs=None):
-    """The dense model thinned to `width` of every hidden channel space (or, with `macs`, to that share of its
-    MACs, each space at its own width) by the library: L1 filter norms without calibration images, least
-    squares with them (`rgp_keras.prune_channels`)."""
-    amount = dict(keep=width) if macs is None else dict(macs=macs)
+def channels(dense, width, calibration=None):
+    """The dense model thinned to `width` of every hidden channel space by the library: L1 filter norms without
+    calibration images, least squares with them (`rgp_keras.prune_channels`)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the few-rows warning of a Dense refit on 512 images: it is ridge-fitted
-        return rgp_keras.prune_channels(dense, **amount, calibration_data=calibration, verbose=0)
+        return rgp_keras.prune_channels(dense, keep=width, calibration_data=calibration, verbose=0)
 
 
 def tfmot_magnitude(name, dense, sparsity, seed, train, test, epochs, rate, path):
@@ -524,13 +517,6 @@ def run(profile, work, seeds=None, models=None, methods=None):
                             epochs = 0
                         else:
                             model = trained(model, train, epochs, rates[(name, "channels data-aware + FT")])
-                    elif method in ("channels per space", "channels per space + FT"):
-                        graph = f"macs {kept / dense_macs:.3f}"
-                        model = channels(dense, None, calibration, macs=kept / dense_macs)
-                        if method == "channels per space":
-                            epochs = 0
-                        else:
-                            model = trained(model, train, epochs, rates[(name, "channels data-aware + FT")])
                     elif method == "RGP scratch":
                         model = rgp(build(keras, name), sparsity, seed, assign_channels=False)
                         rgp_keras.reinitialize(model, seed=seed)
@@ -654,7 +640,7 @@ def plot(groups, profile, path):
         return
     figure = new_figure(figsize=(5 * len(models), 4.5))
     methods = ("dense", *METHODS)
-    markers, colors = dict(zip(methods, "*osD^vxPh<>pdXH81")), {m: f"C{i}" for i, m in enumerate(methods)}
+    markers, colors = dict(zip(methods, "*osD^vxPh<>pdXH")), {m: f"C{i}" for i, m in enumerate(methods)}
     for axes, name in zip(np.atleast_1d(figure.subplots(1, len(models))), models):
         points = []
         for key, members in groups.items():
