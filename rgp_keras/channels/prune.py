@@ -92,7 +92,7 @@ def prune_channels(model, *, keep=None, macs=None, calibration_data=None, calibr
 
 def _thinned_for_macs(model, spaces, free, held, uniform, target, calibration, criterion, verbose):
     """Of the whole plans of per-space widths for `target` of the MACs (`widths.PLANS`; `uniform`: one width for
-    all), the thinned and refit model whose outputs stay nearest the dense model's on held-out calibration
+    all), the thinned and refit model whose outputs stay nearest the dense model's on the calibration
     samples; its summary's criterion names the plan."""
     fewest = counts_at(spaces, free, CANDIDATE_WIDTHS[-1])
     curves = removal_curves(spaces, free, {root: min(count, fewest[root]) for root, count in uniform.items()},
@@ -115,7 +115,7 @@ def _thinned_for_macs(model, spaces, free, held, uniform, target, calibration, c
     error, name, thin = min(judged, key=lambda plan: plan[0])
     others = ", ".join(f"{other} {value:.4g}" for value, other, _ in judged)
     chosen = (f"{criterion}; widths per space for macs={target:g}: {name} (the least relative output error on "
-              f"held-out calibration samples of: {others})")
+              f"the calibration samples of: {others})")
     for layer in leaves(thin):
         if getattr(layer, "pruned_channels", None):
             layer.pruned_channels["channels"] = chosen

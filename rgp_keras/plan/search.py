@@ -27,8 +27,8 @@ and each is applied: thinned (`prune_channels`' engine), masked
 (`prune_regular_graph`'s, channels in their order as the sensitivities
 assumed) and refit in one pass over the calibration data against the dense
 model (`data_aware.reconstruct`). The plan whose model's outputs are nearest
-the dense model's on the held-out calibration samples (those the refits do
-not fit) is returned.
+the dense model's on the calibration samples (`channels.widths.output_error`)
+is returned.
 """
 
 import math
@@ -103,7 +103,7 @@ class LatencyPlan(NamedTuple):
             f"other segments and the file call: {others:.3f} ms",
             f"predicted {self.predicted_ms:.3f} ms = {self.predicted_ms / self.dense_ms:.3f} x the dense file's "
             f"{self.dense_ms:.3f} ms (target {self.target:.3g}), LiteRT {self.threads} thread(s)",
-            *(["plans judged by the relative squared error of the model's outputs on held-out calibration samples:"]
+            *(["plans judged by the relative squared error of the model's outputs on the calibration samples:"]
               + [f"  {'*' if row['chosen'] else ' '} {row['plan']}: {row['predicted']:.3f} x dense, output error "
                  f"{row['output_error']:.4g}" for row in self.candidates] if self.candidates else []),
         ])
@@ -120,7 +120,7 @@ def prune_for_latency(model, target, *, calibration_data, threads=1, layers=None
     calibration data (see the module). Three whole plans (the search's, one
     width for all, halfway between) are each thinned as `prune_channels`
     does, RGP-masked where planned and refit in one pass over the calibration
-    data; the one whose outputs stay nearest the dense model's on the held-out
+    data; the one whose outputs stay nearest the dense model's on the
     calibration samples is returned, ready for `fit` and `export_tflite`.
 
     Args:
