@@ -17,6 +17,7 @@ from rgp_keras.channels.widths import (
     kept_share,
     output_error,
     plan_makers,
+    removal_orders_and_errors,
     uniform_counts_for_macs,
 )
 from rgp_keras.data_aware.reconstruct import reconstruct
@@ -97,13 +98,12 @@ def _thinned_for_macs(model, spaces, free, held, uniform, target, calibration, c
     fewest = counts_at(spaces, free, CANDIDATE_WIDTHS[-1])
     curves = removal_curves(spaces, free, {root: min(count, fewest[root]) for root, count in uniform.items()},
                             calibration)
-    order = {root: removed for root, (removed, _) in curves.items()}
-    errors = {root: np.concatenate([[0.0], removed]) for root, (_, removed) in curves.items()}
+    order, errors = removal_orders_and_errors(curves)
     costs = MacCosts(model, spaces, free)
     budget = target * costs.dense
     plans = {name: make(budget).counts
              for name, make in plan_makers(spaces, free, errors, costs, [NO_MASKS], budget).items()}
-    plans[PLANS[1]] = uniform  # one width for all: exactly the widths `keep` would give
+    plans["one width for all"] = uniform  # exactly the widths `keep` would give
     judged, seen = [], []
     for name in PLANS:
         if costs.total(plans[name]) > budget or plans[name] in seen:  # the search cannot go below CANDIDATE_WIDTHS

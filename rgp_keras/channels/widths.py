@@ -28,6 +28,13 @@ CANDIDATE_WIDTHS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.1875, 0.125)
 PLANS = ("least summed error", "one width for all", "halfway")
 
 
+def removal_orders_and_errors(curves):
+    """(root -> its channels in removal order, root -> the error after each removal, 0 first) of
+    `criteria.removal_curves`' result: a search's `curves`."""
+    return ({root: removed for root, (removed, _) in curves.items()},
+            {root: np.concatenate([[0.0], errors]) for root, (_, errors) in curves.items()})
+
+
 def counts_at(spaces, free, fraction):
     """root -> the channels kept when each free space keeps `fraction` of them (at least one)."""
     return {root: max(1, int(round(fraction * spaces.width(root)))) for root in free}

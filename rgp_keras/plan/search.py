@@ -57,6 +57,7 @@ from rgp_keras.channels.widths import (
     kept_share,
     output_error,
     plan_makers,
+    removal_orders_and_errors,
 )
 from rgp_keras.data_aware.reconstruct import reconstruct
 from rgp_keras.data_aware.steps import progress_wanted
@@ -168,8 +169,7 @@ def prune_for_latency(model, target, *, calibration_data, threads=1, layers=None
     calibration, fit = channel_calibration(model, spaces, free, fewest, calibration_data, calibration_samples, "auto",
                                            calibration_batch_size)
     curves = removal_curves(spaces, free, fewest, calibration)
-    errors = {root: np.concatenate([[0.0], removed]) for root, (_, removed) in curves.items()}
-    order = {root: removed for root, (removed, _) in curves.items()}
+    order, errors = removal_orders_and_errors(curves)
     options = [NO_MASKS] + [option for graph in _graphs()
                             if (option := _masks(model, graph, latency, layers, table, calibration))]
     criterion = f"prune_for_latency: least squares (Optimal Brain Surgeon over channels), refit on {fit}"
