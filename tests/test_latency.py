@@ -126,7 +126,8 @@ def test_a_table_from_another_machine_is_used_and_never_extended(measured, tmp_p
     stored["machine"] = {"litert": "ai-edge-litert 2.3.0", "cpu": "Cortex-A76"}
     path.write_text(json.dumps(stored))
     call = stored["entries"]["invoke"]  # segment sums, though the board timed the whole file: so are its plans
-    summed = call + sum(stored["entries"][segment.key] - call for segment in model_segments(model))
+    # (a segment timed faster than a file's call counts 0: timing noise on the tiniest ones)
+    summed = call + sum(max(stored["entries"][segment.key] - call, 0.0) for segment in model_segments(model))
     assert predict_latency(model, table=path, verbose=0).total_ms == pytest.approx(summed)
     stored["entries"] = {key: 2 * ms for key, ms in stored["entries"].items()}  # a slower board
     path.write_text(json.dumps(stored))
