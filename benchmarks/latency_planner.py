@@ -5,9 +5,10 @@ For each model and target (the pruned file's latency over the dense file's: 0.5,
 - "uniform": `prune_channels(dense, keep=w, calibration_data=the same)`, w the largest whose predicted latency
   is at most the planner's (bisection on `predict_latency`): the same engine, one width for every space
   (CNN and IRN only).
-The `plan` column lists the whole plans the planner judged (predicted ratio, output error on held-out
-calibration samples; * the one returned). The CNN rows "planner, least summed error only" and "uniform, at its
-latency" were measured before the planner judged whole plans (it returned the least summed error's); the rows
+The `plan` column lists the whole plans the planner judged (predicted ratio, output error on the calibration
+samples; * the one returned). The CNN rows "planner, least summed error only" and "uniform, at its
+latency" were measured before the planner judged whole plans (it returned the least summed error's), the rows
+"..., held-out judge" while it judged them on the fifth of the samples the refits hold out; the rows
 "..., segment sums" before files predicted under 1 ms were timed whole (their prediction summed segments),
 "..., whole files in 3 rounds" while such files were timed in 3 rounds (now 9, each its own interpreter).
 Each is exported (float LiteRT) and timed against the dense file (ROUNDS alternating rounds, medians, 1 thread),
@@ -176,8 +177,8 @@ def report():
         lines.append(f"| {row['model']} | {row['target']} | {row['method']} | {row['widths']} | "
                      f"{row['predicted_ratio']} | {row['measured_ratio']} | {off:.3f} | {percent(row['accuracy'])} | "
                      f"{percent(row['accuracy_ft'])} | {row['seconds'] or ''} |")
-    lines += ["", "The whole plans each planner row judged (predicted x dense, output error on held-out calibration "
-              "samples; * returned):"]
+    lines += ["", "The whole plans each planner row judged (predicted x dense, output error on the calibration "
+              "samples, on the held-out fifth in the rows so labelled; * returned):"]
     lines += [f"- {row['model']} {row['target']}: {row['plan']}" for row in rows if row.get("plan")]
     lines += ["", "Seconds in the planner's LiteRT timing (table s) of its whole call (planner s); the first "
               "MobileNetV2 row starts from an empty table (the dense model and 4 uniform widths, then the plans):"]
