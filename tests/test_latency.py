@@ -193,3 +193,11 @@ def test_inputs_of_every_shape_are_filled_when_timing(tmp_path):
     model = keras.Model([a, b], layers.Concatenate()([layers.Dense(3)(a), layers.Dense(3)(b)]))
     path = export_tflite(model, tmp_path / "two_inputs.tflite").path
     assert np.isfinite(benchmark_tflite(path, runs=3)["median_ms"])
+
+
+def test_a_tiny_file_is_timed_for_at_least_min_total_ms(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), layers.Dense(3)])
+    path = export_tflite(model, tmp_path / "tiny.tflite").path
+    assert benchmark_tflite(path, runs=3)["runs"] == 3
+    timed = benchmark_tflite(path, runs=3, min_total_ms=20.0)  # a call of this file takes microseconds
+    assert timed["runs"] > 100 and timed["runs"] * timed["median_ms"] > 5.0

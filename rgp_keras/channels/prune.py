@@ -77,7 +77,8 @@ def prune_channels(model, *, keep=None, macs=None, calibration_data=None, calibr
     progress_wanted(verbose, 0)  # a bad `verbose` fails before any work
     spaces = channel_spaces(model)
     free, held = prunable_spaces(spaces, model, layers)
-    counts = counts_at(spaces, free, keep) if keep is not None else uniform_counts_for_macs(model, spaces, free, macs)
+    costs = MacCosts(model, spaces, free) if macs is not None else None
+    counts = counts_at(spaces, free, keep) if keep is not None else uniform_counts_for_macs(costs, spaces, free, macs)
     calibration, fit = channel_calibration(model, spaces, free, counts, calibration_data, calibration_samples,
                                            calibration_mixes, calibration_batch_size)
     if calibration is None:
@@ -88,18 +89,17 @@ def prune_channels(model, *, keep=None, macs=None, calibration_data=None, calibr
     if macs is None:
         kept = kept_channels(spaces, least_squares_order(spaces, free, counts, calibration), counts)
         return thinned_model(model, spaces, kept, held, criterion, calibration, verbose)
-    return _thinned_for_macs(model, spaces, free, held, counts, macs, calibration, criterion, verbose)
+    return _thinned_for_macs(model, spaces, free, held, counts, costs, macs, calibration, criterion, verbose)
 
 
-def _thinned_for_macs(model, spaces, free, held, uniform, target, calibration, criterion, verbose):
-    """Of the whole plans of per-space widths for `target` of the MACs (`widths.PLANS`; `uniform`: one width for
-    all), the thinned and refit model whose outputs stay nearest the dense model's on the calibration
-    samples; its summary's criterion names the plan."""
+def _thinned_for_macs(model, spaces, free, held, uniform, costs, target, calibration, criterion, verbose):
+    """Of the whole plans of per-space widths for `target` of the MACs (`costs`: the model's `MacCosts`;
+    `widths.PLANS`; `uniform`: one width for all), the thinned and refit model whose outputs stay nearest the
+    dense model's on the calibration samples; its summary's criterion names the plan."""
     fewest = counts_at(spaces, free, CANDIDATE_WIDTHS[-1])
     curves = removal_curves(spaces, free, {root: min(count, fewest[root]) for root, count in uniform.items()},
                             calibration)
     order, errors = removal_orders_and_errors(curves)
-    costs = MacCosts(model, spaces, free)
     budget = target * costs.dense
     plans = {name: make(budget).counts
              for name, make in plan_makers(spaces, free, errors, costs, [NO_MASKS], budget).items()}

@@ -40,9 +40,9 @@ def counts_at(spaces, free, fraction):
     return {root: max(1, int(round(fraction * spaces.width(root)))) for root in free}
 
 
-def uniform_counts_for_macs(model, spaces, free, target):
-    """Channels kept per space: one fraction for all, the largest whose model keeps at most `target` of its MACs."""
-    costs = MacCosts(model, spaces, free)
+def uniform_counts_for_macs(costs, spaces, free, target):
+    """Channels kept per space: one fraction for all, the largest whose model keeps at most `target` of its MACs
+    (`costs`: its `MacCosts`)."""
     fewest = costs.total({root: 1 for root in free}) / max(costs.dense, 1)
     if target < fewest:
         raise InputValueError(
@@ -92,14 +92,13 @@ def kept_share(spaces, key, counts):
 class MacCosts:
     """The cost model of a search in MACs per sample: one term per layer with multiply-adds (`mac_terms`), each
     scaled by the kept shares of the tensors it reads and writes. A cost model gives `fixed` (a cost no width
-    changes), per term `cost(index, counts)`, its `names`, the spaces it touches (`roots`) and, per space, the
-    terms it touches (`affected`)."""
+    changes), per term `cost(index, counts)` and the spaces it touches (`roots`), and per space the terms it
+    touches (`affected`)."""
 
     fixed = 0.0
 
     def __init__(self, model, spaces, free):
         self.spaces, self.terms = spaces, mac_terms(model, spaces)
-        self.names = [str(index) for index in range(len(self.terms))]
         touched = lambda key: set() if key is None else {spaces.find(segment.space) for segment in spaces.layouts[key]}
         self.roots = [touched(key) | touched(other) for _, key, other in self.terms]
         self.affected = {root: [index for index, roots in enumerate(self.roots) if root in roots] for root in free}

@@ -19,7 +19,6 @@ Example:
 """
 
 import json
-import math
 import os
 import platform
 import statistics
@@ -303,12 +302,9 @@ def _invoke_model():
 
 def _time_file(path, threads):
     """The median ms of one call of the file, over _RUNS runs or as many more as take _ROUND_MS."""
-    from rgp_keras.litert import _invocation_ms, _ready
+    from rgp_keras.litert import benchmark_tflite
 
-    interpreter = _ready(path, threads)
-    times = _invocation_ms(interpreter, _RUNS, _WARMUP)
-    more = math.ceil(_ROUND_MS / max(statistics.median(times), 1e-6)) - _RUNS
-    return statistics.median(times + (_invocation_ms(interpreter, more, 0) if more > 0 else []))
+    return benchmark_tflite(path, threads=threads, runs=_RUNS, warmup=_WARMUP, min_total_ms=_ROUND_MS)["median_ms"]
 
 
 def _this_machine():
