@@ -359,3 +359,83 @@ def test_the_engine_runs_numpy_and_scipy_blas_on_one_thread():
                 lambda call, reference_call, changed: Threads() if call.layer is model.layers[-1] else None)
     assert seen and set(seen) == {1}
     assert [pool["num_threads"] for pool in threadpool_info()] == before  # the user's settings come back
+
+
+def inverted_residual(seed=0, blocks=2):
+    """An inverted-residual net (MobileNetV2's blocks: expand, depthwise, project + BatchNorm, Add), trained-like
+    BatchNorm statistics."""
+    keras.utils.set_random_seed(seed)
+    layers = keras.layers
+    inputs = keras.Input((10, 10, 3))
+    x = layers.BatchNormalization()(layers.Conv2D(16, 3, padding="same", use_bias=False)(inputs))
+    for _ in range(blocks):
+        y = layers.ReLU(6.0)(layers.BatchNormalization()(layers.Conv2D(48, 1, use_bias=False)(x)))
+        y = layers.ReLU(6.0)(layers.BatchNormalization()(layers.DepthwiseConv2D(3, padding="same", use_bias=False)(y)))
+        x = layers.Add()([x, layers.BatchNormalization()(layers.Conv2D(16, 1, use_bias=False)(y))])
+    model = keras.Model(inputs, layers.Dense(4)(layers.GlobalAveragePooling2D()(x)))
+    calibration = np.random.default_rng(seed).normal(size=(160, 10, 10, 3)).astype("float32")
+    for layer in model.layers:  # moving statistics of the data, as training leaves them
+        if isinstance(layer, layers.BatchNormalization):
+            inputs = to_numpy(keras.Model(model.inputs[0], layer.input)(calibration))
+            layer.moving_mean.assign(inputs.mean(axis=(0, 1, 2)))
+            layer.moving_variance.assign(inputs.var(axis=(0, 1, 2)))
+    return model, calibration
+
+
+def test_depthwise_layers_downstream_of_thinned_channels_are_refit_channel_by_channel():
+    from rgp_keras import prune_channels
+
+    model, calibration = inverted_residual()
+    thin = prune_channels(model, keep=0.5, calibration_data=calibration, calibration_mixes=0)
+    rows = [row for row in pruning_summary(thin) if row["type"] == "DepthwiseConv2D"]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["data_aware"]["error_after"] < 0.9 * row["data_aware"]["error_before"], row
+
+
+def test_a_branch_ending_in_a_residual_sum_is_fit_to_the_dense_sum(monkeypatch):
+    from rgp_keras import prune_channels
+    from rgp_keras.data_aware import reconstruct
+
+    model, calibration = inverted_residual()
+    last_sum = [index for index, layer in enumerate(model.layers) if isinstance(layer, keras.layers.Add)][-1]
+    tap = lambda m: to_numpy(keras.Model(m.inputs[0], m.layers[last_sum].output)(calibration))
+
+    def sum_error(thin):
+        """Relative error of the last residual sum's kept channels (the first conv, which reads the unchanged
+        input and so is not refit, names them: its kernel is the dense one's kept columns)."""
+        dense_kernel, thin_kernel = (to_numpy(m.layers[1].kernel).reshape(-1, m.layers[1].filters)
+                                     for m in (model, thin))
+        kept = [int(np.argmin(np.abs(dense_kernel - column[:, None]).sum(axis=0))) for column in thin_kernel.T]
+        want, got = tap(model)[..., kept], tap(thin)
+        return float(np.mean((got - want) ** 2) / np.mean(want**2))
+
+    aware = prune_channels(model, keep=0.5, calibration_data=calibration, calibration_mixes=0)
+    monkeypatch.setattr(reconstruct, "residual_branches", lambda calls: {})
+    plain = prune_channels(model, keep=0.5, calibration_data=calibration, calibration_mixes=0)
+    assert sum_error(aware) < 0.85 * sum_error(plain), (sum_error(aware), sum_error(plain))
+    # the projection's BatchNorm keeps the statistics the fit counted on: the dense ones of its kept channels
+    norms = [[layer for layer in m.layers if isinstance(layer, keras.layers.BatchNormalization)][-1]
+             for m in (model, aware)]
+    dense_mean, kept_mean = (to_numpy(norm.moving_mean) for norm in norms)
+    assert all(np.isclose(dense_mean, value, rtol=0, atol=0).any() for value in kept_mean)
+
+
+def test_residual_branches_are_found_only_where_nothing_else_reads_them():
+    from rgp_keras.data_aware.reconstruct import residual_branches
+    from rgp_keras.model_walk import layer_calls
+
+    layers = keras.layers
+    inputs = keras.Input((8,))
+    a = layers.Dense(8, name="a")(inputs)
+    direct = layers.Add(name="sum1")([a, layers.Dense(8, name="direct")(a)])  # Dense -> Add
+    normed = layers.BatchNormalization(name="norm")(layers.Dense(8, name="normed")(direct))
+    through = layers.Add(name="sum2")([direct, normed])  # Dense -> BatchNorm -> Add
+    shared = layers.Dense(8, name="shared")(through)
+    product = layers.Multiply(name="product")([shared, layers.Dense(8, name="multiplied")(through)])  # no sum
+    model = keras.Model(inputs, layers.Add(name="sum3")([product, shared]))  # `shared` is read twice
+    calls = layer_calls(model)
+    writer = {key: call.layer.name for call in calls.calls for key in call.outputs}
+    found = {writer[key]: (writer[residual.skip], getattr(residual.normalisation, "name", None))
+             for key, residual in residual_branches(calls).items()}
+    assert found == {"direct": ("a", None), "normed": ("sum1", "norm"), "product": ("shared", None)}

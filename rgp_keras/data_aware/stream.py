@@ -154,10 +154,12 @@ class Observer:
     """
 
     changes = True
+    also = ()  # ids of more tensors of the model whose values `add` is given after the call's inputs
 
     def add(self, start, inputs, reference_inputs, reference_outputs):
-        """Rows `start`.. of this call's inputs (one value per input tensor), and of the reference call's inputs
-        and outputs (None without a reference)."""
+        """Rows `start`.. of this call's inputs (one value per input tensor, then one per tensor in `also`), and of
+        the reference call's inputs (then the reference's values of `also`) and outputs (None without a
+        reference). A tensor in `also` must be written before this call and read after it."""
         raise NotImplementedError
 
     def finish(self):
@@ -219,7 +221,7 @@ def walk(calls, reference, calibration, visit, *, rows=None, progress=None):
         changed = reference is not None and not all(key in same for key in call.inputs)
         observer = visit(call, reference_call, changed)
         if observer is not None:
-            size = calibration.batch_size * _observed_bytes(calls, call, reference, reference_call)
+            size = calibration.batch_size * _observed_bytes(calls, call, reference, reference_call, observer.also)
             if pending and observed + size > OBSERVED_BYTES:  # the tensors a batch's call returns, bounded
                 cut = _run_pass(calls, reference, batches, cut, pending[-1][0], pending, progress)
                 pending, observed = [], 0
@@ -235,12 +237,13 @@ def walk(calls, reference, calibration, visit, *, rows=None, progress=None):
         progress.update(len(calls.calls), finalize=True)
 
 
-def _observed_bytes(calls, call, reference, reference_call):
-    """Bytes per sample (float32) an observer of `call` is given: its inputs, and the reference call's inputs and
-    outputs."""
-    keys = [(calls, key) for key in call.inputs]
+def _observed_bytes(calls, call, reference, reference_call, also=()):
+    """Bytes per sample (float32) an observer of `call` is given: its inputs and the tensors `also`, and the
+    reference call's inputs and outputs and its values of `also`."""
+    keys = [(calls, key) for key in (*call.inputs, *also)]
     if reference_call is not None:
         keys += [(reference, key) for key in (*reference_call.inputs, *reference_call.outputs)]
+        keys += [(calls, key) for key in also]
     return sum(4 * math.prod(d or 1 for d in owner.shapes[key][1:]) for owner, key in keys)
 
 
@@ -415,9 +418,11 @@ def _forward(calls, reference, frontier, start, end, observers, saved, values, r
         if reference_call is not None and not (index == start and start > 0):  # not run ahead in the last pass
             reference_values.update(zip(reference_call.outputs, run_call(reference_call, reference_values)))
         if index in observers:
+            also = [key for observer in observers[index] for key in observer.also]
             observed[index] = (
-                [values[key] for key in call.inputs],
-                [reference_values[key] for key in reference_call.inputs] if reference_call else None,
+                [values[key] for key in (*call.inputs, *also)],
+                [*(reference_values[key] for key in reference_call.inputs),
+                 *(reference_values[frontier.pair[key]] for key in also)] if reference_call else None,
                 [reference_values[key] for key in reference_call.outputs] if reference_call else None,
             )
         if index == end:
