@@ -19,7 +19,8 @@ tradeoff.py trains them (CNN 6 epochs ~8 min, IRN 8 epochs ~14 min here).
 
     python benchmarks/channel_widths.py [--models CNN IRN] [--seeds 0 1 2]
 
-Resumable (results/channel_widths.csv); writes results/channel_widths.md.
+Resumable (results/channel_widths.csv, whose rows name the reconstruction engine they were made with,
+`ENGINE`: a run after an engine change measures again beside the older rows); writes results/channel_widths.md.
 """
 
 import argparse
@@ -53,13 +54,17 @@ import rgp_keras
 
 RESULTS = Path(__file__).parent / "results"
 CSV = RESULTS / "channel_widths.csv"
-FIELDS = ["model", "seed", "sparsity", "method", "widths", "accuracy", "macs_ratio", "latency_ratio", "seconds"]
+FIELDS = ["model", "seed", "sparsity", "method", "engine", "widths", "accuracy", "macs_ratio", "latency_ratio",
+          "seconds"]
+# The reconstruction engine the rows were made with: since 8d682e7 it refits depthwise convolutions and fits
+# branches that end in a residual sum to the dense sum (rows made before say "before 8d682e7").
+ENGINE = "8d682e7"
 METHODS = ("one width", "one width + FT", "per space", "per space + FT")
 RATE_OF = "channels data-aware + FT"  # tradeoff.py's probed rate these fine-tune from
 
 
 def measure(work, models, seeds, rounds):
-    done = {(row["model"], row["seed"], row["sparsity"]) for row in done_rows(CSV)}
+    done = {(row["model"], row["seed"], row["sparsity"]) for row in done_rows(CSV) if row["engine"] == ENGINE}
     rates = chosen_rates(probed())
     train, test = fashion_mnist(60000)
     for seed in seeds:
@@ -95,7 +100,8 @@ def measure(work, models, seeds, rounds):
                     summary = rgp_keras.pruning_summary(model)
                     widths = " ".join(str(getattr(layer, "filters", None) or layer.units) for layer in model.layers
                                       if hasattr(layer, "filters") or hasattr(layer, "units"))
-                    rows.append(dict(model=name, seed=seed, sparsity=sparsity, method=method, widths=widths,
+                    rows.append(dict(model=name, seed=seed, sparsity=sparsity, method=method, engine=ENGINE,
+                                     widths=widths,
                                      accuracy=round(accuracy(model, test), 4),
                                      macs_ratio=round(summary.totals["kept_macs"] / dense_macs, 4),
                                      seconds=round(time.perf_counter() - started, 1)))
@@ -109,7 +115,8 @@ def measure(work, models, seeds, rounds):
 def report():
     by = {}
     for row in done_rows(CSV):
-        by.setdefault((row["model"], float(row["sparsity"])), {}).setdefault(row["method"], []).append(row)
+        by.setdefault((row["model"], float(row["sparsity"]), row["engine"]), {}).setdefault(row["method"], []).append(
+            row)
     lines = [
         "# One width for all vs a width per channel space (`python benchmarks/channel_widths.py`)", "",
         "From the same dense model and 512 calibration images (tradeoff.py's full profile): `one width` is "
@@ -118,11 +125,11 @@ def report():
         "rows (1 epoch, MLP 2, its probed rate, same seed). The dense file and the four files are timed side by side "
         "in one compare_tflite call (LiteRT, 1 thread, median ratio over 9 alternating rounds).", "",
         "Means over seeds (accuracy %, MACs and latency x dense, per-seed gains of per space over one width):", "",
-        "| model | sparsity | seeds | one width | per space | one width + FT | per space + FT | one-shot gain per "
-        "seed | + FT gain per seed | latency per space / one width |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | sparsity | engine | seeds | one width | per space | one width + FT | per space + FT | one-shot "
+        "gain per seed | + FT gain per seed | latency per space / one width |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (model, sparsity), methods in sorted(by.items()):
+    for (model, sparsity, engine), methods in sorted(by.items()):
         if len(methods) < len(METHODS):
             continue
         mean = lambda method, field: statistics.mean(float(row[field]) for row in methods[method])
@@ -133,14 +140,14 @@ def report():
             for a, b in zip(methods[ours], methods[theirs]))
         ratio = statistics.mean(float(a["latency_ratio"]) / float(b["latency_ratio"])
                                 for a, b in zip(methods["per space + FT"], methods["one width + FT"]))
-        lines.append(f"| {model} | {sparsity:g} | {len(methods['one width'])} | {cell('one width')} | "
+        lines.append(f"| {model} | {sparsity:g} | {engine} | {len(methods['one width'])} | {cell('one width')} | "
                      f"{cell('per space')} | {cell('one width + FT')} | {cell('per space + FT')} | "
                      f"{gains('per space', 'one width')} | {gains('per space + FT', 'one width + FT')} | {ratio:.3f} |")
     lines += ["", "Widths (output channels of each kernel layer) per seed:", "",
-              "| model | sparsity | seed | one width | per space |", "|---|---|---|---|---|"]
-    for (model, sparsity), methods in sorted(by.items()):
+              "| model | sparsity | engine | seed | one width | per space |", "|---|---|---|---|---|---|"]
+    for (model, sparsity, engine), methods in sorted(by.items()):
         for one, per in zip(methods.get("one width", []), methods.get("per space", [])):
-            lines.append(f"| {model} | {sparsity:g} | {one['seed']} | {one['widths']} | {per['widths']} |")
+            lines.append(f"| {model} | {sparsity:g} | {engine} | {one['seed']} | {one['widths']} | {per['widths']} |")
     (RESULTS / "channel_widths.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
