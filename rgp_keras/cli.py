@@ -424,8 +424,9 @@ def _parser():
     export.add_argument("-o", "--output", required=True, help=".tflite file to write")
     export.add_argument("--sparse", action="store_true", help="keep dense-shaped kernels with zeros (no compact "
                                                               "rewrite)")
-    export.add_argument("--layout", choices=["auto", "gather", "slices", "scatter"], default="auto",
-                        help="compact layout: auto (estimated fastest per layer, default) or forced where it applies")
+    export.add_argument("--layout", choices=["auto", "measured", "gather", "slices", "scatter"], default="auto",
+                        help="compact layout: auto (estimated fastest per layer, default), measured (timed on this "
+                             "machine's LiteRT per layer, kept in the user's cache) or forced where it applies")
     export.add_argument("--threads", type=int, default=1,
                         help="CPU threads the file will run with; auto keeps more layers dense for more (default 1)")
     export.add_argument("--quantize", choices=["dynamic", "float16", "int8"], help="post-training quantization")

@@ -274,9 +274,52 @@ def test_batch_norm_is_not_folded_into_a_kernel_whose_output_is_also_a_model_out
 
 def test_compact_model_rejects_an_unknown_layout(graph16):
     stripped = strip_pruning(prune_regular_graph(vgg((32, 48, 64)), graph=graph16))
-    with pytest.raises(ValueError,
-                       match=r"`layout` must be one of \('auto', 'gather', 'slices', 'scatter'\), got 'dense'"):
+    with pytest.raises(ValueError, match=r"`layout` must be one of \('auto', 'measured', 'gather', 'slices', "
+                                         r"'scatter'\), got 'dense'"):
         compact_model(stripped, layout="dense")
+
+
+def test_measured_layouts_are_timed_once_and_the_fastest_is_written(graph16, tmp_path, monkeypatch):
+    import json
+
+    from rgp_keras.plan.latency import LatencyTable
+
+    pruned = prune_regular_graph(vgg((32, 48, 64)), graph=graph16)
+    table = LatencyTable(tmp_path / "table.json")
+    report = export_tflite(pruned, tmp_path / "a.tflite", layout="measured", latency_table=table)
+    entries = {key: ms for key, ms in json.loads((tmp_path / "table.json").read_text())["entries"].items()
+               if key.startswith('["layer alone"')}
+    masked = [layer.name for layer in strip_pruning(pruned).layers if hasattr(layer, "kernel")
+              and np.any(to_numpy(layer.kernel) == 0)]
+    timed = {json.loads(key)[-1] for key in entries}
+    assert len(masked) >= 3 and {"dense", "gather", "slices"} <= timed and len(entries) >= 3 * len(masked)
+    assert set(report.compacted) <= set(masked)
+
+    # nothing is timed again, and the choice follows the table: make "slices" the fastest everywhere...
+    monkeypatch.setattr(LatencyTable, "_time", lambda *args, **kwargs: pytest.fail("timed again"))
+    for key in entries:
+        table.entries[key] = table.call_ms + (0.001 if json.loads(key)[-1] == "slices" else 1.0)
+    report = export_tflite(pruned, tmp_path / "b.tflite", layout="measured", latency_table=table)
+    assert report.compacted == {name: "slices" for name in masked}
+    # ... then dense: every layer stays dense-shaped, and the report says what was measured
+    for key in entries:
+        table.entries[key] = table.call_ms + (0.001 if json.loads(key)[-1] == "dense" else 1.0)
+    report = export_tflite(pruned, tmp_path / "c.tflite", layout="measured", latency_table=table)
+    assert report.compacted == {} and all("measured 1000.00x the dense layer's latency alone" in why
+                                          for why in report.not_compacted.values())
+
+
+def test_measured_layouts_say_what_they_need(graph16, tmp_path):
+    pruned = prune_regular_graph(vgg((32, 48, 64)), graph=graph16)
+    with pytest.raises(ValueError, match='layout="measured" times float files; for quantize="int8" use layout="auto"'):
+        export_tflite(pruned, tmp_path / "a.tflite", layout="measured", quantize="int8",
+                      representative_data=np.zeros((4, 32, 32, 3), "float32"))
+    with pytest.raises(ValueError, match=r'`latency_table` holds the layer times of layout="measured", got '
+                                         r"layout='auto'"):
+        export_tflite(pruned, tmp_path / "a.tflite", latency_table=tmp_path / "table.json")
+    with pytest.raises(ValueError, match="no latency table at"):
+        export_tflite(pruned, tmp_path / "a.tflite", layout="measured", latency_table=tmp_path / "none.json")
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.slow
@@ -326,8 +369,8 @@ def test_int8_needs_representative_data_of_the_input_shape(graph16, tmp_path):
         export_tflite(pruned, tmp_path / "m.tflite", quantize="int8", representative_data=np.zeros((10, 28, 28)))
     with pytest.raises(ValueError, match="quantize.*one of"):
         export_tflite(pruned, tmp_path / "m.tflite", quantize="int4")
-    with pytest.raises(ValueError,
-                       match=r"`layout` must be one of \('auto', 'gather', 'slices', 'scatter'\), got 'wide'"):
+    with pytest.raises(ValueError, match=r"`layout` must be one of \('auto', 'measured', 'gather', 'slices', "
+                                         r"'scatter'\), got 'wide'"):
         export_tflite(pruned, tmp_path / "m.tflite", layout="wide")
     with pytest.raises(ValueError, match="needs compact=True, got layout='scatter'"):
         export_tflite(pruned, tmp_path / "m.tflite", compact=False, layout="scatter")

@@ -36,10 +36,11 @@ files is `rgp_keras.litert` (no TensorFlow needed).
 from rgp_keras.export._convert import QUANTIZE, ExportReport, export_tflite
 from rgp_keras.export._kernels import LAYOUTS, CompactKernel, FoldedAway, GatherKernel, ScatterKernel, SliceKernel
 from rgp_keras.export._latency import estimated_latency_ratios
-from rgp_keras.export._rewrite import compact_model
+from rgp_keras.export._rewrite import compact_model, measured_latency_ratios
 from rgp_keras.masking.masks import channel_blocks
 
 __all__ = [
-    "ExportReport", "export_tflite", "compact_model", "channel_blocks", "estimated_latency_ratios", "CompactKernel",
-    "GatherKernel", "SliceKernel", "ScatterKernel", "FoldedAway", "LAYOUTS", "QUANTIZE",
+    "ExportReport", "export_tflite", "compact_model", "channel_blocks", "estimated_latency_ratios",
+    "measured_latency_ratios", "CompactKernel", "GatherKernel", "SliceKernel", "ScatterKernel", "FoldedAway",
+    "LAYOUTS", "QUANTIZE",
 ]

@@ -14,7 +14,7 @@ from rgp_keras._checks import check_int
 from rgp_keras._files import normal_file_mode
 from rgp_keras._keras_src import input_signature, is_rebuildable
 from rgp_keras.errors import BackendError, ExportCheckError, InputTypeError, InputValueError
-from rgp_keras.export._kernels import LAYOUTS
+from rgp_keras.export._kernels import KERNELS, LAYOUTS
 from rgp_keras.export._rewrite import compact_model, masked_kernel_of
 from rgp_keras.litert import run_tflite
 from rgp_keras.masking.layer_types import layer_type
@@ -85,12 +85,13 @@ class ExportReport:
 
 def _layout_counts(compacted):
     counts = collections.Counter(compacted.values())
-    listed = ", ".join(f"{counts[layout]} {layout}" for layout in LAYOUTS[1:] if counts[layout])
+    listed = ", ".join(f"{counts[layout]} {layout}" for layout in KERNELS if counts[layout])
     return f" ({listed})" if listed else ""
 
 
 def export_tflite(
-    model, path, *, compact=True, quantize=None, representative_data=None, layout="auto", threads=1
+    model, path, *, compact=True, quantize=None, representative_data=None, layout="auto", threads=1,
+    latency_table=None,
 ):
     """Write a pruned (or stripped) Keras 3 model as a .tflite file for LiteRT.
 
@@ -113,12 +114,19 @@ def export_tflite(
             XNNPACK; layers not estimated faster than dense stay
             dense-shaped: convolutions sparse-encoded, and Dense layers
             stored dense, since LiteRT runs sparse-encoded ones slower), or
-            "gather"/"slices"/"scatter" forced wherever it applies, e.g. after
-            timing them with `benchmark_tflite` on the target device.
+            "measured" (the same choice from each masked layer's layouts and
+            its dense form timed alone on this machine's LiteRT at `threads`;
+            kept in `latency_table`, so a layer shape is timed once; float
+            files), or "gather"/"slices"/"scatter" forced wherever it
+            applies, e.g. after timing them with `benchmark_tflite` on the
+            target device.
         threads: CPU threads the file will run with (LiteRT `num_threads`);
             "auto" keeps more layers dense for more threads, since dense
             GEMMs share out over threads and the compact layouts' channel
             gathers do not.
+        latency_table: with layout="measured", the table of layer times
+            (a `LatencyTable` or a path, as `predict_latency` takes; default:
+            this machine's, in the user's cache folder).
 
     Before the file is put at `path`, LiteRT runs it once on a few inputs
     (`representative_data` if given, else random values of the input shape)
@@ -161,6 +169,15 @@ def export_tflite(
     threads = check_int("threads", threads, minimum=1)
     if threads != 1 and not compact:
         raise InputValueError(f"`threads` chooses compact layouts; it needs compact=True, got threads={threads}.")
+    if layout == "measured" and quantize == "int8":
+        raise InputValueError('layout="measured" times float files; for quantize="int8" use layout="auto" (the '
+                              "estimate, which leaves int8's slow scatter layout out) or force a layout.")
+    if latency_table is not None and layout != "measured":
+        raise InputValueError(f'`latency_table` holds the layer times of layout="measured", got layout={layout!r}.')
+    if layout == "measured":
+        from rgp_keras.plan.latency import resolve_table
+
+        latency_table = resolve_table(latency_table, threads, None)
     subclassed = not is_rebuildable(model)
     wrapped = any(isinstance(layer, RegularGraphPruning) for layer in leaves(model))
     if subclassed and compact and wrapped:
@@ -179,7 +196,8 @@ def export_tflite(
         notes.append(f"subclassed model {model.name!r} ({type(model).__name__}) with no RGP layers: exported as it "
                      "is (nothing to compact)")
     elif compact:
-        exported, compacted, not_compacted = compact_model(exported, layout, int8=quantize == "int8", threads=threads)
+        exported, compacted, not_compacted = compact_model(exported, layout, int8=quantize == "int8", threads=threads,
+                                                           latency_table=latency_table)
     options, sparse_encoded, option_notes = _converter_options(exported, quantize, samples, compact)
     check_inputs = _check_inputs(model, samples)
     expected = [to_numpy(output) for output in keras.tree.flatten(model(check_inputs, training=False))]

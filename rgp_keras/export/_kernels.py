@@ -222,8 +222,8 @@ class ScatterKernel(CompactKernel):
 
 
 KERNELS = {"gather": GatherKernel, "slices": SliceKernel, "scatter": ScatterKernel}
-# export_tflite / compact_model `layout`: estimated fastest per layer, or one forced
-LAYOUTS = ("auto", *KERNELS)
+# export_tflite / compact_model `layout`: estimated fastest per layer, measured fastest, or one forced
+LAYOUTS = ("auto", "measured", *KERNELS)
 
 
 @keras.saving.register_keras_serializable(package="rgp_keras")

@@ -1,5 +1,7 @@
 """The Keras-level compact rewrite: masked layers -> `CompactKernel`s, BatchNormalization folded where safe."""
 
+import hashlib
+import json
 import math
 
 import keras
@@ -15,13 +17,17 @@ from rgp_keras.masking.selection import layer_macs
 from rgp_keras.model_walk import clone_layer, clone_model, paired_leaves, to_numpy
 
 
-def compact_model(model, layout="auto", *, int8=False, threads=1):
+def compact_model(model, layout="auto", *, int8=False, threads=1, latency_table=None):
     """`(compact model, {name: layout}, {name: why not})` for a stripped Keras 3 model.
 
     Layers whose kernel has a channel-group block structure with density < 1
     become `CompactKernel` layers computing the same outputs. With
     `layout="auto"` each takes the layout estimated fastest, and a layer
     whose estimate is not clearly below the dense layer's stays as it is;
+    with "measured" the same, from the layer's layouts and its dense form
+    each converted alone (batch 1) and timed on LiteRT at `threads`, through
+    `latency_table` (a `rgp_keras.plan.latency.LatencyTable`: what it holds
+    is not timed again; float files only);
     "gather", "slices" or "scatter" force that layout on every such layer
     where it applies ("scatter" needs input channels divisible by n and every output
     group reading equally many groups; other layers get "gather"). The rest
@@ -40,6 +46,10 @@ def compact_model(model, layout="auto", *, int8=False, threads=1):
     if layout not in LAYOUTS:
         raise InputValueError(f"`layout` must be one of {LAYOUTS}, got {layout!r}.")
     threads = check_int("threads", threads, minimum=1)
+    if layout == "measured" and (int8 or latency_table is None):
+        raise InputValueError('layout="measured" times float files through a latency table: it needs '
+                              "`latency_table` and int8=False (int8 files: layout=\"auto\").")
+    chooses = layout in ("auto", "measured")
     compacted, not_compacted, folded = {}, {}, set()
     tapped = _output_ids(model)
 
@@ -54,16 +64,20 @@ def compact_model(model, layout="auto", *, int8=False, threads=1):
                 ratios = estimated_latency_ratios(layer, blocks, threads)
                 if int8 and layout == "auto":
                     ratios.pop("scatter", None)
-                chosen = min(ratios, key=ratios.get) if layout == "auto" else layout
+                if layout == "measured":
+                    ratios = measured_latency_ratios(layer, blocks, ratios, latency_table)
+                chosen = min(ratios, key=ratios.get) if chooses else layout
                 chosen = chosen if chosen in ratios else "gather"
-                if layout != "auto" or ratios[chosen] < MAX_LATENCY_RATIO:
+                if not chooses or ratios[chosen] < MAX_LATENCY_RATIO:
                     compacted[layer.name] = chosen
                     norm = _batch_norm_after(layer, tapped)
                     if norm is None:
                         return KERNELS[chosen](layer, blocks)
                     folded.add(id(norm))
                     return KERNELS[chosen](_fold_batch_norm(layer, norm), blocks)
-                reason = _too_slow(layer, blocks, ratios, chosen, threads)
+                reason = (_too_slow(layer, blocks, ratios, chosen, threads) if layout != "measured" else
+                          f"compact kernel measured {ratios[chosen]:.2f}x the dense layer's latency alone with "
+                          f"{threads} thread(s) ({chosen} layout, the fastest)")
             if np.any(kernel == 0):
                 not_compacted[layer.name] = (reason or "kernel zeros have no channel-group block structure") + (
                     _dense_cost(layer, kernel))
@@ -74,6 +88,24 @@ def compact_model(model, layout="auto", *, int8=False, threads=1):
         if not isinstance(new, CompactKernel) and new.weights:
             new.set_weights(original.get_weights())
     return clone, compacted, not_compacted
+
+
+def measured_latency_ratios(layer, blocks, layouts, table):
+    """`{layout: measured latency / dense latency}` of a masked layer's compact `layouts`: the layer alone
+    (batch 1) in each layout and dense-shaped, each a file timed through `table` (kept there, keyed by the
+    layer's config, input shape, blocks and layout), less what calling a file costs."""
+    import keras
+
+    from rgp_keras.plan.latency import describe
+
+    shape = (1, *layer.input.shape[1:])
+    base = [describe(layer), shape, hashlib.sha1(np.packbits(blocks).tobytes()).hexdigest(), blocks.shape]
+    alone = lambda made: keras.Sequential([keras.Input(batch_shape=shape), made])
+    wanted = [(json.dumps(["layer alone", *base, name], sort_keys=True, default=str), f"{layer.name} {name}",
+               (lambda name=name: alone(KERNELS[name](layer, blocks) if name != "dense" else clone_layer(layer))))
+              for name in ("dense", *layouts)]
+    dense, *times = (max(ms - table.call_ms, 1e-6) for ms in table.times(wanted, what="layer time(s)"))
+    return {name: ms / dense for name, ms in zip(layouts, times)}
 
 
 def estimated_compact_ratio(layer, blocks, threads=1, positions=None):

@@ -122,22 +122,31 @@ class LatencyTable:
         """Time the segments not in the table yet (each converted once); save the table. Returns how many
         were measured."""
         missing = list(self.missing(segments).values())
-        if not missing:
-            return 0
-        if not self.is_local:
-            raise InputValueError(
-                f"The latency table {self.path} was measured on {self.machine}, not on this machine "
-                f"({_this_machine()}), and lacks {len(missing)} segment(s), first {missing[0].name!r}: measure them "
-                "where the table comes from (`rgp bench-layers MODEL -o TABLE`) or use this machine's table.")
-        models = [_segment_model(segment) for segment in missing]
-        if _INVOKE not in self.entries:
-            models.append(_invoke_model())
-        medians = self._time(models, _progress_bar(len(models)) if progress else None)
-        if _INVOKE not in self.entries:
-            self.entries[_INVOKE] = medians.pop()
-        self.entries.update({segment.key: ms for segment, ms in zip(missing, medians)})
-        self.save()
+        self.times([(segment.key, segment.name, lambda segment=segment: _segment_model(segment))
+                    for segment in missing], progress, "segment(s)")
         return len(missing)
+
+    def times(self, wanted, progress=False, what="time(s)"):
+        """The ms of each (key, name, make) of `wanted`: from the table, or, for keys not in it yet, of the model
+        `make()` builds, converted and timed here (side by side, in rounds) and kept in the table (`what`: what
+        an entry is, for the error a foreign table raises)."""
+        missing = {key: (name, make) for key, name, make in wanted if key not in self.entries}
+        if missing:
+            if not self.is_local:
+                raise InputValueError(
+                    f"The latency table {self.path} was measured on {self.machine}, not on this machine "
+                    f"({_this_machine()}), and lacks {len(missing)} {what}, first {next(iter(missing.values()))[0]!r}"
+                    ": measure them where the table comes from (`rgp bench-layers MODEL -o TABLE`) or use this "
+                    "machine's table.")
+            models = [make() for _, make in missing.values()]
+            if _INVOKE not in self.entries:
+                models.append(_invoke_model())
+            medians = self._time(models, _progress_bar(len(models)) if progress else None)
+            if _INVOKE not in self.entries:
+                self.entries[_INVOKE] = medians.pop()
+            self.entries.update(zip(missing, medians))
+            self.save()
+        return [self.entries[key] for key, _, _ in wanted]
 
     def whole_ms(self, model, segments):
         """The time of `model`'s whole file (its `segments`), timed once and kept; None with a table from
@@ -259,15 +268,15 @@ def model_segments(model):
         if any(d is None for shape in shapes for d in shape):
             raise InputValueError(f"Layer {calls[0].layer.name!r} reads inputs of unknown size {shapes}: latency "
                                   "prediction needs a model with fixed input shapes.")
-        key = json.dumps([[_describe(call.layer) for call in calls], shapes], sort_keys=True, default=str)
+        key = json.dumps([[describe(call.layer) for call in calls], shapes], sort_keys=True, default=str)
         segments.append(Segment(calls[0].layer.name, key, tuple(calls), shapes))
     return segments
 
 
-def _describe(layer):
+def describe(layer):
     config = {name: value for name, value in layer.get_config().items() if name != "name"}
     if is_rgp_wrapper(layer):  # and the wrapped layer's name
-        config["layer"] = {**config["layer"], "config": _describe(layer.layer)[1]}
+        config["layer"] = {**config["layer"], "config": describe(layer.layer)[1]}
     return [f"{type(layer).__module__}.{type(layer).__qualname__}", config]
 
 
