@@ -15,6 +15,7 @@ from rgp_keras.masking.layer_types import REGISTRY, layer_type
 from rgp_keras.masking.masks import channel_blocks, kept_pairs, prunable_kernel
 from rgp_keras.masking.selection import layer_macs
 from rgp_keras.model_walk import clone_layer, clone_model, paired_leaves, to_numpy
+from rgp_keras.plan.latency import describe
 
 
 def compact_model(model, layout="auto", *, int8=False, threads=1, latency_table=None):
@@ -94,9 +95,6 @@ def measured_latency_ratios(layer, blocks, layouts, table):
     """`{layout: measured latency / dense latency}` of a masked layer's compact `layouts`: the layer alone
     (batch 1) in each layout and dense-shaped, each a file timed through `table` (kept there, keyed by the
     layer's config, input shape, blocks and layout), less what calling a file costs."""
-    import keras
-
-    from rgp_keras.plan.latency import describe
 
     shape = (1, *layer.input.shape[1:])
     base = [describe(layer), shape, hashlib.sha1(np.packbits(blocks).tobytes()).hexdigest(), blocks.shape]
