@@ -158,6 +158,8 @@ def to_numpy(value):
     """
     if type(value).__name__ == "EagerTensor":
         return np.asarray(value)
+    if type(value).__module__.startswith("keras.") and hasattr(value, "value"):  # a Keras 3 variable: its
+        value = value.value  # backend value (on JAX, `Variable.numpy()` warns under numpy 2)
     if hasattr(value, "detach"):  # a torch tensor (Keras 3 on the torch backend)
         return value.detach().cpu().numpy()
     return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
