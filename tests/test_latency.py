@@ -113,6 +113,28 @@ def test_a_file_faster_than_1_ms_is_timed_whole_once(tmp_path, monkeypatch):
     assert predict_latency(renamed, cache_dir=tmp_path, verbose=0).total_ms == pytest.approx(0.5) and not timed
 
 
+def test_a_small_file_timed_beside_a_reference_keeps_its_ratio_to_the_reference_kept(tmp_path, monkeypatch):
+    dense = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(16, 3), layers.GlobalAveragePooling2D(),
+                              layers.Dense(4)])
+    thin = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(8, 3), layers.GlobalAveragePooling2D(),
+                             layers.Dense(4)])
+    clock = {"speed": 1.0}  # the machine slows down between the two timings
+    whole_ms = {id(dense): 0.4, id(thin): 0.2}
+
+    def time(self, models, bar, rounds=3, ratios=False):
+        times = [clock["speed"] * whole_ms.get(id(model), 0.01 if len(model.layers) == 1 else 0.05)
+                 for model in models]
+        return [ms / times[-1] for ms in times] if ratios else times
+
+    monkeypatch.setattr(LatencyTable, "_time", time)
+    table = LatencyTable(tmp_path / "table.json")
+    assert predict_latency(dense, table=table, verbose=0).total_ms == pytest.approx(0.4)
+    clock["speed"] = 1.3
+    alone = predict_latency(thin, table=LatencyTable(tmp_path / "other.json"), verbose=0).total_ms
+    beside = predict_latency(thin, table=table, verbose=0, reference=dense).total_ms
+    assert alone == pytest.approx(0.26) and beside == pytest.approx(0.2)  # 0.5x the dense file, as timed beside it
+
+
 def test_a_table_from_another_machine_is_used_and_never_extended(measured, tmp_path, counted, capsys, monkeypatch):
     model = branchy()
     path = tmp_path / "board.json"

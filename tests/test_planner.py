@@ -27,8 +27,9 @@ def mac_timed(monkeypatch):
             return layer_macs(layer, layer.layer)[0] * float(layer.density)
         return layer_macs(layer, layer)[0] or 0
 
-    def time(self, models, bar, rounds=3):
-        return [0.01 + 1e-6 * sum(macs(layer) for layer in model.layers) for model in models]
+    def time(self, models, bar, rounds=3, ratios=False):
+        times = [0.01 + 1e-6 * sum(macs(layer) for layer in model.layers) for model in models]
+        return [ms / times[-1] for ms in times] if ratios else times
 
     monkeypatch.setattr(LatencyTable, "_time", time)
 

@@ -148,22 +148,31 @@ class LatencyTable:
             self.save()
         return [self.entries[key] for key, _, _ in wanted]
 
-    def whole_ms(self, model, segments):
+    def whole_ms(self, model, segments, reference=None):
         """The time of `model`'s whole file (its `segments`), timed once and kept; None with a table from
-        another machine (the plans made with it cannot be timed whole: its sums of segments serve throughout)."""
+        another machine (the plans made with it cannot be timed whole: its sums of segments serve throughout).
+
+        `reference`: (a model, its segments) whose whole file is timed beside this one, in alternating rounds:
+        the time kept is then the reference's kept time times the ratio of the two. A file of a fraction of a
+        millisecond times 15 % apart at two moments of one session (the benchmark IRN's dense file: 0.072 and
+        0.084 ms), so files timed apart compare badly; beside one reference they keep its scale."""
         if not self.is_local:
             return None
-        made = {key: index for index, segment in enumerate(segments) for key in segment.calls[-1].outputs}
-        wiring = [[made.get(key, -1) for key in segment.calls[0].inputs] for segment in segments]
-        key = json.dumps(["whole file", [segment.key for segment in segments], wiring])
+        key = _whole_key(segments)
         if key not in self.entries:
-            self.entries[key] = self._time([model], None, rounds=_WHOLE_ROUNDS)[0]
+            if reference is None:
+                self.entries[key] = self._time([model], None, rounds=_WHOLE_ROUNDS)[0]
+            else:
+                base = self.whole_ms(*reference)
+                mine, theirs = self._time([model, reference[0]], None, rounds=_WHOLE_ROUNDS, ratios=True)
+                self.entries[key] = base * mine / theirs
             self.save()
         return self.entries[key]
 
-    def _time(self, models, bar, rounds=_ROUNDS):
+    def _time(self, models, bar, rounds=_ROUNDS, ratios=False):
         """Each model's LiteRT latency (ms): converted once, then every file timed in each of `rounds` rounds in
-        turn (a slower spell of the machine is shared out), the median of its rounds."""
+        turn (a slower spell of the machine is shared out), the median of its rounds. `ratios`: instead, the
+        median over rounds of each file's time / the last file's in the same round (the last gives 1)."""
         with tempfile.TemporaryDirectory() as folder:
             paths = []
             for number, model in enumerate(models):
@@ -172,6 +181,8 @@ class LatencyTable:
                 if bar is not None:
                     bar.update(number + 1)
             times = [[_time_file(path, self.threads) for path in paths] for _ in range(rounds)]
+        if ratios:
+            times = [[ms / row[-1] for ms in row] for row in times]
         return [statistics.median(column) for column in zip(*times)]
 
     @property
@@ -198,7 +209,14 @@ class LatencyTable:
         os.replace(partial, self.path)
 
 
-def predict_latency(model, *, threads=1, table=None, cache_dir=None, verbose="auto"):
+def _whole_key(segments):
+    """A whole file's table key: its segments' keys and how they are wired."""
+    made = {key: index for index, segment in enumerate(segments) for key in segment.calls[-1].outputs}
+    wiring = [[made.get(key, -1) for key in segment.calls[0].inputs] for segment in segments]
+    return json.dumps(["whole file", [segment.key for segment in segments], wiring])
+
+
+def predict_latency(model, *, threads=1, table=None, cache_dir=None, verbose="auto", reference=None):
     """The LiteRT latency (ms, one sample, `threads` threads) of `model` exported as a float .tflite file,
     predicted as the sum of its segments' latencies (see the module).
 
@@ -207,7 +225,10 @@ def predict_latency(model, *, threads=1, table=None, cache_dir=None, verbose="au
     (default: the user's cache folder) per LiteRT version, CPU and threads,
     so a second call measures nothing. `table`: a `LatencyTable` or the path
     of one (`rgp bench-layers`), e.g. measured on the target device; it must
-    hold every segment of `model`.
+    hold every segment of `model`. `reference`: a model (the dense one a
+    pruned model is compared with) whose file a file predicted under
+    `WHOLE_FILE_BELOW_MS`, timed whole, is timed beside, so that the two
+    keep their ratio (`LatencyTable.whole_ms`).
 
     Example:
     >>> predict_latency(keras.applications.MobileNetV2(weights=None)).total_ms  # doctest: +SKIP
@@ -221,7 +242,8 @@ def predict_latency(model, *, threads=1, table=None, cache_dir=None, verbose="au
     table.measure(segments, progress=progress_wanted(verbose, len(table.missing(segments))))
     parts = [(segment.name, table.segment_ms(segment.key)) for segment in segments]
     total = table.call_ms + sum(ms for _, ms in parts)
-    if total < WHOLE_FILE_BELOW_MS and (whole := table.whole_ms(model, segments)) is not None:
+    reference = None if reference is None else (reference, model_segments(reference))
+    if total < WHOLE_FILE_BELOW_MS and (whole := table.whole_ms(model, segments, reference)) is not None:
         share = (whole - table.call_ms) / max(total - table.call_ms, 1e-12)  # the segments' parts of it
         parts, total = [(name, ms * share) for name, ms in parts], whole
     return LatencyPrediction(total, parts)

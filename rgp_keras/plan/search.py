@@ -212,7 +212,7 @@ def _corrected(make, model, spaces, held, order, latency, budget, table, verbose
         search = make(scale * budget)
         if table.is_local:
             shapes = _applied(model, spaces, held, kept_channels(spaces, order, search.counts), search, "", None, {})
-            prediction = predict_latency(shapes, threads=table.threads, table=table, verbose=verbose)
+            prediction = predict_latency(shapes, threads=table.threads, table=table, verbose=verbose, reference=model)
         else:
             prediction = LatencyPrediction(latency.fixed + sum(search.term_costs),
                                            list(zip(latency.names, search.term_costs)))
