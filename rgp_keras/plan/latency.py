@@ -152,8 +152,8 @@ class LatencyTable:
         """The time of `model`'s whole file (its `segments`), timed once and kept; None with a table from
         another machine (the plans made with it cannot be timed whole: its sums of segments serve throughout).
 
-        `reference`: (a model, its segments) whose whole file is timed beside this one, in alternating rounds:
-        the time kept is then the reference's kept time times the ratio of the two. A file of a fraction of a
+        `reference`: (a model, its segments) whose whole file is timed beside this one, both in each round: the
+        time kept is then the reference's kept time times the median ratio of the two. A file of a fraction of a
         millisecond times 15 % apart at two moments of one session (the benchmark IRN's dense file: 0.072 and
         0.084 ms), so files timed apart compare badly; beside one reference they keep its scale."""
         if not self.is_local:
