@@ -159,7 +159,8 @@ class Observer:
     def add(self, start, inputs, reference_inputs, reference_outputs):
         """Rows `start`.. of this call's inputs (one value per input tensor, then one per tensor in `also`), and of
         the reference call's inputs (then the reference's values of `also`) and outputs (None without a
-        reference). A tensor in `also` must be written before this call and read after it."""
+        reference). A tensor in `also` must be written before this call and read after it; every observer of
+        a call is given the tensors of all their `also`s, in the order they were visited."""
         raise NotImplementedError
 
     def finish(self):

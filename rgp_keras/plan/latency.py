@@ -242,10 +242,11 @@ def predict_latency(model, *, threads=1, table=None, cache_dir=None, verbose="au
     table.measure(segments, progress=progress_wanted(verbose, len(table.missing(segments))))
     parts = [(segment.name, table.segment_ms(segment.key)) for segment in segments]
     total = table.call_ms + sum(ms for _, ms in parts)
-    reference = None if reference is None else (reference, model_segments(reference))
-    if total < WHOLE_FILE_BELOW_MS and (whole := table.whole_ms(model, segments, reference)) is not None:
-        share = (whole - table.call_ms) / max(total - table.call_ms, 1e-12)  # the segments' parts of it
-        parts, total = [(name, ms * share) for name, ms in parts], whole
+    if total < WHOLE_FILE_BELOW_MS:
+        beside = None if reference is None else (reference, model_segments(reference))
+        if (whole := table.whole_ms(model, segments, beside)) is not None:
+            share = (whole - table.call_ms) / max(total - table.call_ms, 1e-12)  # the segments' parts of it
+            parts, total = [(name, ms * share) for name, ms in parts], whole
     return LatencyPrediction(total, parts)
 
 
