@@ -36,8 +36,11 @@ from 87.26 % at 5e-4 to 85.60 % at 4e-3):
                         match (D + F epochs)
   planned               rgp_keras.prune_for_latency(dense, target, calibration_data=the 512 images): widths
                         and RGP graphs chosen per layer from LiteRT segment times measured here (table cached
-                        in --work), target = the latency ratio this seed's thin dense row measured at this
-                        sparsity (the median over seeds where that row is missing); no training
+                        in --work), target = thin dense's latency ratio on this machine: its architecture at
+                        this sparsity's width exported and timed beside this seed's dense file in the same
+                        run (weights play no part in the time; rows timed on another machine are not a
+                        target: the same widths measured 0.53x on one machine and 0.60x on another); no
+                        training
   planned + FT          the same plan, F epochs from the rate probed for "channels data-aware + FT" (not
                         probed on its own)
   RGP data-aware + FT, n=N   (full profile) the same as RGP data-aware + FT on an N-node graph, N in
@@ -364,15 +367,12 @@ def planned(dense, target, calibration, table_dir):
     return model
 
 
-def thin_latencies(profile):
-    """(model, sparsity, seed) -> the latency ratio the thin dense row measured, and (model, sparsity, None) ->
-    the median over its seeds: the planned rows' targets."""
-    found = {}
-    for row in done_rows(CSV):
-        if row["profile"] == profile and row["method"] == "thin dense":
-            found[(row["model"], row["sparsity"], row["seed"])] = float(row["latency_ratio"])
-            found.setdefault((row["model"], row["sparsity"], None), []).append(float(row["latency_ratio"]))
-    return {key: statistics.median(value) if key[2] is None else value for key, value in found.items()}
+def thin_latency(name, kept, dense_file, work):
+    """Thin dense's latency ratio on this machine now: the model of `name` at the width whose MACs are `kept`,
+    exported untrained (its file runs as the trained one's) and timed beside `dense_file`."""
+    path = work / f"thin-{name}-{width_matching(name, kept):.3f}.tflite"
+    rgp_keras.export_tflite(build(keras, name, width_matching(name, kept)), path)
+    return latency_ratio(path, dense_file)
 
 
 def probe_rates(work, models):
@@ -463,6 +463,7 @@ def run(profile, work, seeds=None, models=None, methods=None):
             calibration = calibration_images(train, seed)
             first_with = {}  # RGP's kept MACs -> the first sparsity that gave them
             plans = {}  # sparsity -> the "planned" row's model, for its "planned + FT" row
+            targets = {}  # sparsity -> the planned rows' target latency ratio
             for sparsity in settings["sparsities"]:
                 todo = [m for m in methods or METHODS if (profile, name, m, str(sparsity), str(seed)) not in done]
                 # always measured: a resumed run must still see that an earlier sparsity had these MACs
@@ -497,13 +498,8 @@ def run(profile, work, seeds=None, models=None, methods=None):
                         model = channels(dense, width, calibration if method == "channels data-aware" else None)
                         epochs = 0
                     elif method in ("planned", "planned + FT"):
-                        latencies = thin_latencies(profile)
-                        target = latencies.get((name, str(sparsity), str(seed)), latencies.get((name, str(sparsity),
-                                                                                                None)))
-                        if target is None:
-                            print(f"{name} seed {seed} {sparsity} {method}: no thin dense row to take the target "
-                                  "latency from; no row", flush=True)
-                            continue
+                        # one target per sparsity: "planned + FT" fine-tunes the plan made for it
+                        target = targets.setdefault(sparsity, thin_latency(name, kept, dense_file, work))
                         graph = f"target {target:.3f}"
                         # "planned + FT" fine-tunes the plan "planned" just recorded (one plan per sparsity)
                         model = plans.pop(sparsity, None)
