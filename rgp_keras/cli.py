@@ -203,7 +203,7 @@ def _export(args):
     samples = _calibration(args.calibration, model.inputs[0].shape, 500) if args.calibration else None
     report = export_tflite(
         model, args.output, compact=not args.sparse, quantize=args.quantize, representative_data=samples,
-        layout=args.layout, threads=args.threads,
+        layout=args.layout, threads=args.threads, latency_table=args.table,
     )
     if args.json:
         import dataclasses
@@ -265,12 +265,26 @@ def _bench(args):
 
 def _bench_layers(args):
     _on_tensorflow()
+    from rgp_keras.export import time_compact_layouts
+    from rgp_keras.masking.wrapper import RegularGraphPruning
+    from rgp_keras.model_walk import leaves
     from rgp_keras.plan.latency import LatencyTable, predict_latency
     from rgp_keras.plan.search import time_plan_segments
 
     model = _load_keras_model(args.model)
     table = LatencyTable(args.output, args.threads)
+    if any(isinstance(layer, RegularGraphPruning) for layer in leaves(model)):
+        # a pruned model: what `rgp export --layout measured --table` reads, not what the planner reads
+        layouts = time_compact_layouts(model, table, args.threads)
+        if args.json:
+            return _print_json(model=args.model, table=args.output, layouts=layouts)
+        print("\n".join(f"{name}: {layout}" for name, layout in layouts.items()) or "no layer runs faster compact")
+        print(f"{args.output}: the compact layouts of {args.model}'s masked layers timed at {args.threads} "
+              f"thread(s) on {table.machine['cpu']}; the layouts above are the fastest (export with `rgp export "
+              f"{args.model} --layout measured --table {args.output} --threads {args.threads}`)")
+        return None
     time_plan_segments(model, threads=args.threads, table=table, verbose=0 if args.json else 1)
+    time_compact_layouts(model, table, args.threads)  # a stripped model's masked layers, if it has any
     prediction = predict_latency(model, threads=args.threads, table=table, verbose=0)
     if args.json:
         return _print_json(model=args.model, table=args.output, total_ms=prediction.total_ms,
@@ -429,6 +443,8 @@ def _parser():
                              "machine's LiteRT per layer, kept in the user's cache) or forced where it applies")
     export.add_argument("--threads", type=int, default=1,
                         help="CPU threads the file will run with; auto keeps more layers dense for more (default 1)")
+    export.add_argument("--table", help="with --layout measured: layer times measured on the target device "
+                                         "(`rgp bench-layers pruned.keras -o table.json` there)")
     export.add_argument("--quantize", choices=["dynamic", "float16", "int8"], help="post-training quantization")
     export.add_argument("--calibration", help="int8 calibration inputs: a .npy array (N, *input) or a folder of images")
 
@@ -446,8 +462,9 @@ def _parser():
     bench_layers = _command(
         commands, "bench-layers", "time a .keras model's layers on this machine's LiteRT into a latency table",
         "Time each layer segment of a model (once; dense, at the widths and as the RGP kernels prune_for_latency "
-        "plans with) and add the times to a JSON table that predict_latency and prune_for_latency read; run it on "
-        "the target device (any machine with Python, TensorFlow and ai-edge-litert).",
+        "plans with) and add the times to a JSON table that predict_latency and prune_for_latency read; of a "
+        "pruned model, time its masked layers' compact layouts instead (what `rgp export --layout measured "
+        "--table` reads). Run it on the target device (any machine with Python, TensorFlow and ai-edge-litert).",
         _bench_layers, model=".keras model", json="print the prediction as one JSON object",
     )
     bench_layers.add_argument("-o", "--output", required=True, help="latency table (.json) to write or extend")

@@ -322,6 +322,47 @@ def test_measured_layouts_say_what_they_need(graph16, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_a_board_times_the_compact_layouts_that_an_export_elsewhere_chooses_by(graph16, tmp_path, monkeypatch,
+                                                                                capsys):
+    import json
+
+    from rgp_keras.cli import main
+    from rgp_keras.plan.latency import LatencyTable
+
+    pruned = prune_regular_graph(vgg((32, 48, 64)), graph=graph16)
+    pruned.save(tmp_path / "pruned.keras")
+    board = tmp_path / "board.json"
+    # on the board: `rgp bench-layers pruned.keras` times each masked layer's layouts and its dense form
+    monkeypatch.setattr(LatencyTable, "_time", lambda self, models, bar, rounds=3, ratios=False: [1.0] * len(models))
+    assert main(["bench-layers", str(tmp_path / "pruned.keras"), "-o", str(board), "--threads", "2"]) == 0
+    assert "--layout measured --table" in capsys.readouterr().out
+    stored = json.loads(board.read_text())
+    masked = [layer.name for layer in strip_pruning(pruned).layers if hasattr(layer, "kernel")
+              and np.any(to_numpy(layer.kernel) == 0)]
+    alone = [key for key in stored["entries"] if key.startswith('["layer alone"')]
+    assert len(masked) >= 3 and len(alone) >= 3 * len(masked)
+    # ... where slices run fastest; back here, the export reads the board's table and times nothing
+    stored["machine"] = {"litert": "ai-edge-litert 2.3.0", "cpu": "Cortex-A76"}
+    for key in alone:
+        stored["entries"][key] = stored["entries"]["invoke"] + (0.001 if json.loads(key)[-1] == "slices" else 1.0)
+    board.write_text(json.dumps(stored))
+    monkeypatch.setattr(LatencyTable, "_time", lambda *args, **kwargs: pytest.fail("timed here"))
+    out = tmp_path / "model.tflite"
+    assert main(["export", str(tmp_path / "pruned.keras"), "-o", str(out), "--layout", "measured", "--table",
+                 str(board), "--threads", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["compacted"] == {name: "slices" for name in masked}
+    # a model the board did not time, and a table without the measured layout: one line each, no file
+    other = prune_regular_graph(vgg((32, 48, 80)), graph=graph16)
+    other.save(tmp_path / "other.keras")
+    assert main(["export", str(tmp_path / "other.keras"), "-o", str(tmp_path / "o.tflite"), "--layout", "measured",
+                 "--table", str(board), "--threads", "2"]) == 2
+    assert "measured on {'litert': 'ai-edge-litert 2.3.0', 'cpu': 'Cortex-A76'}" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "other.keras"), "-o", str(tmp_path / "o.tflite"), "--table",
+                 str(board)]) == 2
+    assert '--table holds the layer times of layout="measured"' in capsys.readouterr().err
+    assert not (tmp_path / "o.tflite").exists()
+
+
 @pytest.mark.slow
 def test_mobilenet_v2_compact_export_matches_keras(real_images, tmp_path):
     model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), weights=None, classes=10)

@@ -33,7 +33,7 @@ and `_latency` (the per-layer latency estimate). Running and timing .tflite
 files is `rgp_keras.litert` (no TensorFlow needed).
 """
 
-from rgp_keras.export._convert import QUANTIZE, ExportReport, export_tflite
+from rgp_keras.export._convert import QUANTIZE, ExportReport, export_tflite, time_compact_layouts
 from rgp_keras.export._kernels import LAYOUTS, CompactKernel, FoldedAway, GatherKernel, ScatterKernel, SliceKernel
 from rgp_keras.export._latency import estimated_latency_ratios
 from rgp_keras.export._rewrite import compact_model, measured_latency_ratios

@@ -126,7 +126,9 @@ def export_tflite(
             gathers do not.
         latency_table: with layout="measured", the table of layer times
             (a `LatencyTable` or a path, as `predict_latency` takes; default:
-            this machine's, in the user's cache folder).
+            this machine's, in the user's cache folder). A table measured on
+            the target device (`time_compact_layouts`, `rgp bench-layers
+            pruned.keras` there) makes the choice for that device.
 
     Before the file is put at `path`, LiteRT runs it once on a few inputs
     (`representative_data` if given, else random values of the input shape)
@@ -224,6 +226,29 @@ def export_tflite(
         not_compacted=dict(not_compacted),
         notes=tuple(notes + option_notes),
     )
+
+
+def time_compact_layouts(model, table, threads=1):
+    """Time into `table` the compact layouts of every RGP-masked layer of `model` (pruned or stripped), each
+    alone and dense-shaped, as `export_tflite(layout="measured")` reads them; what the table already holds is
+    not timed again. Run on the target device (`rgp bench-layers pruned.keras -o table.json` does), it lets an
+    export made elsewhere with that table choose each layer's layout for the device. `table`: a
+    `LatencyTable` or a path (a new file, or one to extend). Returns `{layer name: layout}`, the layouts the
+    times choose (a layer missing from it stays dense-shaped)."""
+    from rgp_keras.plan.latency import LatencyTable, resolve_table
+
+    reject_tf_keras(model, "time_compact_layouts")
+    threads = check_int("threads", threads, minimum=1)
+    if not isinstance(table, LatencyTable):
+        table = LatencyTable(table, threads)  # a new file, or one to extend
+    table = resolve_table(table, threads, None)
+    if not is_rebuildable(model):
+        raise InputTypeError(f"Compact kernels rewrite a model layer by layer, which the subclassed model "
+                             f"{model.name!r} ({type(model).__name__}) does not allow: there is nothing to time.")
+    wrapped = any(isinstance(layer, RegularGraphPruning) for layer in leaves(model))
+    _, compacted, _ = compact_model(strip_pruning(model) if wrapped else model, "measured", threads=threads,
+                                    latency_table=table)
+    return compacted
 
 
 def _calibration_samples(model, quantize, representative_data):
