@@ -41,6 +41,6 @@ from rgp_keras.masking.masks import channel_blocks
 
 __all__ = [
     "ExportReport", "export_tflite", "compact_model", "channel_blocks", "estimated_latency_ratios",
-    "measured_latency_ratios", "CompactKernel", "GatherKernel", "SliceKernel", "ScatterKernel", "FoldedAway",
-    "LAYOUTS", "QUANTIZE",
+    "measured_latency_ratios", "time_compact_layouts", "CompactKernel", "GatherKernel", "SliceKernel",
+    "ScatterKernel", "FoldedAway", "LAYOUTS", "QUANTIZE",
 ]
