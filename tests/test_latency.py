@@ -135,6 +135,27 @@ def test_a_small_file_timed_beside_a_reference_keeps_its_ratio_to_the_reference_
     assert alone == pytest.approx(0.26) and beside == pytest.approx(0.2)  # 0.5x the dense file, as timed beside it
 
 
+def test_a_small_file_beside_a_reference_predicted_by_its_segments_keeps_that_scale(tmp_path, monkeypatch):
+    dense = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(16, 3), layers.GlobalAveragePooling2D(),
+                              layers.Dense(4)])
+    thin = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(8, 3), layers.GlobalAveragePooling2D(),
+                             layers.Dense(4)])
+    clock = {"segment": 0.6}  # dense: its segments sum over 1 ms; the whole file runs 2.0 ms, the thin one 0.5 ms
+    whole_ms = {id(dense): 2.0, id(thin): 0.5}
+
+    def time(self, models, bar, rounds=3, ratios=False):
+        times = [whole_ms.get(id(model), 0.01 if len(model.layers) == 1 else clock["segment"]) for model in models]
+        return [ms / times[-1] for ms in times] if ratios else times
+
+    monkeypatch.setattr(LatencyTable, "_time", time)
+    table = LatencyTable(tmp_path / "table.json")
+    reference = predict_latency(dense, table=table, verbose=0).total_ms
+    assert reference > 1.0 and reference != pytest.approx(2.0)  # the sum of its segments, not its whole file
+    clock["segment"] = 0.05
+    beside = predict_latency(thin, table=table, verbose=0, reference=dense).total_ms
+    assert beside == pytest.approx(0.25 * reference)  # a quarter of the dense file, on the dense prediction's scale
+
+
 def test_a_table_from_another_machine_is_used_and_never_extended(measured, tmp_path, counted, capsys, monkeypatch):
     model = branchy()
     path = tmp_path / "board.json"

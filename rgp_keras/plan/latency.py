@@ -228,7 +228,9 @@ def predict_latency(model, *, threads=1, table=None, cache_dir=None, verbose="au
     hold every segment of `model`. `reference`: a model (the dense one a
     pruned model is compared with) whose file a file predicted under
     `WHOLE_FILE_BELOW_MS`, timed whole, is timed beside, so that the two
-    keep their ratio (`LatencyTable.whole_ms`).
+    keep their ratio (`LatencyTable.whole_ms`): the prediction is then that
+    ratio times the reference's prediction (its segments' sum where it is
+    over `WHOLE_FILE_BELOW_MS`), so that the two compare on one scale.
 
     Example:
     >>> predict_latency(keras.applications.MobileNetV2(weights=None)).total_ms  # doctest: +SKIP
@@ -244,7 +246,11 @@ def predict_latency(model, *, threads=1, table=None, cache_dir=None, verbose="au
     total = table.call_ms + sum(ms for _, ms in parts)
     if total < WHOLE_FILE_BELOW_MS:
         beside = None if reference is None else (reference, model_segments(reference))
-        if (whole := table.whole_ms(model, segments, beside)) is not None:
+        if (whole := table.whole_ms(model, segments, beside)) is not None and beside is not None:
+            # into the reference's own scale: a reference over WHOLE_FILE_BELOW_MS is predicted by its segments
+            whole *= predict_latency(reference, threads=threads, table=table, verbose=0).total_ms / table.whole_ms(
+                *beside)
+        if whole is not None:
             share = (whole - table.call_ms) / max(total - table.call_ms, 1e-12)  # the segments' parts of it
             parts, total = [(name, ms * share) for name, ms in parts], whole
     return LatencyPrediction(total, parts)
