@@ -246,10 +246,9 @@ def predict_latency(model, *, threads=1, table=None, cache_dir=None, verbose="au
     total = table.call_ms + sum(ms for _, ms in parts)
     if total < WHOLE_FILE_BELOW_MS:
         beside = None if reference is None else (reference, model_segments(reference))
-        if (whole := table.whole_ms(model, segments, beside)) is not None and beside is not None:
-            # into the reference's own scale: a reference over WHOLE_FILE_BELOW_MS is predicted by its segments
-            whole *= predict_latency(reference, threads=threads, table=table, verbose=0).total_ms / table.whole_ms(
-                *beside)
+        whole = table.whole_ms(model, segments, beside)
+        if whole is not None and beside is not None:  # on the scale of the reference's prediction
+            whole *= predict_latency(reference, table=table, verbose=0).total_ms / table.whole_ms(*beside)
         if whole is not None:
             share = (whole - table.call_ms) / max(total - table.call_ms, 1e-12)  # the segments' parts of it
             parts, total = [(name, ms * share) for name, ms in parts], whole
