@@ -370,8 +370,9 @@ def planned(dense, target, calibration, table_dir):
 def thin_latency(name, kept, dense_file, work):
     """Thin dense's latency ratio on this machine now: the model of `name` at the width whose MACs are `kept`,
     exported untrained (its file runs as the trained one's) and timed beside `dense_file`."""
-    path = work / f"thin-{name}-{width_matching(name, kept):.3f}.tflite"
-    rgp_keras.export_tflite(build(keras, name, width_matching(name, kept)), path)
+    width = width_matching(name, kept)
+    path = work / f"thin-{name}-{width:.3f}.tflite"
+    rgp_keras.export_tflite(build(keras, name, width), path)
     return latency_ratio(path, dense_file)
 
 
@@ -498,8 +499,9 @@ def run(profile, work, seeds=None, models=None, methods=None):
                         model = channels(dense, width, calibration if method == "channels data-aware" else None)
                         epochs = 0
                     elif method in ("planned", "planned + FT"):
-                        # one target per sparsity: "planned + FT" fine-tunes the plan made for it
-                        target = targets.setdefault(sparsity, thin_latency(name, kept, dense_file, work))
+                        if sparsity not in targets:  # one per sparsity: "planned + FT" fine-tunes the plan made for it
+                            targets[sparsity] = thin_latency(name, kept, dense_file, work)
+                        target = targets[sparsity]
                         graph = f"target {target:.3f}"
                         # "planned + FT" fine-tunes the plan "planned" just recorded (one plan per sparsity)
                         model = plans.pop(sparsity, None)
