@@ -4,15 +4,17 @@ Segment times come from a stand-in for LiteRT here (a fixed cost per file call p
 search is tested exactly and fast; real timings are predict_latency's tests and benchmarks/latency_planner.py."""
 
 import json
+import types
 
 import keras
 import numpy as np
 import pytest
 
 from rgp_keras import LatencyPlan, prune_for_latency, prune_regular_graph, pruning_summary, strip_pruning
+from rgp_keras.channels.widths import PLANS
 from rgp_keras.masking.selection import layer_macs
 from rgp_keras.plan.latency import LatencyTable, predict_latency
-from rgp_keras.plan.search import PLANS, _graphs, time_plan_segments
+from rgp_keras.plan.search import CHANNEL_TILE, _graphs, _LatencyModel, time_plan_segments
 
 layers = keras.layers
 
@@ -95,15 +97,25 @@ def test_the_plan_meets_the_target_and_residual_producers_share_their_width(tmp_
 def test_whole_plans_are_judged_by_the_output_error_on_the_samples_and_the_nearest_is_returned(tmp_path):
     model, x = residual(), images((12, 12, 3))
     pruned, plan = prune_for_latency(model, 0.4, calibration_data=x, cache_dir=tmp_path, verbose=0)
-    assert [row["plan"] for row in plan.candidates] == list(PLANS)  # three different plans on this model
-    for row in plan.candidates:  # each corrected to the budget
-        assert abs(row["predicted"] - 0.4) <= 0.05 * 0.4 and row["output_error"] > 0
+    names = [row["plan"] for row in plan.candidates]  # three different plans on this model, and tiled ones
+    assert names[:3] == list(PLANS) and all(name.endswith(f", {CHANNEL_TILE}-channel tiles") for name in names[3:])
+    for row in plan.candidates[:3]:  # each corrected to the budget (whole tiles are coarser: as near as they get)
+        assert abs(row["predicted"] - 0.4) <= 0.05 * 0.4
+    assert all(row["output_error"] > 0 for row in plan.candidates)
     (chosen,) = [row for row in plan.candidates if row["chosen"]]
     assert chosen["output_error"] == min(row["output_error"] for row in plan.candidates)
     assert plan.predicted_ms / plan.dense_ms == pytest.approx(chosen["predicted"])
     dense, thin = model.predict(x, verbose=0), pruned.predict(x, verbose=0)
     assert np.sum((thin - dense) ** 2) / np.sum(dense**2) == pytest.approx(chosen["output_error"], rel=1e-3)
     assert f"* {chosen['plan']}: {chosen['predicted']:.3f} x dense" in str(plan)
+
+
+def test_tiles_charge_a_count_as_the_next_multiple_up_to_the_width():
+    latency = _LatencyModel.__new__(_LatencyModel)  # (its timing-free part)
+    latency.spaces = types.SimpleNamespace(width={"a": 128, "b": 24, "c": 12}.get)
+    assert latency.aligned({"a": 65, "b": 20}) == {"a": 65, "b": 20}  # no tile: as given
+    latency.tile = 16
+    assert latency.aligned({"a": 65, "b": 20, "c": 10}) == {"a": 80, "b": 24, "c": 10}
 
 
 def test_free_channels_go_first_and_a_channel_that_costs_accuracy_only_when_needed():

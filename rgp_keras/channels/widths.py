@@ -92,8 +92,8 @@ def kept_share(spaces, key, counts):
 class MacCosts:
     """The cost model of a search in MACs per sample: one term per layer with multiply-adds (`mac_terms`), each
     scaled by the kept shares of the tensors it reads and writes. A cost model gives `fixed` (a cost no width
-    changes), per term `cost(index, counts)` and the spaces it touches (`roots`), and per space the terms it
-    touches (`affected`)."""
+    changes), per term `cost(index, counts)` and the spaces it touches (`roots`), per space the terms it
+    touches (`affected`), and `aligned(counts)`: the counts its costs charge for (MACs: the counts as given)."""
 
     fixed = 0.0
 
@@ -110,6 +110,10 @@ class MacCosts:
 
     def total(self, counts):
         return self.fixed + sum(self.cost(index, counts) for index in range(len(self.terms)))
+
+    @staticmethod
+    def aligned(counts):
+        return counts
 
 
 class MaskOption(NamedTuple):
@@ -149,6 +153,10 @@ class WidthSearch:
             self._greedy(budget)
         else:
             self._scaled(shape, budget)
+        # the channels the cost model charges for (a latency model: whole tiles of a GEMM) are kept, at no cost
+        self.counts = model.aligned(self.counts)
+        self.term_costs = [option.costs[index] if index in self.masked else model.cost(index, self.counts)
+                           for index in range(len(model.roots))]
         self.error = sum(float(curves[root][spaces.width(root) - count]) for root, count in self.counts.items())
         self.error += sum(option.errors[index] for index in self.masked)
 
