@@ -23,7 +23,7 @@ so it only proposes: three plans are made, each predicted exactly (each new
 segment timed) with its budget corrected by what the interpolation missed -
 the least summed error, one width for all spaces, and halfway between the two
 (each space's fraction the geometric mean of theirs, scaled to the budget) -
-and each is applied: thinned (`prune_channels`' engine), masked
+and each again on whole channel tiles (`CHANNEL_TILE`); each is applied: thinned (`prune_channels`' engine), masked
 (`prune_regular_graph`'s, channels in their order as the sensitivities
 assumed) and refit in one pass over the calibration data against the dense
 model (`data_aware.reconstruct`). The plan whose model's outputs are nearest
@@ -125,7 +125,8 @@ def prune_for_latency(model, target, *, calibration_data, threads=1, layers=None
     once and kept in `cache_dir`, or `latency_table` measured on the target
     with `rgp bench-layers`); the accuracy cost of each width from the
     calibration data (see the module). Three whole plans (the search's, one
-    width for all, halfway between) are each thinned as `prune_channels`
+    width for all, halfway between), and each again on whole 16-channel
+    tiles (`CHANNEL_TILE`), are each thinned as `prune_channels`
     does, RGP-masked where planned and refit in one pass over the calibration
     data; the one whose outputs stay nearest the dense model's on the
     calibration samples is returned, ready for `fit` and `export_tflite`.
