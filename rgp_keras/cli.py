@@ -266,14 +266,13 @@ def _bench(args):
 def _bench_layers(args):
     _on_tensorflow()
     from rgp_keras.export import time_compact_layouts
-    from rgp_keras.masking.wrapper import RegularGraphPruning
-    from rgp_keras.model_walk import leaves
+    from rgp_keras.model_walk import carries_masks
     from rgp_keras.plan.latency import LatencyTable, predict_latency
     from rgp_keras.plan.search import time_plan_segments
 
     model = _load_keras_model(args.model)
     table = LatencyTable(args.output, args.threads)
-    if any(isinstance(layer, RegularGraphPruning) for layer in leaves(model)):
+    if carries_masks(model):
         # a pruned model: what `rgp export --layout measured --table` reads, not what the planner reads
         layouts = time_compact_layouts(model, table, args.threads)
         if args.json:

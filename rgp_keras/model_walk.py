@@ -183,6 +183,11 @@ def variable_index(layer, variable):
     return next(i for i, weight in enumerate(layer.weights) if weight is variable)
 
 
+def carries_masks(model):
+    """Whether `model` (or a model nested in it) holds an RGP wrapper."""
+    return any(is_rgp_wrapper(layer) for layer in leaves(model))
+
+
 def is_rgp_wrapper(layer):
     """Whether `layer` is an RGP wrapper: Keras 3 `RegularGraphPruning` or the tf_keras `PruneRegularGraph`."""
     return hasattr(layer, "masked_kernel") and hasattr(layer, "graph")

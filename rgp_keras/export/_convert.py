@@ -19,8 +19,7 @@ from rgp_keras.export._rewrite import compact_model, masked_kernel_of
 from rgp_keras.litert import run_tflite
 from rgp_keras.masking.layer_types import layer_type
 from rgp_keras.masking.summary import pruning_summary
-from rgp_keras.masking.wrapper import RegularGraphPruning
-from rgp_keras.model_walk import leaves, reject_tf_keras, to_numpy
+from rgp_keras.model_walk import carries_masks, leaves, reject_tf_keras, to_numpy
 from rgp_keras.prune import strip_pruning
 
 QUANTIZE = (None, "dynamic", "float16", "int8")
@@ -181,7 +180,7 @@ def export_tflite(
 
         latency_table = resolve_table(latency_table, threads, None)
     subclassed = not is_rebuildable(model)
-    wrapped = any(isinstance(layer, RegularGraphPruning) for layer in leaves(model))
+    wrapped = carries_masks(model)
     if subclassed and compact and wrapped:
         raise InputTypeError(
             f"Compact kernels rewrite a model layer by layer, which the subclassed model {model.name!r} "
@@ -245,7 +244,7 @@ def time_compact_layouts(model, table, threads=1):
     if not is_rebuildable(model):
         raise InputTypeError(f"Compact kernels rewrite a model layer by layer, which the subclassed model "
                              f"{model.name!r} ({type(model).__name__}) does not allow: there is nothing to time.")
-    wrapped = any(isinstance(layer, RegularGraphPruning) for layer in leaves(model))
+    wrapped = carries_masks(model)
     _, compacted, _ = compact_model(strip_pruning(model) if wrapped else model, "measured", threads=threads,
                                     latency_table=table)
     return compacted

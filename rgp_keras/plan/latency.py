@@ -242,13 +242,20 @@ def predict_latency(model, *, threads=1, table=None, cache_dir=None, verbose="au
     segments = model_segments(model)
     table = resolve_table(table, threads, cache_dir)
     table.measure(segments, progress=progress_wanted(verbose, len(table.missing(segments))))
+    beside = None if reference is None else (reference, model_segments(reference))
+    return _predicted(model, segments, table, beside)
+
+
+def _predicted(model, segments, table, beside=None):
+    """`predict_latency` of `model` (its `segments`, already in `table`); `beside`: the reference and its
+    segments."""
     parts = [(segment.name, table.segment_ms(segment.key)) for segment in segments]
     total = table.call_ms + sum(ms for _, ms in parts)
     if total < WHOLE_FILE_BELOW_MS:
-        beside = None if reference is None else (reference, model_segments(reference))
         whole = table.whole_ms(model, segments, beside)
         if whole is not None and beside is not None:  # on the scale of the reference's prediction
-            whole *= predict_latency(reference, table=table, verbose=0).total_ms / table.whole_ms(*beside)
+            table.measure(beside[1])
+            whole *= _predicted(*beside, table).total_ms / table.whole_ms(*beside)
         if whole is not None:
             share = (whole - table.call_ms) / max(total - table.call_ms, 1e-12)  # the segments' parts of it
             parts, total = [(name, ms * share) for name, ms in parts], whole

@@ -80,9 +80,9 @@ _TIMED_WIDTHS = (1.0, 0.625, 0.375, 0.125)
 _TOLERANCE, _SEARCHES = 0.03, 6
 # XNNPACK's GEMM kernels compute 16 output channels at a time on x86 (8 on Arm, whose tiles these multiples also
 # fill): a layer of 17-32 channels runs as one of 32. The benchmark CNN's file at 16-32-64-64 channels measured
-# 0.271x dense, at 16-32-65-65 0.364x (one machine, side by side). Each whole plan is also made with every count
-# charged as the next multiple of it (its channels filling the tiles it pays for) and judged beside the others,
-# timed as they are (on small layers tiles matter less, and the plans as they are may win).
+# 0.271x dense, at 16-32-65-65 0.364x (a one-off probe on one machine, side by side). Each whole plan is also
+# made with every count charged as the next multiple of it (its channels filling the tiles it pays for) and judged
+# beside the others, timed as they are (on small layers tiles matter less, and the plans as they are may win).
 CHANNEL_TILE = 16
 
 
