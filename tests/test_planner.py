@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from rgp_keras import LatencyPlan, prune_for_latency, prune_regular_graph, pruning_summary, strip_pruning
-from rgp_keras.channels.widths import PLANS
+from rgp_keras.channels.widths import PLANS, candidate_counts
 from rgp_keras.masking.selection import layer_macs
 from rgp_keras.plan.latency import LatencyTable, predict_latency
 from rgp_keras.plan.search import CHANNEL_TILE, _graphs, _LatencyModel, time_plan_segments
@@ -116,6 +116,23 @@ def test_tiles_charge_a_count_as_the_next_multiple_up_to_the_width():
     assert latency.aligned({"a": 65, "b": 20}) == {"a": 65, "b": 20}  # no tile: as given
     latency.tile = 16
     assert latency.aligned({"a": 65, "b": 20, "c": 10}) == {"a": 80, "b": 24, "c": 10}
+
+
+def test_on_tiles_a_search_steps_tile_by_tile_and_reads_a_timed_width_as_the_tiles_it_ran_on():
+    assert candidate_counts(64) == [8, 12, 16, 24, 32, 40, 48, 56, 64]  # the fractions of CANDIDATE_WIDTHS
+    assert candidate_counts(64, 16) == [8, 12, 16, 32, 48, 64]
+    assert candidate_counts(256, 16) == [32, *range(48, 257, 16)]  # no fewer than the fewest fraction keeps
+    assert candidate_counts(24, 16) == [3, 4, 6, 9, 12, 15, 16, 24]
+    latency = _LatencyModel.__new__(_LatencyModel)
+    latency.spaces = types.SimpleNamespace(width={"a": 64}.get)
+    latency.sides = [(None, "out", False)]
+    latency.share = lambda index, counts: counts["a"] / 64
+    latency.timed = [({"a": 64}, [4.0]), ({"a": 40}, [3.0]), ({"a": 24}, [2.0]), ({"a": 8}, [1.0])]
+    latency.curves = latency._curves()
+    assert latency.cost(0, {"a": 48}) == pytest.approx(10 / 3)  # between 40 and 64 channels as timed
+    tiled = latency.on_tiles(16)  # 40 channels ran as 48, 24 as 32
+    assert tiled.cost(0, {"a": 48}) == 3.0 and tiled.cost(0, {"a": 40}) == 3.0 and tiled.cost(0, {"a": 32}) == 2.0
+    assert latency.cost(0, {"a": 48}) == pytest.approx(10 / 3)  # the cost model it came from is unchanged
 
 
 def test_free_channels_go_first_and_a_channel_that_costs_accuracy_only_when_needed():

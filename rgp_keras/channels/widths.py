@@ -35,6 +35,18 @@ def removal_orders_and_errors(curves):
             {root: np.concatenate([[0.0], errors]) for root, (_, errors) in curves.items()})
 
 
+def candidate_counts(width, tile=None):
+    """The channel counts a space of `width` channels may keep in a search: the `CANDIDATE_WIDTHS` of it, and with
+    a `tile` every multiple of it between them instead of the fractions over it (a cost model that charges whole
+    tiles is then walked tile by tile)."""
+    counts = {max(1, int(round(fraction * width))) for fraction in CANDIDATE_WIDTHS}
+    if tile is None:
+        return sorted(counts)
+    fewest = min(counts)
+    return sorted({count for count in counts if count <= tile} | {width}
+                  | {count for count in range(tile, width, tile) if count >= fewest})
+
+
 def counts_at(spaces, free, fraction):
     """root -> the channels kept when each free space keeps `fraction` of them (at least one)."""
     return {root: max(1, int(round(fraction * spaces.width(root)))) for root in free}
@@ -93,9 +105,10 @@ class MacCosts:
     """The cost model of a search in MACs per sample: one term per layer with multiply-adds (`mac_terms`), each
     scaled by the kept shares of the tensors it reads and writes. A cost model gives `fixed` (a cost no width
     changes), per term `cost(index, counts)` and the spaces it touches (`roots`), per space the terms it
-    touches (`affected`), and `aligned(counts)`: the counts its costs charge for (MACs: the counts as given)."""
+    touches (`affected`), and `aligned(counts)`: the counts its costs charge for (MACs: the counts as given),
+    `tile`: the channels it charges at a time (`candidate_counts`; MACs: None)."""
 
-    fixed = 0.0
+    fixed, tile = 0.0, None
 
     def __init__(self, model, spaces, free):
         self.spaces, self.terms = spaces, mac_terms(model, spaces)
@@ -147,8 +160,7 @@ class WidthSearch:
         self.spaces, self.free, self.curves, self.model, self.option = spaces, free, curves, model, option
         self.counts = {root: spaces.width(root) for root in free}
         self.masked = set(masked)
-        self.candidates = {root: sorted({max(1, int(round(width * spaces.width(root)))) for width in CANDIDATE_WIDTHS})
-                           for root in free}
+        self.candidates = {root: candidate_counts(spaces.width(root), model.tile) for root in free}
         if shape is None:
             self._greedy(budget)
         else:

@@ -81,8 +81,9 @@ _TOLERANCE, _SEARCHES = 0.03, 6
 # XNNPACK's GEMM kernels compute 16 output channels at a time on x86 (8 on Arm, whose tiles these multiples also
 # fill): a layer of 17-32 channels runs as one of 32. The benchmark CNN's file at 16-32-64-64 channels measured
 # 0.271x dense, at 16-32-65-65 0.364x (a one-off probe on one machine, side by side). Each whole plan is also
-# made with every count charged as the next multiple of it (its channels filling the tiles it pays for) and judged
-# beside the others, timed as they are (on small layers tiles matter less, and the plans as they are may win).
+# made with every count charged as the next multiple of it (its channels filling the tiles it pays for; the search
+# stepping a tile at a time, a timed width read as the tiles it ran on) and judged beside the others, timed as they
+# are (on small layers tiles matter less, and the plans as they are may win).
 CHANNEL_TILE = 16
 
 
@@ -198,8 +199,7 @@ def prune_for_latency(model, target, *, calibration_data, threads=1, layers=None
 def _candidates(model, spaces, free, held, order, errors, latency, options, budget, table, verbose):
     """[(name, (its `LatencyPrediction`, its `WidthSearch`))] of the whole plans to judge (`plan_makers` on the
     interpolated latencies), each corrected to the budget (`_corrected`), duplicates left out."""
-    tiled = copy.copy(latency)
-    tiled.tile = CHANNEL_TILE
+    tiled = latency.on_tiles(CHANNEL_TILE)
     makers = {**plan_makers(spaces, free, errors, latency, options, budget),
               **{f"{name}, {CHANNEL_TILE}-channel tiles": make
                  for name, make in plan_makers(spaces, free, errors, tiled, options, budget).items()}}
@@ -296,15 +296,30 @@ class _LatencyModel:
         everything = [segment for widths in timed for segment in widths]
         table.measure(everything, progress=progress_wanted(verbose, len(table.missing(everything))))
         self.fixed = table.call_ms
-        self.curves = []
-        for index in range(len(segments)):
-            shares = np.array([self.share(index, counts) for counts in uniform])
-            times = np.array([table.segment_ms(widths[index].key) for widths in timed])
-            order = np.argsort(shares, kind="stable")
-            self.curves.append((shares[order], times[order]))
+        self.timed = [(counts, [table.segment_ms(segment.key) for segment in widths])
+                      for counts, widths in zip(uniform, timed)]
+        self.curves = self._curves()
         self.names = [segment.name for segment in segments]
         self.roots = [self._roots(inputs) | self._roots(outputs) for inputs, outputs, _ in self.sides]
         self.affected = {root: [index for index, roots in enumerate(self.roots) if root in roots] for root in free}
+
+    def _curves(self):
+        """Per segment (kept MAC shares, times) of the timed uniform widths, shares as charged (`aligned`): a file
+        timed at 40 of 64 channels ran as one of 48 on whole tiles."""
+        curves = []
+        for index in range(len(self.sides)):
+            shares = np.array([self.share(index, self.aligned(counts)) for counts, _ in self.timed])
+            times = np.array([times[index] for _, times in self.timed])
+            unique, which = np.unique(shares, return_inverse=True)  # widths charged alike: one time, their mean
+            curves.append((unique, np.bincount(which, times) / np.bincount(which)))
+        return curves
+
+    def on_tiles(self, tile):
+        """This cost model charging every count as whole `tile`s (`aligned`), its curves read so."""
+        tiled = copy.copy(self)
+        tiled.tile = tile
+        tiled.curves = tiled._curves()
+        return tiled
 
     def _roots(self, key):
         return set() if key is None else {self.spaces.find(segment.space) for segment in self.spaces.layouts[key]}
