@@ -43,6 +43,9 @@ from 87.26 % at 5e-4 to 85.60 % at 4e-3):
                         training
   planned + FT          the same plan, F epochs from the rate probed for "channels data-aware + FT" (not
                         probed on its own)
+  planned + distilled FT   the same plan, F epochs at that rate towards the dense model's class distribution
+                        as well as the labels: rgp_keras.distiller(plan, dense, temperature=4,
+                        label_weight=0.5) (the best of five losses in a one-off IRN probe, +0.3 over labels)
   RGP data-aware + FT, n=N   (full profile) the same as RGP data-aware + FT on an N-node graph, N in
                         OTHER_NODES but auto's, where every layer auto masks carries it at the same sparsity
                         (same MACs, narrower or wider channel groups): does a finer graph buy accuracy?
@@ -99,7 +102,7 @@ FIELDS = ["profile", "model", "method", "sparsity", "seed", "graph", "accuracy",
 SPARSITIES = (0.75, 0.875, 0.9375)
 METHODS = ("RGP plain + FT", "RGP data-aware", "RGP data-aware + FT", "RGP scratch", "TF-MOT magnitude",
            "thin dense", "channels L1", "channels L1 + FT", "channels data-aware", "channels data-aware + FT",
-           "RGP wide", "planned", "planned + FT")
+           "RGP wide", "planned", "planned + FT", "planned + distilled FT")
 PROFILES = {
     # models in this order: with --jobs, the two longest start first
     # 1/8 of the training set: with every model and method, one process fits 30 min on this 2-core machine
@@ -171,11 +174,13 @@ def build(K, name, width=1.0):
     raise ValueError(f"unknown model {name!r}")
 
 
-def trained(model, train, epochs, rate, callbacks=()):
+def trained(model, train, epochs, rate, callbacks=(), teacher=None):
+    """`model` fitted to the labels (with a `teacher`: half towards its class distribution at T = 4)."""
     steps = epochs * int(np.ceil(len(train[0]) / BATCH))
-    model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(rate, steps)),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(*train, epochs=epochs, batch_size=BATCH, verbose=0, callbacks=list(callbacks))
+    fitted = model if teacher is None else rgp_keras.distiller(model, teacher, temperature=4.0, label_weight=0.5)
+    fitted.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(rate, steps)),
+                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    fitted.fit(*train, epochs=epochs, batch_size=BATCH, verbose=0, callbacks=list(callbacks))
     return model
 
 
@@ -463,7 +468,7 @@ def run(profile, work, seeds=None, models=None, methods=None):
                        kept_macs=dense_macs)
             calibration = calibration_images(train, seed)
             first_with = {}  # RGP's kept MACs -> the first sparsity that gave them
-            plans = {}  # sparsity -> the "planned" row's model, for its "planned + FT" row
+            plans = {}  # sparsity -> the "planned" row's model saved, for the rows that fine-tune it
             targets = {}  # sparsity -> the planned rows' target latency ratio
             for sparsity in settings["sparsities"]:
                 todo = [m for m in methods or METHODS if (profile, name, m, str(sparsity), str(seed)) not in done]
@@ -498,23 +503,25 @@ def run(profile, work, seeds=None, models=None, methods=None):
                     elif method in ("channels L1", "channels data-aware"):
                         model = channels(dense, width, calibration if method == "channels data-aware" else None)
                         epochs = 0
-                    elif method in ("planned", "planned + FT"):
-                        if sparsity not in targets:  # one per sparsity: "planned + FT" fine-tunes the plan made for it
+                    elif method.startswith("planned"):
+                        if sparsity not in targets:  # one per sparsity: the fine-tuned rows start from its plan
                             targets[sparsity] = thin_latency(name, kept, dense_file, work)
                         target = targets[sparsity]
                         graph = f"target {target:.3f}"
-                        # "planned + FT" fine-tunes the plan "planned" just recorded (one plan per sparsity)
-                        model = plans.pop(sparsity, None)
-                        try:
-                            model = model or planned(dense, target, calibration, work / f"latency-table-{name}")
-                        except ValueError as error:  # a target below what the model can reach
-                            print(f"{name} seed {seed} {sparsity} {method}: {error}; no row", flush=True)
-                            continue
+                        if sparsity not in plans:  # a resumed run plans again
+                            try:
+                                model = planned(dense, target, calibration, work / f"latency-table-{name}")
+                            except ValueError as error:  # a target below what the model can reach
+                                print(f"{name} seed {seed} {sparsity} {method}: {error}; no row", flush=True)
+                                continue
+                            plans[sparsity] = work / f"plan-{profile}-{name}-{seed}-{sparsity}.keras"
+                            model.save(plans[sparsity])
+                        model = keras.saving.load_model(plans[sparsity])  # each row fine-tunes a copy
                         if method == "planned":
-                            plans[sparsity] = model
                             epochs = 0
                         else:
-                            model = trained(model, train, epochs, rates[(name, "channels data-aware + FT")])
+                            model = trained(model, train, epochs, rates[(name, "channels data-aware + FT")],
+                                            teacher=dense if method == "planned + distilled FT" else None)
                     elif method == "RGP scratch":
                         model = rgp(build(keras, name), sparsity, seed, assign_channels=False)
                         rgp_keras.reinitialize(model, seed=seed)
