@@ -44,9 +44,8 @@ from 87.26 % at 5e-4 to 85.60 % at 4e-3):
                         target: the same widths measured 0.53x on one machine and 0.60x on another); no
                         training
   planned + FT          the same plan, F epochs from its own probed rate (the probe fine-tunes seed 0's
-                        87.5 % plan; rows before 2026-12-04 11:00 used the rate probed for "channels
-                        data-aware + FT", 8e-3 on the CNN, where the plans' one-shot accuracy lost 0.2 points
-                        in the epoch)
+                        87.5 % plan; the rows made before it used the rate probed for "channels data-aware
+                        + FT", 8e-3 on the CNN, where a plan's one-shot accuracy then fell in the epoch)
   planned + distilled FT   the same plan, F epochs at planned + FT's rate towards the dense model's class distribution
                         as well as the labels: rgp_keras.distiller(plan, dense, temperature=4,
                         label_weight=0.5) (the best of five losses in a one-off IRN probe, +0.3 over labels)
