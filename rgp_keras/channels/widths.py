@@ -152,11 +152,12 @@ class WidthSearch:
 
     With a `shape` (root -> a fraction) instead: the terms `masked` masked, the spaces they touch at their
     width and every other space at one scale times its fraction of its width, the largest scale that meets
-    `budget` (counts within what `curves` covers).
+    `budget` (counts within what `curves` covers); with `fill`, then the width steps back while the budget
+    allows, as above (the scale moves every space at once, and the last step may leave much of the budget).
 
     `curves`: root -> the error after each channel removed (0 first, `criteria.removal_curves`)."""
 
-    def __init__(self, spaces, free, curves, model, option, budget, shape=None, masked=()):
+    def __init__(self, spaces, free, curves, model, option, budget, shape=None, masked=(), fill=False):
         self.spaces, self.free, self.curves, self.model, self.option = spaces, free, curves, model, option
         self.counts = {root: spaces.width(root) for root in free}
         self.masked = set(masked)
@@ -165,6 +166,8 @@ class WidthSearch:
             self._greedy(budget)
         else:
             self._scaled(shape, budget)
+        if shape is None or fill:
+            self._widen(budget)
         # the channels the cost model charges for (a latency model: whole tiles of a GEMM) are kept, at no cost
         self.counts = model.aligned(self.counts)
         self.term_costs = [option.costs[index] if index in self.masked else model.cost(index, self.counts)
@@ -180,6 +183,10 @@ class WidthSearch:
             if not steps:
                 break
             self._take(min(steps, key=lambda step: step[0])[1])
+
+    def _widen(self, budget):
+        """The width steps that remove the most error per cost added, while the budget allows."""
+        model = self.model
         while True:
             slack = budget - model.fixed - sum(self.term_costs)
             steps = [(error / added, move) for move, added, error in self._steps(narrower=False)
@@ -251,7 +258,7 @@ def plan_makers(spaces, free, curves, model, options, budget):
     """Plan name (`PLANS`) -> a function of a budget making that whole plan (a `WidthSearch`): the search's with
     the option (`options[0]`: no masks; the planner's RGP graphs) whose plan has the least summed error at
     `budget`; one width for all (no masks); halfway between the two (each space's fraction the geometric mean
-    of theirs, scaled to the budget)."""
+    of theirs, scaled to the budget, what the scale leaves of it filled by the search's steps back)."""
     greedy = min((WidthSearch(spaces, free, curves, model, option, budget) for option in options),
                  key=lambda search: search.error)
     halfway = {root: math.sqrt(greedy.counts[root] / spaces.width(root)) for root in free}
@@ -260,7 +267,7 @@ def plan_makers(spaces, free, curves, model, options, budget):
         "one width for all": lambda given: WidthSearch(spaces, free, curves, model, options[0], given,
                                                        shape=dict.fromkeys(free, 1.0)),
         "halfway": lambda given: WidthSearch(spaces, free, curves, model, greedy.option, given, shape=halfway,
-                                             masked=greedy.masked),
+                                             masked=greedy.masked, fill=True),
     }
 
 

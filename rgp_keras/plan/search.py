@@ -22,8 +22,9 @@ it overstates thinning the middle layers, whose loss later refits recover),
 so it only proposes: three plans are made, each predicted exactly (each new
 segment timed) with its budget corrected by what the interpolation missed -
 the least summed error, one width for all spaces, and halfway between the two
-(each space's fraction the geometric mean of theirs, scaled to the budget) -
-and each again on whole channel tiles (`CHANNEL_TILE`); each is applied: thinned (`prune_channels`' engine), masked
+(each space's fraction the geometric mean of theirs, scaled to the budget, what
+the scale leaves filled by the search's steps back) - and each again on whole
+channel tiles (`CHANNEL_TILE`); each is applied: thinned (`prune_channels`' engine), masked
 (`prune_regular_graph`'s, channels in their order as the sensitivities
 assumed) and refit in one pass over the calibration data against the dense
 model (`data_aware.reconstruct`). The plan whose model's outputs are nearest
