@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from rgp_keras import LatencyPlan, prune_for_latency, prune_regular_graph, pruning_summary, strip_pruning
-from rgp_keras.channels.widths import NO_MASKS, PLANS, WidthSearch, candidate_counts
+from rgp_keras.channels.widths import NO_MASKS, PLANS, WidthSearch, candidate_counts, charged_counts
 from rgp_keras.masking.selection import layer_macs
 from rgp_keras.plan.latency import LatencyTable, predict_latency
 from rgp_keras.plan.search import CHANNEL_TILE, _graphs, _LatencyModel, time_plan_segments
@@ -112,11 +112,9 @@ def test_whole_plans_are_judged_by_the_output_error_on_the_samples_and_the_neare
 
 
 def test_tiles_charge_a_count_as_the_next_multiple_up_to_the_width():
-    latency = _LatencyModel.__new__(_LatencyModel)  # (its timing-free part)
-    latency.spaces = types.SimpleNamespace(width={"a": 128, "b": 24, "c": 12}.get)
-    assert latency.aligned({"a": 65, "b": 20}) == {"a": 65, "b": 20}  # no tile: as given
-    latency.tile = 16
-    assert latency.aligned({"a": 65, "b": 20, "c": 10}) == {"a": 80, "b": 24, "c": 10}
+    spaces = types.SimpleNamespace(width={"a": 128, "b": 24, "c": 12}.get)
+    assert charged_counts(spaces, {"a": 65, "b": 20}, None) == {"a": 65, "b": 20}  # no tile: as given
+    assert charged_counts(spaces, {"a": 65, "b": 20, "c": 10}, 16) == {"a": 80, "b": 24, "c": 10}
 
 
 def test_on_tiles_a_search_steps_tile_by_tile_and_reads_a_timed_width_as_the_tiles_it_ran_on():
@@ -137,16 +135,14 @@ def test_on_tiles_a_search_steps_tile_by_tile_and_reads_a_timed_width_as_the_til
 
 
 def test_a_scaled_plan_with_fill_spends_what_its_scale_left_of_the_budget_where_it_removes_most_error():
+    spaces = types.SimpleNamespace(width=lambda root: 64)
+
     class Tiled:  # each space's kept share, charged on whole 16-channel tiles
         fixed, tile, roots, affected = 0.0, 16, [{"a"}, {"b"}], {"a": [0], "b": [1]}
 
-        def aligned(self, counts):
-            return {root: min(64, -(-count // 16) * 16) for root, count in counts.items()}
-
         def cost(self, index, counts):
-            return self.aligned(counts)["ab"[index]] / 64
+            return charged_counts(spaces, counts, self.tile)["ab"[index]] / 64
 
-    spaces = types.SimpleNamespace(width=lambda root: 64)
     curves = {"a": np.linspace(0, 2, 57), "b": np.linspace(0, 1, 57)}  # "a" loses more per channel removed
     options = dict(shape={"a": 1.0, "b": 1.0})
     scaled = WidthSearch(spaces, ["a", "b"], curves, Tiled(), NO_MASKS, 1.3, **options)

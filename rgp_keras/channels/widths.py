@@ -47,6 +47,16 @@ def candidate_counts(width, tile=None):
                   | {count for count in range(tile, width, tile) if count >= fewest})
 
 
+def charged_counts(spaces, counts, tile):
+    """`counts` as a cost model with `tile` charges them: each count over the tile raised to the next multiple of
+    it (at most the space's width), the channels a layer computes in the time it takes; without a tile, as
+    given."""
+    if tile is None:
+        return counts
+    return {root: min(spaces.width(root), -(-count // tile) * tile) if count > tile else count
+            for root, count in counts.items()}
+
+
 def counts_at(spaces, free, fraction):
     """root -> the channels kept when each free space keeps `fraction` of them (at least one)."""
     return {root: max(1, int(round(fraction * spaces.width(root)))) for root in free}
@@ -105,8 +115,7 @@ class MacCosts:
     """The cost model of a search in MACs per sample: one term per layer with multiply-adds (`mac_terms`), each
     scaled by the kept shares of the tensors it reads and writes. A cost model gives `fixed` (a cost no width
     changes), per term `cost(index, counts)` and the spaces it touches (`roots`), per space the terms it
-    touches (`affected`), and `aligned(counts)`: the counts its costs charge for (MACs: the counts as given),
-    `tile`: the channels it charges at a time (`candidate_counts`; MACs: None)."""
+    touches (`affected`), and `tile`: the channels it charges at a time (`charged_counts`; MACs: None)."""
 
     fixed, tile = 0.0, None
 
@@ -123,10 +132,6 @@ class MacCosts:
 
     def total(self, counts):
         return self.fixed + sum(self.cost(index, counts) for index in range(len(self.terms)))
-
-    @staticmethod
-    def aligned(counts):
-        return counts
 
 
 class MaskOption(NamedTuple):
@@ -169,7 +174,7 @@ class WidthSearch:
         if shape is None or fill:
             self._widen(budget)
         # the channels the cost model charges for (a latency model: whole tiles of a GEMM) are kept, at no cost
-        self.counts = model.aligned(self.counts)
+        self.counts = charged_counts(spaces, self.counts, model.tile)
         self.term_costs = [option.costs[index] if index in self.masked else model.cost(index, self.counts)
                            for index in range(len(model.roots))]
         self.error = sum(float(curves[root][spaces.width(root) - count]) for root, count in self.counts.items())

@@ -54,6 +54,7 @@ from rgp_keras.channels.widths import (
     CANDIDATE_WIDTHS,
     NO_MASKS,
     MaskOption,
+    charged_counts,
     counts_at,
     kept_share,
     output_error,
@@ -282,7 +283,7 @@ class _LatencyModel:
     kept MAC share between the uniform widths `_TIMED_WIDTHS`, all timed once into `table`: the cost model of
     the search (`channels.widths.WidthSearch`); `fixed`, the cost of calling a file."""
 
-    tile = None  # `aligned`
+    tile = None  # `channels.widths.charged_counts`
 
     def __init__(self, model, spaces, free, table, verbose):
         self.spaces = spaces
@@ -305,18 +306,19 @@ class _LatencyModel:
         self.affected = {root: [index for index, roots in enumerate(self.roots) if root in roots] for root in free}
 
     def _curves(self):
-        """Per segment (kept MAC shares, times) of the timed uniform widths, shares as charged (`aligned`): a file
-        timed at 40 of 64 channels ran as one of 48 on whole tiles."""
+        """Per segment (kept MAC shares, times) of the timed uniform widths, shares as charged (`charged_counts`): a
+        file timed at 40 of 64 channels ran as one of 48 on whole tiles."""
         curves = []
         for index in range(len(self.sides)):
-            shares = np.array([self.share(index, self.aligned(counts)) for counts, _ in self.timed])
+            shares = np.array([self.share(index, charged_counts(self.spaces, counts, self.tile))
+                               for counts, _ in self.timed])
             times = np.array([times[index] for _, times in self.timed])
             unique, which = np.unique(shares, return_inverse=True)  # widths charged alike: one time, their mean
             curves.append((unique, np.bincount(which, times) / np.bincount(which)))
         return curves
 
     def on_tiles(self, tile):
-        """This cost model charging every count as whole `tile`s (`aligned`), its curves read so."""
+        """This cost model charging every count as whole `tile`s (`charged_counts`), its curves read so."""
         tiled = copy.copy(self)
         tiled.tile = tile
         tiled.curves = tiled._curves()
@@ -332,15 +334,7 @@ class _LatencyModel:
 
     def cost(self, index, counts):
         shares, times = self.curves[index]
-        return float(np.interp(self.share(index, self.aligned(counts)), shares, times))
-
-    def aligned(self, counts):
-        """`counts` as charged: with a `tile`, each count over it raised to the next multiple of it (at most the
-        space's width), the channels a layer computes in the time it takes."""
-        if self.tile is None:
-            return counts
-        return {root: min(self.spaces.width(root), -(-count // self.tile) * self.tile) if count > self.tile else count
-                for root, count in counts.items()}
+        return float(np.interp(self.share(index, charged_counts(self.spaces, counts, self.tile)), shares, times))
 
     def total(self, counts):
         return self.fixed + sum(self.cost(index, counts) for index in range(len(self.sides)))
