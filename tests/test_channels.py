@@ -1,5 +1,6 @@
 """The width axis: channel spaces (rgp_keras/channels/spaces.py), criteria and prune_channels."""
 
+import itertools
 import re
 
 import numpy as np
@@ -138,9 +139,10 @@ def test_data_aware_channels_and_refit_reproduce_the_dense_model_better_than_l1(
 
 def test_the_least_squares_criterion_keeps_the_channels_a_refit_needs():
     # a Dense layer reading 32 channels, 16 of which copy others: least squares loses nothing without the copies
+    # (a ReLU after them: a linear space would be turned to its principal basis first, `basis`)
     keras.utils.set_random_seed(0)
     inputs = keras.Input((16,))
-    hidden = layers.Dense(32)
+    hidden = layers.Dense(32, activation="relu")
     outputs = layers.Dense(4)(hidden(inputs))
     model = keras.Model(inputs, outputs)
     kernel = np.random.default_rng(0).normal(size=(16, 32)).astype("float32")
@@ -149,6 +151,67 @@ def test_the_least_squares_criterion_keeps_the_channels_a_refit_needs():
     x = images(512, (16,))
     fitted = prune_channels(model, keep=0.5, calibration_data=x, calibration_mixes=0)
     assert relative_error(model, fitted, images(64, (16,), seed=1)) < 1e-6
+
+
+def bottleneck(seed=0):
+    """A linear residual stream of 8 channels (a 1x1 conv with bias and BatchNormalization, a 3x3 conv, their sum,
+    zero padding), read by a 3x3 conv and, after a Flatten, by a Dense layer; a ReLU space after it."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6, 6, 8))
+    a = layers.BatchNormalization(name="bn")(layers.Conv2D(8, 1, name="p1")(inputs))
+    b = layers.Conv2D(8, 3, padding="same", use_bias=False, name="p2")(inputs)
+    stream = layers.ZeroPadding2D(1)(layers.Add()([a, b]))
+    x = layers.Conv2D(6, 3, activation="relu", name="reader")(stream)
+    y = layers.Dense(6, name="flat_reader")(layers.Flatten()(stream))
+    outputs = layers.Dense(3, name="head")(layers.Concatenate()([layers.Flatten()(x), y]))
+    model = keras.Model(inputs, outputs)
+    bn = model.get_layer("bn")
+    rng = np.random.default_rng(seed)
+    bn.set_weights([rng.uniform(0.5, 2, 8), rng.normal(size=8), rng.normal(size=8), rng.uniform(0.5, 2, 8)])
+    return model
+
+
+def test_a_linear_bottleneck_is_turned_to_another_basis_without_changing_the_function():
+    from rgp_keras.channels.basis import linear_spaces, principal_basis
+    from rgp_keras.data_aware.calibration import Calibration
+
+    model = bottleneck()
+    spaces = channel_spaces(model)
+    free = [root for root in spaces.spaces() if spaces.producers(root) and not spaces.frozen(root)]
+    linear = linear_spaces(spaces, free)
+    # the stream, and the linear Dense's space read through the Concatenate; not the ReLU space of `reader`
+    assert len(linear) == 2
+    space = next(space for space in linear.values() if len(space.producers) == 2)
+    assert sorted(call.layer.name for call, _ in space.producers) == ["p1", "p2"]
+    assert sorted(call.layer.name for call in space.readers) == ["flat_reader", "reader"]
+    x = images(64, (6, 6, 8))
+    turned, roots = principal_basis(model, spaces, free, Calibration(x, [(None, 6, 6, 8)], ["x"], batch_size=16))
+    assert roots == list(linear)
+    assert not np.allclose(to_numpy(turned.get_layer("p2").kernel), to_numpy(model.get_layer("p2").kernel))
+    held_out = images(16, (6, 6, 8), seed=1)
+    np.testing.assert_allclose(to_numpy(turned(held_out)), to_numpy(model(held_out)), rtol=1e-4, atol=1e-4)
+
+
+def test_a_linear_stream_keeps_the_directions_its_readers_need_which_no_channel_subset_holds():
+    # a stream of 8 independent channels whose reader needs only 4 directions, spread over all 8 channels:
+    # 4 channels turned to those directions lose nothing, no 4 of the 8 channels can do it
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,))
+    stream = layers.Add()([layers.Dense(8, name="p1")(inputs), layers.Dense(8, name="p2")(inputs)])
+    reader = layers.Dense(6, activation="relu", name="reader")
+    model = keras.Model(inputs, layers.Dense(3)(reader(stream)))
+    rng = np.random.default_rng(0)
+    reader.set_weights([(rng.normal(size=(8, 4)) @ rng.normal(size=(4, 6))).astype("float32"), np.zeros(6, "float32")])
+    x, held_out = images(512, (8,)), images(128, (8,), seed=1)
+    thin = prune_channels(model, keep=0.5, layers=["p1", "p2"], calibration_data=x, calibration_mixes=0, verbose=0)
+    assert thin.get_layer("p1").units == 4
+    assert relative_error(model, thin, held_out) < 1e-4
+    assert "1 linear bottleneck space(s) first turned" in pruning_summary(thin).criteria[0]
+    s = to_numpy(keras.Model(inputs, stream)(x)).astype(np.float64)
+    need = s @ to_numpy(reader.kernel)
+    subsets = [np.linalg.lstsq(np.c_[s[:, list(kept)], np.ones(len(s))], need, rcond=None)[1].sum() / np.sum(need**2)
+               for kept in itertools.combinations(range(8), 4)]
+    assert min(subsets) > 0.01
 
 
 def test_layers_selects_which_layers_lose_output_channels():
@@ -177,7 +240,7 @@ def test_a_macs_target_with_data_spends_it_where_channels_matter_and_names_the_p
     # per-space widths keep more of the second than one width for all, at the same MACs
     keras.utils.set_random_seed(0)
     inputs = keras.Input((16,))
-    hidden = layers.Dense(32)
+    hidden = layers.Dense(32, activation="relu")
     outputs = layers.Dense(4)(layers.Dense(32, activation="relu")(hidden(inputs)))
     model = keras.Model(inputs, outputs)
     kernel = np.random.default_rng(0).normal(size=(16, 32)).astype("float32")
@@ -351,3 +414,21 @@ def test_keras_applications_keep_their_function_at_keep_1_and_thin_at_half(name)
     thin = prune_channels(model, keep=0.5)
     assert thin.count_params() < 0.6 * model.count_params()
     assert to_numpy(thin(x)).shape == want.shape
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ("MobileNetV2", "MobileNetV3Small", "EfficientNetB0"))
+def test_the_linear_bottlenecks_of_keras_applications_are_turned_without_changing_their_function(name):
+    from rgp_keras.channels.basis import principal_basis
+    from rgp_keras.data_aware.calibration import Calibration
+
+    model = getattr(keras.applications, name)(weights=None, input_shape=(32, 32, 3), classes=10,
+                                              classifier_activation=None)
+    spaces = channel_spaces(model)
+    free = [root for root in spaces.spaces() if spaces.producers(root) and not spaces.frozen(root)]
+    calibration = Calibration(images(8, (32, 32, 3)), [(None, 32, 32, 3)], [model.input.name], batch_size=8)
+    turned, roots = principal_basis(model, spaces, free, calibration)
+    assert len(roots) >= 5  # a stream per stage at least
+    x = images(2, (32, 32, 3), seed=1)
+    want = to_numpy(model(x))
+    np.testing.assert_allclose(to_numpy(turned(x)), want, rtol=1e-3, atol=1e-4 * np.abs(want).max())

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from rgp_keras._keras_src import is_rebuildable
+from rgp_keras.channels.basis import principal_basis
 from rgp_keras.channels.criteria import l1_norms, least_squares_order, removal_curves
 from rgp_keras.channels.spaces import channel_spaces
 from rgp_keras.channels.widths import (
@@ -85,11 +86,24 @@ def prune_channels(model, *, keep=None, macs=None, calibration_data=None, calibr
         criterion = "L1 filter norms (no calibration data)"
         kept = {root: np.sort(np.argsort(-l1_norms(spaces, root), kind="stable")[: counts[root]]) for root in free}
         return thinned_model(model, spaces, kept, held, criterion, None, verbose)
-    criterion = f"least squares (Optimal Brain Surgeon over channels), refit on {fit}"
+    model, spaces, criterion = turned_model(model, spaces, free, counts, calibration,
+                                            f"least squares (Optimal Brain Surgeon over channels), refit on {fit}")
     if macs is None:
         kept = kept_channels(spaces, least_squares_order(spaces, free, counts, calibration), counts)
         return thinned_model(model, spaces, kept, held, criterion, calibration, verbose)
     return _thinned_for_macs(model, spaces, free, held, counts, costs, macs, calibration, criterion, verbose)
+
+
+def turned_model(model, spaces, free, counts, calibration, criterion):
+    """(`model`, or a copy of it computing the same function whose linear bottlenecks thinned to `counts` are
+    turned to the basis their readers need (`basis.principal_basis`); its channel spaces; `criterion` saying so).
+    The channels are then chosen and refit on the copy."""
+    turned, roots = principal_basis(model, spaces, [root for root in free if counts[root] < spaces.width(root)],
+                                    calibration)
+    if not roots:
+        return model, spaces, criterion
+    return turned, channel_spaces(turned), (
+        f"{criterion}; {len(roots)} linear bottleneck space(s) first turned to the basis their readers need")
 
 
 def _thinned_for_macs(model, spaces, free, held, uniform, costs, target, calibration, criterion, verbose):

@@ -48,6 +48,7 @@ from rgp_keras.channels.prune import (
     kept_channels,
     prunable_spaces,
     thinned_model,
+    turned_model,
 )
 from rgp_keras.channels.spaces import channel_spaces
 from rgp_keras.channels.widths import (
@@ -178,11 +179,13 @@ def prune_for_latency(model, target, *, calibration_data, threads=1, layers=None
             "keep their width and the file's call cost remain); pass a larger target.")
     calibration, fit = channel_calibration(model, spaces, free, fewest, calibration_data, calibration_samples, "auto",
                                            calibration_batch_size)
+    model, spaces, criterion = turned_model(
+        model, spaces, free, fewest, calibration,
+        f"prune_for_latency: least squares (Optimal Brain Surgeon over channels), refit on {fit}")
     curves = removal_curves(spaces, free, fewest, calibration)
     order, errors = removal_orders_and_errors(curves)
     options = [NO_MASKS] + [option for graph in _graphs()
-                            if (option := _masks(model, graph, latency, layers, table, calibration))]
-    criterion = f"prune_for_latency: least squares (Optimal Brain Surgeon over channels), refit on {fit}"
+                            if (option := _masks(model, spaces, graph, latency, layers, table, calibration))]
     judged = []
     for name, (predicted, search) in _candidates(model, spaces, free, held, order, errors, latency, options, budget,
                                                  table, verbose):
@@ -372,16 +375,16 @@ def _mask_times(model, graph, candidates, latency, table):
     return {index[segment.calls[0].layer.layer.name]: table.segment_ms(segment.key) for segment in segments}
 
 
-def _masks(model, graph, latency, layers, table, calibration):
+def _masks(model, spaces, graph, latency, layers, table, calibration):
     """The `MaskOption` of `graph`, or None when no layer qualifies (`_mask_candidates`). A layer's error: its
     least-squares refit's on the dense model's inputs, its channels in their order (the channel assignment RGP
-    then runs can only keep more)."""
-    candidates = _mask_candidates(model, graph, latency.spaces, layers)
+    then runs can only keep more); `spaces`: the model's channel spaces."""
+    candidates = _mask_candidates(model, graph, spaces, layers)
     if not candidates:
         return None
     masks = {key: (layer, kernel_mask(graph, getattr(layer, attribute).shape, layout))
              for key, layer in candidates.items() for attribute, layout in [prunable_kernel(layer)]}
-    errors = {layer.name: error for key, error in mask_residuals(latency.spaces.calls, masks, calibration).items()
+    errors = {layer.name: error for key, error in mask_residuals(spaces.calls, masks, calibration).items()
               for layer in [candidates[key]]}
     timed = _mask_times(model, graph, candidates, latency, table)
     return MaskOption(graph, timed, {number: errors[latency.names[number]] for number in timed},
