@@ -118,7 +118,7 @@ def principal_basis(model, spaces, roots, calibration):
     def visit(call, reference_call, changed):
         for root, space in linear.items():
             if any(call is reader for reader in space.readers):
-                return moments.setdefault(id(call), _Moments(_places(spaces, call.inputs[0], root)))
+                return moments.setdefault(id(call), _Moments(spaces.places(call.inputs[0], root)))
             if any(call is normalisation for _, normalisation in space.producers):
                 return moments.setdefault(id(call), _Moments(np.arange(spaces.width(root))[:, None]))
         return None
@@ -137,19 +137,8 @@ def principal_basis(model, spaces, roots, calibration):
                            None if normalisation is None else copies[id(normalisation.layer)],
                            None if normalisation is None else moments[id(normalisation)])
         for reader in space.readers:
-            _turn_reader(copies[id(reader.layer)], inverse, _places(spaces, reader.inputs[0], root))
+            _turn_reader(copies[id(reader.layer)], inverse, spaces.places(reader.inputs[0], root))
     return turned, sorted(linear)
-
-
-def _places(spaces, key, root):
-    """(channels of `root`, places): where tensor `key`'s last axis holds each channel of space `root` (several
-    places after a Flatten, one per concatenation it appears in)."""
-    parts, offset = [], 0
-    for segment in spaces.layouts[key]:
-        if spaces.find(segment.space) == root:
-            parts.append(offset + np.arange(segment.width))
-        offset += segment.width
-    return np.concatenate(parts).reshape(-1, spaces.width(root)).T
 
 
 def _basis(spaces, root, space, moments):
@@ -159,7 +148,7 @@ def _basis(spaces, root, space, moments):
         covariance = moments[id(reader)].covariance()
         kernel = to_numpy(reader.layer.kernel).astype(np.float64)
         kernel = kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1])  # (window, input channels, outputs)
-        weights = sum(part @ part.T for part in kernel[:, _places(spaces, reader.inputs[0], root).T]
+        weights = sum(part @ part.T for part in kernel[:, spaces.places(reader.inputs[0], root).T]
                       .reshape(-1, width, kernel.shape[-1]))
         energy = float(np.trace(covariance @ weights))
         if energy > 0:

@@ -164,25 +164,13 @@ def _scorer(spaces, call, root, statistics):
     channels, window = kernel.shape[-2], math.prod(kernel.shape[:-2])  # the layer's input channels, window
     kernel = kernel.reshape(-1, kernel.shape[-1])
     width = spaces.width(root)
-    # each channel of the space at its places in the consumer's input (several after a Flatten): (width, places)
-    blocks = _own_channels(spaces, call.inputs[0], root).reshape(-1, width).T
+    blocks = spaces.places(call.inputs[0], root)
     if statistics.energy_only:
         energy = statistics.second / max(statistics.rows, 1)
         carried = energy * np.square(kernel).sum(axis=1).reshape(window, channels).sum(axis=0)
         return _Fixed(carried[blocks].sum(axis=1) / max(carried.sum(), 1e-30))
     features = (np.arange(window)[None, None, :] * channels + blocks[:, :, None]).reshape(width, -1)
     return _Surgeon(statistics.gram / max(statistics.rows, 1), kernel, features)
-
-
-def _own_channels(spaces, key, root):
-    """Positions, in tensor `key`'s last axis, of space `root`'s channels (each channel's repeats in turn)."""
-    parts, offset = [], 0
-    root = spaces.find(root)
-    for segment in spaces.layouts[key]:
-        if spaces.find(segment.space) == root:
-            parts.append(offset + np.arange(segment.width))
-        offset += segment.width
-    return np.concatenate(parts)
 
 
 class _Fixed:

@@ -41,9 +41,11 @@ def prune_channels(model, *, keep=None, macs=None, calibration_data=None, calibr
     outputs keep all their channels, and so do tensors that reach a layer the
     walk cannot follow; `pruning_summary` names them.
 
-    With `calibration_data`, channels are chosen by what least squares cannot
-    recover (Optimal Brain Surgeon over channel blocks, on each consumer's
-    X^T X), then every layer reading pruned channels is refit by least squares
+    With `calibration_data`, linear bottlenecks (spaces only linear maps touch,
+    such as MobileNetV2's residual streams) are first turned to the basis their
+    readers need, on a copy computing the same function (`basis`); channels are
+    chosen by what least squares cannot recover (Optimal Brain Surgeon over
+    channel blocks, on each consumer's X^T X), then every layer reading pruned channels is refit by least squares
     to reproduce the dense model's outputs and BatchNormalization statistics
     are re-measured, as `prune_regular_graph` does. Without data, the channels
     with the largest L1 filter norms are kept (Li et al., ICLR 2017).
@@ -52,7 +54,8 @@ def prune_channels(model, *, keep=None, macs=None, calibration_data=None, calibr
         model: a built Keras 3 functional or Sequential model (not modified).
         keep: the fraction of each prunable channel space to keep, in (0, 1].
         macs: instead of `keep`, the fraction of the model's MACs to keep, in
-            (0, 1]: one fraction for every space, the largest that meets it.
+            (0, 1]: without data one fraction for every space, the largest that
+            meets it; with data a width per space (`widths`).
         calibration_data, calibration_samples, calibration_mixes,
             calibration_batch_size: unlabelled model inputs and how to use
             them, as in `prune_regular_graph`.

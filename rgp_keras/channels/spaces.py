@@ -150,6 +150,16 @@ class ChannelSpaces:
         return [call for call, role in zip(self.calls.calls, self.roles)
                 if role == "kernel" and any(self.find(s.space) == root for s in self.layouts[call.inputs[0]])]
 
+    def places(self, key, space):
+        """(channels of space `space`, places): where tensor `key`'s last axis holds each of its channels (several
+        places after a `Flatten`, one per time a `Concatenate` put it in)."""
+        root, parts, offset = self.find(space), [], 0
+        for segment in self.layouts[key]:
+            if self.find(segment.space) == root:
+                parts.append(offset + np.arange(segment.width))
+            offset += segment.width
+        return np.concatenate(parts).reshape(-1, self.width(root)).T
+
     def index(self, key, kept):
         """The channels of tensor `key` kept (in their new order) when each space keeps `kept[root]` (indices in
         it); spaces not in `kept` keep all their channels."""
