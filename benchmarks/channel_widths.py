@@ -56,9 +56,10 @@ RESULTS = Path(__file__).parent / "results"
 CSV = RESULTS / "channel_widths.csv"
 FIELDS = ["model", "seed", "sparsity", "method", "engine", "widths", "accuracy", "macs_ratio", "latency_ratio",
           "seconds"]
-# The reconstruction engine the rows were made with: since 8d682e7 it refits depthwise convolutions and fits
-# branches that end in a residual sum to the dense sum (rows made before say "before 8d682e7").
-ENGINE = "8d682e7"
+# The engine the rows were made with: since 8d682e7 it refits depthwise convolutions and fits branches that end
+# in a residual sum to the dense sum (rows made before say "before 8d682e7"); since 70a297b linear bottlenecks are
+# turned to the basis their readers need before their channels are chosen.
+ENGINE = "70a297b"
 METHODS = ("one width", "one width + FT", "per space", "per space + FT")
 RATE_OF = "channels data-aware + FT"  # tradeoff.py's probed rate these fine-tune from
 
