@@ -34,6 +34,22 @@ TRAIN_ON_BACKEND = textwrap.dedent(
     assert thin.count_params() < 0.5 * model.count_params()
     assert "least squares" in rgp_keras.pruning_summary(thin).criteria[0]
     assert np.isfinite(keras.ops.convert_to_numpy(thin(data[:4]))).all()
+    stream = layers.BatchNormalization()(layers.Conv2D(8, 1, use_bias=False)(inputs))  # a linear bottleneck
+    stream = layers.Add()([stream, layers.Conv2D(8, 3, padding="same")(inputs)])
+    head = layers.GlobalAveragePooling2D()(layers.Conv2D(16, 1, activation="relu")(stream))
+    bottleneck = keras.Model(inputs, layers.Dense(4)(head))
+    from rgp_keras.channels.basis import principal_basis
+    from rgp_keras.channels.spaces import channel_spaces
+    from rgp_keras.data_aware.calibration import Calibration
+    spaces = channel_spaces(bottleneck)
+    free = [root for root in spaces.spaces() if spaces.producers(root) and not spaces.frozen(root)]
+    turned, roots = principal_basis(bottleneck, spaces, free,
+                                    Calibration(data, [(None, 8, 8, 3)], ["x"], batch_size=32))
+    assert len(roots) == 1
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(turned(data[:8])),
+                               keras.ops.convert_to_numpy(bottleneck(data[:8])), rtol=1e-4, atol=1e-4)
+    thin = rgp_keras.prune_channels(bottleneck, keep=0.5, calibration_data=data, verbose=0)
+    assert "1 linear bottleneck space(s) first turned" in rgp_keras.pruning_summary(thin).criteria[0]
     pruned = rgp_keras.prune_regular_graph(model, sparsity=0.75, nodes=8, seed=0, calibration_data=data)
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))  # the dense model is untouched
     summary = rgp_keras.pruning_summary(pruned)
