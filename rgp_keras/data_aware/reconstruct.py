@@ -40,6 +40,9 @@ _GROUP_SHARE, _GROUP_SHARE_WIDE, _WIDE_FEATURES, _WIDE_RUN = 1 / 4, 1 / 2, 1024,
 # Ridge strengths tried, as fractions of the mean diagonal of X^T X (SparseGPT's fixed choice is 0.01).
 _RIDGE = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 HOLD_OUT = 5  # every 5th calibration row judges the ridge strength
+# Positions over all calibration samples a depthwise refit sums per channel (a random share where there are more):
+# rows enough for its window + 1 weights. MobileNetV2 224, 512 images: prune_channels(keep=0.5) 175 -> 124 s here.
+_DEPTHWISE_ROWS = 1 << 18
 # Elements (rows x features) from which a run of fitted samples is summed as a view, not gathered.
 _VIEWED_FROM = 1 << 18
 
@@ -677,7 +680,9 @@ class _DepthwiseRefit(Observer):
     Each output channel reads one input channel through its window, so its fit
     has window (+ bias) weights: one small least-squares problem per channel,
     batched. X^T X, X^T Y and |Y|^2 are summed per channel over the samples (not
-    the mixes: a few weights per channel have rows enough), with a constant
+    the mixes: a few weights per channel have rows enough; where the samples
+    give more than `_DEPTHWISE_ROWS` positions, over a random share of them as
+    large: MobileNetV2 at 224x224 has 6.4 M per channel on 512 images), with a constant
     feature last (the bias, and the means BatchNormalization statistics need);
     every `HOLD_OUT`-th sample is held out to choose each channel's ridge (or
     its current weights, where no fit does better), and the final fit uses every
@@ -698,6 +703,7 @@ class _DepthwiseRefit(Observer):
         kernel = to_numpy(layer.kernel)  # (*window, channels, multiplier)
         self.window, self.multiplier = math.prod(kernel.shape[:-2]), kernel.shape[-1]
         self.channels, self.use_bias = channels, bool(layer.use_bias)
+        self.share, self.draws = None, 0  # of the positions summed (`_add`); random draws so far
         features, width = self.window + 1, kernel.shape[-2]
         self.gram = np.zeros((2, width, features, features))  # [fit, held out]
         self.cross = np.zeros((2, width, features, self.multiplier))
@@ -732,8 +738,15 @@ class _DepthwiseRefit(Observer):
                            layer.dilation_rate, str(layer.padding).lower())
         width = self.gram.shape[1]
         rows = to_numpy(patches).reshape(-1, self.window, width)
+        target = to_numpy(y).astype(np.float32, copy=False).reshape(-1, width, self.multiplier)
+        if self.share is None:  # the share of positions summed: _DEPTHWISE_ROWS over all the samples
+            self.share = min(1.0, _DEPTHWISE_ROWS * len(x) / (self.samples * len(rows)))
+        if self.share < 1:
+            picked = np.random.default_rng(self.draws).random(len(rows)) < self.share
+            self.draws += 1
+            rows, target = rows[picked], target[picked]
         rows = np.concatenate([rows, np.ones((len(rows), 1, width), np.float32)], axis=1).transpose(2, 0, 1)
-        target = to_numpy(y).astype(np.float32, copy=False).reshape(-1, width, self.multiplier).transpose(1, 0, 2)
+        target = target.transpose(1, 0, 2)
         self.gram[side] += rows.transpose(0, 2, 1) @ rows
         self.cross[side] += rows.transpose(0, 2, 1) @ target
         self.energy[side] += np.sum(np.square(target, dtype=np.float64), axis=1)
