@@ -192,6 +192,24 @@ def test_a_linear_bottleneck_is_turned_to_another_basis_without_changing_the_fun
     np.testing.assert_allclose(to_numpy(turned(held_out)), to_numpy(model(held_out)), rtol=1e-4, atol=1e-4)
 
 
+def test_linear_spaces_read_together_or_in_a_chain_are_each_turned_and_the_function_kept():
+    from rgp_keras.channels.basis import principal_basis
+    from rgp_keras.data_aware.calibration import Calibration
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((10,))
+    a, b = layers.Dense(6, name="a")(inputs), layers.Dense(5, name="b")(inputs)
+    both = layers.Dense(7, name="both")(layers.Concatenate()([a, b]))  # reads two linear spaces, writes a third
+    model = keras.Model(inputs, layers.Dense(3)(layers.Dense(4, activation="relu")(both)))
+    spaces = channel_spaces(model)
+    free = [root for root in spaces.spaces() if spaces.producers(root) and not spaces.frozen(root)]
+    x = images(256, (10,))
+    turned, roots = principal_basis(model, spaces, free, Calibration(x, [(None, 10)], ["x"], batch_size=64))
+    assert len(roots) == 3
+    held_out = images(32, (10,), seed=1)
+    np.testing.assert_allclose(to_numpy(turned(held_out)), to_numpy(model(held_out)), rtol=1e-4, atol=1e-4)
+
+
 def test_a_linear_stream_keeps_the_directions_its_readers_need_which_no_channel_subset_holds():
     # a stream of 8 independent channels whose reader needs only 4 directions, spread over all 8 channels:
     # 4 channels turned to those directions lose nothing, no 4 of the 8 channels can do it

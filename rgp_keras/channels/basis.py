@@ -116,15 +116,19 @@ def principal_basis(model, spaces, roots, calibration):
     linear = linear_spaces(spaces, roots)
     if not linear:
         return model, []
-    moments = {}
+    moments = {}  # (call id, root) -> the `_Moments` of that space at that call's input
 
     def visit(call, reference_call, changed):
+        observers = []
         for root, space in linear.items():
             if any(call is reader for reader in space.readers):
-                return moments.setdefault(id(call), _Moments(spaces.places(call.inputs[0], root)))
-            if any(call is normalisation for _, normalisation in space.producers):
-                return moments.setdefault(id(call), _Moments(np.arange(spaces.width(root))[:, None]))
-        return None
+                observers.append(_Moments(spaces.places(call.inputs[0], root)))
+            elif any(call is normalisation for _, normalisation in space.producers):
+                observers.append(_Moments(np.arange(spaces.width(root))[:, None]))
+            else:
+                continue
+            moments[id(call), root] = observers[-1]
+        return _Together(observers) if observers else None
 
     walk(spaces.calls, None, calibration, visit, rows=calibration.samples)
     turned = clone_model(model, None)
@@ -138,7 +142,7 @@ def principal_basis(model, spaces, roots, calibration):
         for producer, normalisation in space.producers:
             _turn_producer(copies[id(producer.layer)], basis,
                            None if normalisation is None else copies[id(normalisation.layer)],
-                           None if normalisation is None else moments[id(normalisation)])
+                           None if normalisation is None else moments[id(normalisation), root])
         for reader in space.readers:
             _turn_reader(copies[id(reader.layer)], inverse, spaces.places(reader.inputs[0], root))
     return turned, sorted(linear)
@@ -148,7 +152,7 @@ def _basis(spaces, root, space, moments):
     width = spaces.width(root)
     needed, spread = np.zeros((width, width)), np.zeros((width, width))
     for reader in space.readers:
-        covariance = moments[id(reader)].covariance()
+        covariance = moments[id(reader), root].covariance()
         kernel = to_numpy(reader.layer.kernel).astype(np.float64)
         kernel = kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1])  # (window, input channels, outputs)
         weights = sum(part @ part.T for part in kernel[:, spaces.places(reader.inputs[0], root).T]
@@ -195,6 +199,22 @@ def _turn_reader(layer, inverse, places):
     for channels in places.T:
         value[..., channels, :] = np.einsum("ij,...jo->...io", inverse, value[..., channels, :])
     kernel.assign(value.astype(kernel.dtype))
+
+
+class _Together(Observer):
+    """Several observers of one call (a reader of several turned spaces)."""
+
+    changes = False
+
+    def __init__(self, observers):
+        self.observers = observers
+
+    def add(self, start, inputs, reference_inputs, reference_outputs):
+        for observer in self.observers:
+            observer.add(start, inputs, reference_inputs, reference_outputs)
+
+    def finish(self):
+        pass
 
 
 class _Moments(Observer):
