@@ -144,7 +144,7 @@ def principal_basis(model, spaces, roots, calibration):
                            None if normalisation is None else copies[id(normalisation.layer)],
                            None if normalisation is None else moments[id(normalisation), root])
         for reader in space.readers:
-            _turn_reader(copies[id(reader.layer)], inverse, spaces.places(reader.inputs[0], root))
+            _turn_reader(copies[id(reader.layer)], inverse, moments[id(reader), root].places)
     return turned, sorted(linear)
 
 
@@ -152,11 +152,11 @@ def _basis(spaces, root, space, moments):
     width = spaces.width(root)
     needed, spread = np.zeros((width, width)), np.zeros((width, width))
     for reader in space.readers:
-        covariance = moments[id(reader), root].covariance()
+        measured = moments[id(reader), root]
+        covariance = measured.covariance()
         kernel = to_numpy(reader.layer.kernel).astype(np.float64)
         kernel = kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1])  # (window, input channels, outputs)
-        weights = sum(part @ part.T for part in kernel[:, spaces.places(reader.inputs[0], root).T]
-                      .reshape(-1, width, kernel.shape[-1]))
+        weights = sum(part @ part.T for part in kernel[:, measured.places.T].reshape(-1, width, kernel.shape[-1]))
         energy = float(np.trace(covariance @ weights))
         if energy > 0:
             needed += covariance @ weights @ covariance / energy

@@ -45,9 +45,10 @@ def prune_channels(model, *, keep=None, macs=None, calibration_data=None, calibr
     such as MobileNetV2's residual streams) are first turned to the basis their
     readers need, on a copy computing the same function (`basis`); channels are
     chosen by what least squares cannot recover (Optimal Brain Surgeon over
-    channel blocks, on each consumer's X^T X), then every layer reading pruned channels is refit by least squares
-    to reproduce the dense model's outputs and BatchNormalization statistics
-    are re-measured, as `prune_regular_graph` does. Without data, the channels
+    channel blocks, on each consumer's X^T X), then every layer reading pruned
+    channels is refit by least squares to reproduce the dense model's outputs
+    and BatchNormalization statistics are re-measured, as `prune_regular_graph`
+    does. Without data, the channels
     with the largest L1 filter norms are kept (Li et al., ICLR 2017).
 
     Args:
